@@ -1,4 +1,4 @@
-"""GPU selective-scan benchmark: ours (Triton) against mamba-ssm's CUDA kernel, the reference and the HBM floor.
+"""GPU selective-scan benchmark: ours (CUDA and Triton) against mamba-ssm's CUDA kernel, the reference and the HBM floor.
 
 For each shape (batch, dim, seqlen, dstate) and dtype it times forward (inference: no grad) and forward+backward
 (gradients of every input), with z, delta_bias and softplus as in a Mamba layer, and records the peak memory
@@ -45,6 +45,9 @@ SWEEP_DIM = 2048
 TUNE_GRID = [dict(block_d=bd, chunk=ch, num_warps=nw, bwd_block_d=bbd, bwd_num_warps=bnw)
              for bd, ch, nw, bbd, bnw in ((4, 256, 4, 4, 4), (2, 128, 2, 2, 2), (8, 128, 8, 8, 8), (4, 64, 1, 4, 1),
                                           (8, 128, 4, 8, 4))]
+# The CUDA kernels' one tunable: how many blocks per SM the grid must reach before the sequence is cut into
+# segments (each segment costs an extra pass over its inputs).
+TUNE_GRID_CUDA = [dict(fwd_blocks_per_sm=f, bwd_blocks_per_sm=b) for f, b in ((1, 1), (2, 1), (4, 2), (8, 3), (16, 6))]
 
 
 def load_mamba_scan(path: str | None):
@@ -156,14 +159,20 @@ def reference_fits(batch, dim, seqlen, dstate, args) -> bool:
 
 
 def scan_impls(args, mamba_fn):
+    """Our CUDA kernels (when they build here), our Triton kernels, mamba-ssm's (when given), the reference."""
+    from ssm_core.ops import scan_cuda
     from ssm_core.ops.scan_reference import selective_scan_reference
     from ssm_core.ops.scan_triton import ScanConfig, selective_scan_gpu
     cfg = ScanConfig(**json.loads(args.config)) if args.config else ScanConfig()
-    impls = {"ours": lambda **kw: selective_scan_gpu(**kw, config=cfg)}
+    impls, notes = {}, {}
+    ok, notes["ours_cuda"] = scan_cuda.available()
+    if ok:
+        impls["ours_cuda"] = scan_cuda.selective_scan_cuda
+    impls["ours_triton"] = lambda **kw: selective_scan_gpu(**kw, config=cfg)
     if mamba_fn is not None:
         impls["mamba_ssm"] = mamba_fn
     impls["reference"] = selective_scan_reference
-    return impls, cfg
+    return impls, cfg, notes
 
 
 def bench_shapes(args, impls, bandwidth) -> list[dict]:
@@ -180,7 +189,7 @@ def bench_shapes(args, impls, bandwidth) -> list[dict]:
             if name == "reference" and not reference_fits(batch, dim, seqlen, dstate, args):
                 continue
             try:
-                row[name] = measure(scan, inputs, args.rep_ms, per_kernel=name == "ours")
+                row[name] = measure(scan, inputs, args.rep_ms, per_kernel=name.startswith("ours"))
             except torch.cuda.OutOfMemoryError as e:
                 row[name] = {"error": f"out of memory: {e}".splitlines()[0]}
             torch.cuda.empty_cache()
@@ -210,8 +219,8 @@ def bench_attention_sweep(args, impls) -> list[dict]:
         row = {"seqlen": seqlen, "batch": batch,
                "attention_ms": do_bench(attention, warmup=25, rep=args.rep_ms, return_mode="median")}
         inputs = make_inputs(batch, SWEEP_DIM, seqlen, 16, torch.bfloat16)
-        for name in ("ours", "mamba_ssm"):
-            if name in impls:
+        for name in impls:
+            if name != "reference":
                 row[f"{name}_ms"] = measure(impls[name], inputs, args.rep_ms)["fwd_bwd_ms"]
         rows.append(row)
         del q, k, v, do, inputs
@@ -220,22 +229,28 @@ def bench_attention_sweep(args, impls) -> list[dict]:
 
 
 def tune(args) -> list[dict]:
-    """fwd and fwd+bwd of each TUNE_GRID configuration on the chosen shapes (bf16)."""
+    """fwd and fwd+bwd of each configuration of TUNE_GRID (Triton) and TUNE_GRID_CUDA on the chosen shapes (bf16)."""
+    from ssm_core.ops.scan_cuda import CudaScanConfig, available, selective_scan_cuda
     from ssm_core.ops.scan_triton import ScanConfig, selective_scan_gpu
+    grids = [("cuda", p, lambda p: (lambda **kw: selective_scan_cuda(**kw, config=CudaScanConfig(**p))))
+             for p in TUNE_GRID_CUDA] if available()[0] else []
+    if not args.tune_cuda_only:
+        grids += [("triton", p, lambda p: (lambda **kw: selective_scan_gpu(**kw, config=ScanConfig(**p))))
+                  for p in TUNE_GRID]
     rows = []
     for shape_name in args.shapes:
         inputs = make_inputs(*SHAPES[shape_name], torch.bfloat16)
-        for params in tqdm(TUNE_GRID, desc=f"tune {shape_name}", file=sys.stdout):
-            cfg = ScanConfig(**params)
+        for impl, params, make in tqdm(grids, desc=f"tune {shape_name}", file=sys.stdout):
             try:
-                res = measure(lambda **kw: selective_scan_gpu(**kw, config=cfg), inputs, args.rep_ms)
+                res = measure(make(params), inputs, args.rep_ms)
             except Exception as e:  # a configuration that does not compile (registers, shared memory) is skipped
                 res = {"error": f"{type(e).__name__}: {e}".splitlines()[0][:200]}
-            rows.append({"shape": shape_name, "config": params, **res})
+            rows.append({"shape": shape_name, "impl": impl, "config": params, **res})
             tqdm.write(json.dumps(rows[-1]), file=sys.stdout)
-        best = min((r for r in rows if r["shape"] == shape_name and "fwd_bwd_ms" in r),
-                   key=lambda r: r["fwd_bwd_ms"], default=None)
-        print(f"{shape_name}: best fwd+bwd {best}")
+        for impl in ("cuda", "triton"):
+            best = min((r for r in rows if r["shape"] == shape_name and r["impl"] == impl and "fwd_bwd_ms" in r),
+                       key=lambda r: r["fwd_bwd_ms"], default=None)
+            print(f"{shape_name} {impl}: best fwd+bwd {best}")
     return rows
 
 
@@ -249,7 +264,7 @@ def print_tables(rows, sweep):
     print("\n" + head + "\n" + "-" * len(head))
     for row in rows:
         mamba = row.get("mamba_ssm", {})
-        for name in ("ours", "mamba_ssm", "reference"):
+        for name in ("ours_cuda", "ours_triton", "mamba_ssm", "reference"):
             r = row.get(name)
             if r is None:
                 continue
@@ -264,20 +279,23 @@ def print_tables(rows, sweep):
                   f"{fmt(100 * row['floor_fwd_bwd_ms'] / r['fwd_bwd_ms'], '.1f'):>10}"
                   f"{fmt(sp_f, '.2f'):>10}{fmt(sp_fb, '.2f'):>11}{fmt(r['fwd_bwd_peak_extra_gib'], '.2f'):>9}")
     for row in rows:
-        for phase in ("fwd", "fwd_bwd"):
-            kernels = row.get("ours", {}).get(f"{phase}_kernels_ms")
-            if kernels:
-                print(f"{row['shape']} {row['dtype']} ours {phase} per kernel (ms): "
-                      + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                  for k, v in kernels.items()))
+        for name in ("ours_cuda", "ours_triton"):
+            for phase in ("fwd", "fwd_bwd"):
+                kernels = row.get(name, {}).get(f"{phase}_kernels_ms")
+                if kernels:
+                    print(f"{row['shape']} {row['dtype']} {name} {phase} per kernel (ms): "
+                          + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                      for k, v in kernels.items()))
     if sweep:
-        print(f"\n{'seqlen':>8}{'batch':>7}{'attn ms':>10}{'ours ms':>10}{'attn/ours':>11}{'mamba ms':>10}"
-              f"{'attn/mamba':>11}")
+        names = [n for n in ("ours_cuda", "ours_triton", "mamba_ssm") if any(f"{n}_ms" in r for r in sweep)]
+        print(f"\n{'seqlen':>8}{'batch':>7}{'attn ms':>10}"
+              + "".join(f"{n + ' ms':>17}{'attn/' + n:>18}" for n in names))
         for r in sweep:
-            ours, mamba = r.get("ours_ms"), r.get("mamba_ssm_ms")
-            print(f"{r['seqlen']:>8}{r['batch']:>7}{fmt(r['attention_ms']):>10}{fmt(ours):>10}"
-                  f"{fmt(r['attention_ms'] / ours if ours else None, '.2f'):>11}{fmt(mamba):>10}"
-                  f"{fmt(r['attention_ms'] / mamba if mamba else None, '.2f'):>11}")
+            line = f"{r['seqlen']:>8}{r['batch']:>7}{fmt(r['attention_ms']):>10}"
+            for n in names:
+                ms = r.get(f"{n}_ms")
+                line += f"{fmt(ms):>17}{fmt(r['attention_ms'] / ms if ms else None, '.2f'):>18}"
+            print(line)
 
 
 def main(argv=None):
@@ -288,7 +306,9 @@ def main(argv=None):
                         help="source tree of mamba-ssm with selective_scan_cuda built in place")
     parser.add_argument("--config", help='ScanConfig overrides as JSON, e.g. \'{"block_d": 16, "chunk": 32}\'')
     parser.add_argument("--no-sweep", action="store_true", help="skip the FlashAttention sweep")
-    parser.add_argument("--tune", action="store_true", help="time each TUNE_GRID configuration instead")
+    parser.add_argument("--tune", action="store_true",
+                        help="time each TUNE_GRID_CUDA and TUNE_GRID configuration instead")
+    parser.add_argument("--tune-cuda-only", action="store_true", help="with --tune: the CUDA grid only")
     parser.add_argument("--rep-ms", type=int, default=200, help="do_bench measuring time per case")
     parser.add_argument("--reference-max-seqlen", type=int, default=4096)
     parser.add_argument("--reference-max-gib", type=float, default=24.0)
@@ -307,7 +327,8 @@ def main(argv=None):
     else:
         mamba_fn, record["mamba_ssm"] = load_mamba_scan(args.mamba_ssm_path)
         print(f"mamba-ssm: {record['mamba_ssm']}")
-        impls, cfg = scan_impls(args, mamba_fn)
+        impls, cfg, record["notes"] = scan_impls(args, mamba_fn)
+        print(f"ours_cuda: {record['notes']['ours_cuda']}")
         record["config"] = dataclasses.asdict(cfg)
         bandwidth = copy_bandwidth()
         record["copy_bandwidth_tb_s"] = bandwidth / 1e12

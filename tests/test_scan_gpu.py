@@ -11,6 +11,7 @@ fails the comparison.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import subprocess
@@ -78,19 +79,19 @@ def make_inputs(case: Case, device, seed: int = 0) -> dict:
 
 @contextlib.contextmanager
 def poisoned_outputs():
-    """Make the kernels' output buffers start as NaN."""
-    from ssm_core.ops import scan_triton
+    """Make the kernels' output buffers (Triton's and CUDA's) start as NaN."""
+    from ssm_core.ops import scan_cuda, scan_triton
 
     def nan_empty(*shape, dtype, device):
         shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
-    saved = scan_triton._new_output
-    scan_triton._new_output = nan_empty
+    saved = scan_triton._new_output, scan_cuda._new_output
+    scan_triton._new_output = scan_cuda._new_output = nan_empty
     try:
         yield
     finally:
-        scan_triton._new_output = saved
+        scan_triton._new_output, scan_cuda._new_output = saved
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -100,16 +101,18 @@ def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got - want).norm() / want.norm().clamp_min(1e-300)).item()
 
 
-def run_scan_case(case: Case, device, seed: int = 0) -> dict:
-    """Forward and every gradient of the Triton scan against the float64 reference; returns the errors."""
-    from ssm_core.ops.scan_triton import selective_scan_gpu
+def run_scan_case(case: Case, device, seed: int = 0, scan=None) -> dict:
+    """Forward and every gradient of a GPU scan (default: Triton with the case's config) against the float64
+    reference; returns the errors."""
+    if scan is None:
+        from ssm_core.ops.scan_triton import selective_scan_gpu
+        scan = functools.partial(selective_scan_gpu, config=case.config())
     inputs = make_inputs(case, device, seed)
     leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
     wide = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
     softplus = case.options
     with poisoned_outputs():
-        out, last = selective_scan_gpu(**leaves, delta_softplus=softplus, return_last_state=True,
-                                       config=case.config())
+        out, last = scan(**leaves, delta_softplus=softplus, return_last_state=True)
     ref_out, ref_last = selective_scan_reference(**wide, delta_softplus=softplus, return_last_state=True)
     g = torch.Generator(device="cpu").manual_seed(seed + 1)
     dout = torch.randn(out.shape, generator=g, dtype=torch.float64).to(device)
@@ -127,8 +130,8 @@ def run_scan_case(case: Case, device, seed: int = 0) -> dict:
     return errors
 
 
-def check_scan_case(case: Case, device, seed: int = 0) -> dict:
-    errors = run_scan_case(case, device, seed)
+def check_scan_case(case: Case, device, seed: int = 0, scan=None) -> dict:
+    errors = run_scan_case(case, device, seed, scan)
     tol = TOLERANCE[case.dtype]
     bad = {k: v for k, v in errors.items() if not v <= tol}
     assert not bad, f"{case}: relative errors above {tol}: {bad} (all: {errors})"
@@ -269,18 +272,14 @@ def test_scan_matches_reference_gpu(case):
     check_scan_case(case, "cuda")
 
 
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_scan_seqlen_2_20_gpu(dtype):
+def check_seqlen_2_20(dtype, scan) -> None:
     """seqlen 2^20 (the DNA length): forward, last state and every gradient against the chunked oracle."""
-    from ssm_core.ops.scan_triton import selective_scan_gpu
     case = Case(1, 16, 2 ** 20, 16, groups=1, dtype=dtype)
     inputs = make_inputs(case, "cuda")
     leaves = {k: v.detach().requires_grad_() for k, v in inputs.items()}
     wide = {k: v.detach().double().requires_grad_() for k, v in inputs.items()}
     with poisoned_outputs():
-        out, last = selective_scan_gpu(**leaves, delta_softplus=True, return_last_state=True)
+        out, last = scan(**leaves, delta_softplus=True, return_last_state=True)
     ref_out, ref_last = chunked_oracle(**wide, delta_softplus=True)
     tol = TOLERANCE[dtype]
     assert rel_err(out, ref_out) <= tol and rel_err(last, ref_last) <= tol
@@ -294,9 +293,19 @@ def test_scan_seqlen_2_20_gpu(dtype):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_auto_backend_uses_triton_gpu():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_scan_seqlen_2_20_gpu(dtype):
+    from ssm_core.ops.scan_triton import selective_scan_gpu
+    check_seqlen_2_20(dtype, selective_scan_gpu)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_triton_kernels_when_asked(monkeypatch):
+    """SSM_CORE_GPU_SCAN=triton routes the gpu backend to the Triton kernels."""
     from ssm_core.ops.scan_triton import selective_scan_gpu
     from ssm_core.ops.selective_scan import selective_scan
+    monkeypatch.setenv("SSM_CORE_GPU_SCAN", "triton")
     inputs = make_inputs(Case(2, 32, 200, 16), "cuda")
     assert torch.equal(selective_scan(**inputs, delta_softplus=True),
                        selective_scan_gpu(**inputs, delta_softplus=True))

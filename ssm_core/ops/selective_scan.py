@@ -5,10 +5,17 @@ code can switch between the two. Backends:
 
 - ``reference``: plain PyTorch (``scan_reference.py``), float64-capable, the oracle of the tests;
 - ``cpu``: numba kernels (``scan_cpu.py``), parallel over batch x dim, forward and backward;
-- ``gpu``: Triton kernels (``scan_triton.py``) for CUDA tensors;
+- ``gpu``: for CUDA tensors, the CUDA C++ kernels (``scan_cuda.py``, built at first use where nvcc is present)
+  or the Triton kernels (``scan_triton.py``): the environment variable ``SSM_CORE_GPU_SCAN`` = ``auto`` (CUDA
+  kernels where they build and take the inputs, else Triton, with a warning if the build failed), ``cuda`` or
+  ``triton`` chooses;
 - ``auto``: ``gpu`` for CUDA tensors, ``cpu`` otherwise.
 """
 from __future__ import annotations
+
+import functools
+import os
+import warnings
 
 import torch
 
@@ -85,6 +92,32 @@ def _gpu_module():
     return scan_triton
 
 
+GPU_KERNELS = ("auto", "cuda", "triton")
+
+
+@functools.cache
+def _warn_no_cuda_kernels(why: str) -> None:
+    warnings.warn(f"selective_scan: the CUDA kernels could not be built ({why}); using the Triton kernels. "
+                  "Set SSM_CORE_GPU_SCAN=triton to silence this.", RuntimeWarning, stacklevel=3)
+
+
+def _gpu_scan(u, delta, A, B):
+    """The GPU scan implementation for these inputs, as SSM_CORE_GPU_SCAN chooses (see the module docstring)."""
+    choice = os.environ.get("SSM_CORE_GPU_SCAN", "auto")
+    if choice not in GPU_KERNELS:
+        raise ValueError(f"SSM_CORE_GPU_SCAN must be one of {GPU_KERNELS}; got {choice!r}")
+    if choice != "triton":
+        from . import scan_cuda
+        ok, why = scan_cuda.available()
+        if choice == "cuda" and not ok:
+            raise RuntimeError(f"selective_scan: SSM_CORE_GPU_SCAN=cuda but the CUDA kernels cannot be built: {why}")
+        if ok and scan_cuda.supports(u, delta, A, B):
+            return scan_cuda.selective_scan_cuda
+        if not ok:
+            _warn_no_cuda_kernels(why)
+    return _gpu_module().selective_scan_gpu
+
+
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    initial_state=None, return_last_state=False, backend="auto"):
     """Selective scan (S6), differentiable in every tensor input.
@@ -107,7 +140,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if backend == "cpu":
         from .scan_cpu import selective_scan_cpu
         return selective_scan_cpu(*args)
-    return _gpu_module().selective_scan_gpu(*args)
+    return _gpu_scan(u, delta, A, B)(*args)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,

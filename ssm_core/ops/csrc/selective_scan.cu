@@ -1,0 +1,666 @@
+// Selective scan (S6) in CUDA C++: forward, backward, and the segment passes that split long sequences.
+//
+// Built at first use by ssm_core/ops/scan_cuda.py (torch.utils.cpp_extension.load) and called through ctypes with
+// raw pointers, so no PyTorch header is compiled (a ~20 s build). Design, byte counts and measurements:
+// benchmarks/NOTES_gpu_scan.md ("Version 3").
+//
+// Layout: a block of NT threads owns CH = NT / TPC channels of one (batch, group); a channel's dstate states are
+// split over TPC consecutive lanes, NPT states each, held in registers. The block stages SC time steps of u,
+// softplus(delta + bias), B and C in shared memory (coalesced global loads), then every thread walks those steps
+// sequentially: per state one exp2, two FMAs and a multiply, no scan tree. y = <C, h> is summed over the TPC lanes
+// with shuffles. Long sequences are cut into segments (blockIdx.y): a pass computes each segment's end state from
+// zero, a tiny carry pass chains them, and the main pass reruns each segment from its true start state.
+// The forward keeps the state at every SC-step chunk boundary; the backward walks the chunks in reverse,
+// recomputes the states of SUB steps at a time into registers, runs the adjoint recurrence and forms all
+// gradients; dB and dC are summed over the block's channels (warp shuffles, then shared memory) before one
+// global atomic add per (state, 4 steps).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+// Mirrored field by field in scan_cuda.py (_Params): 64-bit integers and pointers only. Outside the anonymous
+// namespace: the extern "C" entry point takes it, and must keep external linkage.
+struct Params {
+    long long batch, dim, seqlen, dstate, n_groups, dim_per_group;
+    long long n_seg, seg_chunks, n_chunks, softplus;
+    const void *u, *delta, *z, *dout, *B, *C;
+    const float *A, *D, *bias;
+    const float *start;      // fwd: (batch, dim, n_seg, dstate) state before each segment; null = zeros
+    const float *end_grad;   // bwd: (batch, dim, n_seg, dstate) gradient into the state after each segment; null = zeros
+    void *out;
+    float *chunk_states;     // (batch, dim, n_chunks + 1, dstate): state before each chunk, then the final state
+    float *last_state;       // (batch, dim, dstate)
+    float *seg_state;        // segment passes: (batch, dim, n_seg, dstate)
+    float *seg_dtsum;        // segment passes: (batch, dim, n_seg), the sum of the steps over the segment
+    void *du, *ddelta, *dz;
+    float *dA, *dB, *dC, *dD, *dbias, *dstart;
+};
+
+namespace {
+
+constexpr int NPT = 4;        // states per thread
+constexpr int NT = 128;       // threads per block
+constexpr int SC = 64;        // steps staged in shared memory at once = interval of the kept states
+constexpr int ROW = SC + 1;   // padded row: lanes of different channels read one column without bank conflicts
+constexpr int SUB = 16;       // steps whose states the backward holds in registers
+constexpr int NW = NT / 32;   // warps per block
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr unsigned FULL = 0xffffffffu;
+
+
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+__device__ __forceinline__ float ex2(float x) {  // the hardware exp2 (MUFU.EX2), ~2 ulp
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+// torch.nn.functional.softplus (threshold 20) and its derivative.
+__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float softplus_grad(float x) { return x > 20.f ? 1.f : 1.f / (1.f + expf(-x)); }
+
+// Which channels a block owns: d0 = first channel, nvalid = how many exist (the last block of a group may be short).
+struct Coords {
+    int b, g, d0, nvalid;
+};
+template <int TPC>
+__device__ __forceinline__ Coords block_coords(const Params& p) {
+    constexpr int CH = NT / TPC;
+    const int dpg = (int)p.dim_per_group;
+    const int n_dblk = (dpg + CH - 1) / CH;
+    const int dblk = blockIdx.x % n_dblk, bg = blockIdx.x / n_dblk;
+    Coords c;
+    c.g = bg % (int)p.n_groups;
+    c.b = bg / (int)p.n_groups;
+    c.d0 = c.g * dpg + dblk * CH;
+    c.nvalid = min(CH, dpg - dblk * CH);
+    return c;
+}
+
+// s[r * ROW + t] = f(x[row0 + r, t0 + t], r) for the block's CH rows and SC steps; 0 outside the sequence and for
+// rows past nvalid. x: (rows, seqlen).
+template <int CH, typename T, typename F>
+__device__ __forceinline__ void stage_rows(float* s, const T* x, long long row0, int nvalid, long long t0,
+                                           long long L, F f) {
+#pragma unroll 4
+    for (int i = threadIdx.x; i < CH * SC; i += NT) {
+        const int r = i / SC, t = i % SC;
+        float v = 0.f;
+        if (r < nvalid && t0 + t < L) v = f(to_f(x[(row0 + r) * L + t0 + t]), r);
+        s[r * ROW + t] = v;
+    }
+}
+
+// s[t * NP + n] = x[row0 + n, t0 + t] (B or C of one (batch, group): (dstate, seqlen)); 0 for padded states.
+template <int NP, typename T>
+__device__ __forceinline__ void stage_bc(float* s, const T* x, long long row0, int N, long long t0, long long L) {
+#pragma unroll 4
+    for (int i = threadIdx.x; i < NP * SC; i += NT) {
+        const int n = i / SC, t = i % SC;
+        float v = 0.f;
+        if (n < N && t0 + t < L) v = to_f(x[(row0 + n) * L + t0 + t]);
+        s[t * NP + n] = v;
+    }
+}
+
+template <int TPC>
+__device__ __forceinline__ float sum_lanes(float v) {  // over the TPC lanes of one channel
+#pragma unroll
+    for (int off = TPC / 2; off > 0; off >>= 1) v += __shfl_xor_sync(FULL, v, off);
+    return v;
+}
+
+template <typename T>
+__device__ __forceinline__ float delta_to_dt(const Params& p, float x, int d) {
+    if (p.bias) x += p.bias[d];
+    return p.softplus ? softplus(x) : x;
+}
+
+// Forward. SEGMENT_PASS: only each segment's end state from a zero start and its sum of steps (no output).
+template <typename T, int TPC, bool SEGMENT_PASS>
+__global__ void __launch_bounds__(NT) fwd_kernel(Params p) {
+    constexpr int CH = NT / TPC, NP = TPC * NPT;
+    extern __shared__ float4 smem4[];
+    float* s_dt = reinterpret_cast<float*>(smem4);
+    float* s_u = s_dt + CH * ROW;          // u, then y + D u
+    float* s_B = s_u + CH * ROW;
+    float* s_C = s_B + SC * NP;
+
+    const Coords bc = block_coords<TPC>(p);
+    const int c = threadIdx.x / TPC, j = threadIdx.x % TPC;
+    const bool valid = c < bc.nvalid;
+    const int d = bc.d0 + (valid ? c : 0);
+    const int seg = blockIdx.y;
+    const long long L = p.seqlen, N = p.dstate, dim = p.dim;
+    const long long row0 = bc.b * dim + bc.d0;                 // first row of u, delta, z, out
+    const long long bd = bc.b * dim + d;
+    const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * N;
+    const T* u = static_cast<const T*>(p.u);
+    const T* delta = static_cast<const T*>(p.delta);
+    const T* Bp = static_cast<const T*>(p.B);
+    const T* Cp = static_cast<const T*>(p.C);
+    const long long k_begin = seg * p.seg_chunks, k_end = min(p.n_chunks, k_begin + p.seg_chunks);
+
+    float A2[NPT], h[NPT];
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+        const int n = j * NPT + k;
+        const bool on = valid && n < N;
+        A2[k] = on ? p.A[d * N + n] * LOG2E : 0.f;
+        h[k] = (!SEGMENT_PASS && on && p.start) ? p.start[(bd * p.n_seg + seg) * N + n] : 0.f;
+    }
+    const float Dd = (!SEGMENT_PASS && p.D) ? p.D[d] : 0.f;
+    float dtsum = 0.f;
+
+    for (long long kc = k_begin; kc < k_end; ++kc) {
+        const long long t0 = kc * SC;
+        if (!SEGMENT_PASS && p.chunk_states && valid) {
+#pragma unroll
+            for (int k = 0; k < NPT; ++k)
+                if (j * NPT + k < N) p.chunk_states[(bd * (p.n_chunks + 1) + kc) * N + j * NPT + k] = h[k];
+        }
+        __syncthreads();  // the previous chunk's readers are done with shared memory
+        stage_rows<CH>(s_dt, delta, row0, bc.nvalid, t0, L,
+                       [&](float x, int r) { return delta_to_dt<T>(p, x, bc.d0 + r); });
+        stage_rows<CH>(s_u, u, row0, bc.nvalid, t0, L, [](float x, int) { return x; });
+        stage_bc<NP>(s_B, Bp, bc_row, (int)N, t0, L);
+        if (!SEGMENT_PASS) stage_bc<NP>(s_C, Cp, bc_row, (int)N, t0, L);
+        __syncthreads();
+
+        const float* rdt = s_dt + c * ROW;
+        float* ru = s_u + c * ROW;
+#pragma unroll 4
+        for (int t = 0; t < SC; ++t) {
+            const float dt = rdt[t], uu = ru[t], dtu = dt * uu;
+            const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
+            const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
+            if (SEGMENT_PASS) {
+                dtsum += dt;
+#pragma unroll
+                for (int k = 0; k < NPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
+            } else {
+                const float4 cv = reinterpret_cast<const float4*>(s_C + t * NP)[j];
+                const float Ck[NPT] = {cv.x, cv.y, cv.z, cv.w};
+                float y = 0.f;
+#pragma unroll
+                for (int k = 0; k < NPT; ++k) {
+                    h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
+                    y = fmaf(Ck[k], h[k], y);
+                }
+                y = sum_lanes<TPC>(y);
+                // Safe in place: every lane of this channel has read ru[t] before the shuffles above.
+                if (j == 0) ru[t] = fmaf(Dd, uu, y);
+            }
+        }
+        if (!SEGMENT_PASS) {
+            __syncthreads();
+            const T* z = static_cast<const T*>(p.z);
+            T* out = static_cast<T*>(p.out);
+#pragma unroll 4
+            for (int i = threadIdx.x; i < CH * SC; i += NT) {
+                const int r = i / SC, t = i % SC;
+                if (r < bc.nvalid && t0 + t < L) {
+                    const long long off = (row0 + r) * L + t0 + t;
+                    float y = s_u[r * ROW + t];
+                    if (z) {
+                        const float zz = to_f(z[off]);
+                        y *= zz / (1.f + __expf(-zz));
+                    }
+                    out[off] = from_f<T>(y);
+                }
+            }
+        }
+    }
+    if (!valid) return;
+    if (SEGMENT_PASS) {
+#pragma unroll
+        for (int k = 0; k < NPT; ++k)
+            if (j * NPT + k < N) p.seg_state[(bd * p.n_seg + seg) * N + j * NPT + k] = h[k];
+        if (j == 0) p.seg_dtsum[bd * p.n_seg + seg] = dtsum;
+    } else if (seg == p.n_seg - 1) {
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+            const int n = j * NPT + k;
+            if (n >= N) continue;
+            if (p.chunk_states) p.chunk_states[(bd * (p.n_chunks + 1) + p.n_chunks) * N + n] = h[k];
+            if (p.last_state) p.last_state[bd * N + n] = h[k];
+        }
+    }
+}
+
+// Chains the segments. Forward: out[s] = state before segment s, from init (the initial state) and each segment's
+// zero-start end state. Backward (reverse): out[s] = gradient into the state after segment s, from init (the
+// gradient of the last state) and each segment's zero-start adjoint at its start. One thread per (row, state).
+__global__ void carry_kernel(const float* A, const float* seg_state, const float* seg_dtsum, const float* init,
+                             float* out, long long rows, long long dim, long long N, long long n_seg, int reverse) {
+    const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= rows * N) return;
+    const long long n = idx % N, bd = idx / N, d = bd % dim;
+    const float a2 = A[d * N + n] * LOG2E;
+    float h = init ? init[idx] : 0.f;
+    for (long long i = 0; i < n_seg; ++i) {
+        const long long s = reverse ? n_seg - 1 - i : i;
+        out[(bd * n_seg + s) * N + n] = h;
+        if (i < n_seg - 1) h = fmaf(exp2f(a2 * seg_dtsum[bd * n_seg + s]), h, seg_state[(bd * n_seg + s) * N + n]);
+    }
+}
+
+// dy = dout * silu(z) (or dout), staged like the other rows.
+template <int CH, typename T>
+__device__ __forceinline__ void stage_dy(float* s, const Params& p, long long row0, int nvalid, long long t0) {
+    const T* dout = static_cast<const T*>(p.dout);
+    const T* z = static_cast<const T*>(p.z);
+    const long long L = p.seqlen;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < CH * SC; i += NT) {
+        const int r = i / SC, t = i % SC;
+        float v = 0.f;
+        if (r < nvalid && t0 + t < L) {
+            const long long off = (row0 + r) * L + t0 + t;
+            v = to_f(dout[off]);
+            if (z) {
+                const float zz = to_f(z[off]);
+                v *= zz / (1.f + __expf(-zz));
+            }
+        }
+        s[r * ROW + t] = v;
+    }
+}
+
+// Backward segment pass: each segment's (but the first) adjoint at its start from a zero gradient at its end,
+// and its sum of steps. g_t = C_t dy_t + a_{t+1} g_{t+1}; the result is a_start g_start.
+template <typename T, int TPC>
+__global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
+    constexpr int CH = NT / TPC, NP = TPC * NPT;
+    extern __shared__ float4 smem4[];
+    float* s_dt = reinterpret_cast<float*>(smem4);
+    float* s_dy = s_dt + CH * ROW;
+    float* s_C = s_dy + CH * ROW;
+
+    const Coords bc = block_coords<TPC>(p);
+    const int c = threadIdx.x / TPC, j = threadIdx.x % TPC;
+    const bool valid = c < bc.nvalid;
+    const int d = bc.d0 + (valid ? c : 0);
+    const int seg = blockIdx.y + 1;
+    const long long L = p.seqlen, N = p.dstate;
+    const long long row0 = bc.b * p.dim + bc.d0, bd = bc.b * p.dim + d;
+    const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * N;
+    const long long k_begin = seg * p.seg_chunks, k_end = min(p.n_chunks, k_begin + p.seg_chunks);
+    const T* delta = static_cast<const T*>(p.delta);
+
+    float A2[NPT], g[NPT], a_next[NPT];
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+        const int n = j * NPT + k;
+        A2[k] = (valid && n < N) ? p.A[d * N + n] * LOG2E : 0.f;
+        g[k] = 0.f;
+        a_next[k] = 1.f;
+    }
+    float dtsum = 0.f;
+    for (long long kc = k_end - 1; kc >= k_begin; --kc) {
+        const long long t0 = kc * SC;
+        __syncthreads();
+        stage_rows<CH>(s_dt, delta, row0, bc.nvalid, t0, L,
+                       [&](float x, int r) { return delta_to_dt<T>(p, x, bc.d0 + r); });
+        stage_dy<CH, T>(s_dy, p, row0, bc.nvalid, t0);
+        stage_bc<NP>(s_C, static_cast<const T*>(p.C), bc_row, (int)N, t0, L);
+        __syncthreads();
+        const float* rdt = s_dt + c * ROW;
+        const float* rdy = s_dy + c * ROW;
+#pragma unroll 4
+        for (int t = SC - 1; t >= 0; --t) {
+            const float dt = rdt[t], dy = rdy[t];
+            const float4 cv = reinterpret_cast<const float4*>(s_C + t * NP)[j];
+            const float Ck[NPT] = {cv.x, cv.y, cv.z, cv.w};
+            dtsum += dt;
+#pragma unroll
+            for (int k = 0; k < NPT; ++k) {
+                g[k] = fmaf(a_next[k], g[k], Ck[k] * dy);
+                a_next[k] = ex2(dt * A2[k]);
+            }
+        }
+    }
+    if (!valid) return;
+#pragma unroll
+    for (int k = 0; k < NPT; ++k)
+        if (j * NPT + k < N) p.seg_state[(bd * p.n_seg + seg) * N + j * NPT + k] = a_next[k] * g[k];
+    if (j == 0) p.seg_dtsum[bd * p.n_seg + seg] = dtsum;
+}
+
+// Sums v[k] (state j*NPT + k of this lane's channel) over the warp's channels and stores the sums in
+// dst[n] (one row of NP states). Lane = channel_in_warp * TPC + j. Transposing reduction: each exchange halves the
+// keys a lane carries, so 4 keys over 8 channels cost 4 shuffles instead of 12.
+template <int TPC>
+__device__ __forceinline__ void sum_channels_store(const float v[NPT], float* dst, int lane, int j) {
+    static_assert(TPC == 4 || TPC == 16, "sum_channels_store handles 4 or 16 lanes per channel");
+    const bool hi = lane & 16;
+    float k0 = hi ? v[2] : v[0], k1 = hi ? v[3] : v[1];
+    k0 += __shfl_xor_sync(FULL, hi ? v[0] : v[2], 16);
+    k1 += __shfl_xor_sync(FULL, hi ? v[1] : v[3], 16);
+    const int base = j * NPT + (hi ? 2 : 0);
+    if constexpr (TPC == 16) {  // two channels per warp: done
+        dst[base] = k0;
+        dst[base + 1] = k1;
+    } else {                    // eight channels per warp
+        const bool mid = lane & 8;
+        float k = mid ? k1 : k0;
+        k += __shfl_xor_sync(FULL, mid ? k0 : k1, 8);
+        k += __shfl_xor_sync(FULL, k, 4);
+        if (!(lane & 4)) dst[base + (mid ? 1 : 0)] = k;
+    }
+}
+
+__device__ __forceinline__ void add4(float* p, float4 v, bool vector_ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (vector_ok) {
+        atomicAdd(reinterpret_cast<float4*>(p), v);
+        return;
+    }
+#endif
+    atomicAdd(p, v.x);
+    atomicAdd(p + 1, v.y);
+    atomicAdd(p + 2, v.z);
+    atomicAdd(p + 3, v.w);
+}
+
+template <typename T, int TPC>
+__global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
+    constexpr int CH = NT / TPC, NP = TPC * NPT, NSUB = SC / SUB;
+    extern __shared__ float4 smem4[];
+    float* s_dt = reinterpret_cast<float*>(smem4);  // dt, then d(dt)
+    float* s_u = s_dt + CH * ROW;                    // u, then du
+    float* s_dy = s_u + CH * ROW;                    // dy, then y (before the gate)
+    float* s_B = s_dy + CH * ROW;
+    float* s_C = s_B + SC * NP;
+    float* s_dBw = s_C + SC * NP;                    // per-warp channel sums of dB: (NW, SUB, NP)
+    float* s_dCw = s_dBw + NW * SUB * NP;
+    float* s_dbias = s_dCw + NW * SUB * NP;          // (CH,)
+
+    const Coords bc = block_coords<TPC>(p);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int c = threadIdx.x / TPC, j = threadIdx.x % TPC;
+    const bool valid = c < bc.nvalid;
+    const int d = bc.d0 + (valid ? c : 0);
+    const int seg = blockIdx.y;
+    const long long L = p.seqlen, N = p.dstate, dim = p.dim;
+    const long long row0 = bc.b * dim + bc.d0, bd = bc.b * dim + d;
+    const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * N;
+    const long long k_begin = seg * p.seg_chunks, k_end = min(p.n_chunks, k_begin + p.seg_chunks);
+    const T* u = static_cast<const T*>(p.u);
+    const T* delta = static_cast<const T*>(p.delta);
+    const T* dout = static_cast<const T*>(p.dout);
+    const T* z = static_cast<const T*>(p.z);
+    const bool vector_ok = (L % 4) == 0;
+
+    float A2[NPT], An[NPT], g[NPT], a_next[NPT], dA_acc[NPT];
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+        const int n = j * NPT + k;
+        const bool on = valid && n < N;
+        An[k] = on ? p.A[d * N + n] : 0.f;
+        A2[k] = An[k] * LOG2E;
+        g[k] = (on && p.end_grad) ? p.end_grad[(bd * p.n_seg + seg) * N + n] : 0.f;
+        a_next[k] = 1.f;
+        dA_acc[k] = 0.f;
+    }
+    const float Dd = p.D ? p.D[d] : 0.f;
+    float dD_acc = 0.f;
+    if (threadIdx.x < CH) s_dbias[threadIdx.x] = 0.f;
+
+    for (long long kc = k_end - 1; kc >= k_begin; --kc) {
+        const long long t0 = kc * SC;
+        __syncthreads();
+        stage_rows<CH>(s_dt, delta, row0, bc.nvalid, t0, L,
+                       [&](float x, int r) { return delta_to_dt<T>(p, x, bc.d0 + r); });
+        stage_rows<CH>(s_u, u, row0, bc.nvalid, t0, L, [](float x, int) { return x; });
+        stage_dy<CH, T>(s_dy, p, row0, bc.nvalid, t0);
+        stage_bc<NP>(s_B, static_cast<const T*>(p.B), bc_row, (int)N, t0, L);
+        stage_bc<NP>(s_C, static_cast<const T*>(p.C), bc_row, (int)N, t0, L);
+        __syncthreads();
+
+        float* rdt = s_dt + c * ROW;
+        float* ru = s_u + c * ROW;
+        float* rdy = s_dy + c * ROW;
+
+        // The states at the start of each SUB-step piece of the chunk.
+        float hs[NSUB][NPT];
+        {
+            float h[NPT];
+#pragma unroll
+            for (int k = 0; k < NPT; ++k) {
+                const int n = j * NPT + k;
+                h[k] = (valid && n < N) ? p.chunk_states[(bd * (p.n_chunks + 1) + kc) * N + n] : 0.f;
+            }
+#pragma unroll
+            for (int q = 0; q < NSUB; ++q) {
+#pragma unroll
+                for (int k = 0; k < NPT; ++k) hs[q][k] = h[k];
+                if (q == NSUB - 1) break;
+#pragma unroll 4
+                for (int t = q * SUB; t < (q + 1) * SUB; ++t) {
+                    const float dt = rdt[t], dtu = dt * ru[t];
+                    const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
+                    const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                    for (int k = 0; k < NPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
+                }
+            }
+        }
+
+#pragma unroll
+        for (int q = NSUB - 1; q >= 0; --q) {
+            float hist[SUB][NPT];
+            {
+                float h[NPT];
+#pragma unroll
+                for (int k = 0; k < NPT; ++k) h[k] = hs[q][k];
+#pragma unroll
+                for (int tt = 0; tt < SUB; ++tt) {
+                    const int t = q * SUB + tt;
+                    const float dt = rdt[t], dtu = dt * ru[t];
+                    const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
+                    const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
+#pragma unroll
+                    for (int k = 0; k < NPT; ++k) {
+                        h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
+                        hist[tt][k] = h[k];
+                    }
+                }
+            }
+#pragma unroll
+            for (int tt = SUB - 1; tt >= 0; --tt) {
+                const int t = q * SUB + tt;
+                const float dt = rdt[t], uu = ru[t], dy = rdy[t], dtu = dt * uu;
+                const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
+                const float4 cv = reinterpret_cast<const float4*>(s_C + t * NP)[j];
+                const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
+                const float Ck[NPT] = {cv.x, cv.y, cv.z, cv.w};
+                float ddt = 0.f, du = 0.f, y = 0.f, dBk[NPT], dCk[NPT];
+#pragma unroll
+                for (int k = 0; k < NPT; ++k) {
+                    const float gk = fmaf(a_next[k], g[k], Ck[k] * dy);  // dL/dh_t
+                    g[k] = gk;
+                    a_next[k] = ex2(dt * A2[k]);
+                    const float hk = hist[tt][k];
+                    const float ah = hk - dtu * Bk[k];                    // a_t h_{t-1}
+                    dCk[k] = dy * hk;
+                    dBk[k] = gk * dtu;
+                    dA_acc[k] = fmaf(gk * dt, ah, dA_acc[k]);
+                    ddt = fmaf(gk, fmaf(An[k], ah, Bk[k] * uu), ddt);
+                    du = fmaf(gk, Bk[k], du);
+                    y = fmaf(Ck[k], hk, y);
+                }
+                ddt = sum_lanes<TPC>(ddt);
+                du = sum_lanes<TPC>(du);
+                y = sum_lanes<TPC>(y);
+                if (j == 0) {  // in place: every lane of this channel has read step t (shuffles above)
+                    rdt[t] = ddt;
+                    ru[t] = fmaf(du, dt, Dd * dy);
+                    rdy[t] = fmaf(Dd, uu, y);
+                    dD_acc = fmaf(dy, uu, dD_acc);
+                }
+                sum_channels_store<TPC>(dBk, s_dBw + (warp * SUB + tt) * NP, lane, j);
+                sum_channels_store<TPC>(dCk, s_dCw + (warp * SUB + tt) * NP, lane, j);
+            }
+            __syncthreads();
+            // dB, dC of these SUB steps: sum the warps, one atomic add per (state, 4 steps).
+            for (int i = threadIdx.x; i < NP * (SUB / 4); i += NT) {
+                const int n = i / (SUB / 4), t4 = (i % (SUB / 4)) * 4;
+                const long long t = t0 + q * SUB + t4;
+                if (n >= N || t >= L) continue;
+                float4 vb = make_float4(0.f, 0.f, 0.f, 0.f), vc = vb;
+#pragma unroll
+                for (int w = 0; w < NW; ++w) {
+                    const float* pb = s_dBw + (w * SUB + t4) * NP + n;
+                    const float* pc = s_dCw + (w * SUB + t4) * NP + n;
+                    vb.x += pb[0]; vb.y += pb[NP]; vb.z += pb[2 * NP]; vb.w += pb[3 * NP];
+                    vc.x += pc[0]; vc.y += pc[NP]; vc.z += pc[2 * NP]; vc.w += pc[3 * NP];
+                }
+                const long long off = (bc_row + n) * L + t;
+                if (t + 3 < L) {
+                    add4(p.dB + off, vb, vector_ok);
+                    add4(p.dC + off, vc, vector_ok);
+                } else {  // the sequence's last, partial group of 4 steps
+                    const float xb[4] = {vb.x, vb.y, vb.z, vb.w}, xc[4] = {vc.x, vc.y, vc.z, vc.w};
+                    for (int e = 0; t + e < L; ++e) {
+                        atomicAdd(p.dB + off + e, xb[e]);
+                        atomicAdd(p.dC + off + e, xc[e]);
+                    }
+                }
+            }
+            __syncthreads();
+        }
+
+        // du, ddelta, dz of the chunk, coalesced; ddelta_bias summed per channel.
+        T* du_out = static_cast<T*>(p.du);
+        T* ddelta_out = static_cast<T*>(p.ddelta);
+        T* dz_out = static_cast<T*>(p.dz);
+#pragma unroll 4
+        for (int i = threadIdx.x; i < CH * SC; i += NT) {  // a warp covers 32 steps of one channel
+            const int r = i / SC, t = i % SC;
+            float dd = 0.f;
+            if (r < bc.nvalid && t0 + t < L) {
+                const long long off = (row0 + r) * L + t0 + t;
+                du_out[off] = from_f<T>(s_u[r * ROW + t]);
+                dd = s_dt[r * ROW + t];
+                if (p.softplus) {
+                    float x = to_f(delta[off]);
+                    if (p.bias) x += p.bias[bc.d0 + r];
+                    dd *= softplus_grad(x);
+                }
+                ddelta_out[off] = from_f<T>(dd);
+                if (z) {
+                    const float zz = to_f(z[off]), sg = 1.f / (1.f + __expf(-zz));
+                    dz_out[off] = from_f<T>(to_f(dout[off]) * s_dy[r * ROW + t] * sg * fmaf(zz, 1.f - sg, 1.f));
+                }
+            }
+            if (p.dbias) {
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) dd += __shfl_xor_sync(FULL, dd, off);
+                if (lane == 0) atomicAdd(s_dbias + r, dd);
+            }
+        }
+    }
+
+    if (valid) {
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+            const int n = j * NPT + k;
+            if (n >= N) continue;
+            atomicAdd(p.dA + d * N + n, dA_acc[k]);
+            if (seg == 0 && p.dstart) p.dstart[bd * N + n] = a_next[k] * g[k];  // dL/d(initial state)
+        }
+        if (j == 0 && p.dD) atomicAdd(p.dD + d, dD_acc);
+    }
+    if (p.dbias) {
+        __syncthreads();
+        if (threadIdx.x < bc.nvalid) atomicAdd(p.dbias + bc.d0 + threadIdx.x, s_dbias[threadIdx.x]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------------------------------------------
+
+template <int TPC>
+size_t smem_bytes(int kind) {  // 0 forward, 1 forward segment pass, 2 backward segment pass, 3 backward
+    constexpr int CH = NT / TPC, NP = TPC * NPT;
+    size_t floats = 0;
+    if (kind == 0) floats = 2 * CH * ROW + 2 * SC * NP;
+    if (kind == 1) floats = 2 * CH * ROW + 2 * SC * NP;  // C's slot unused
+    if (kind == 2) floats = 2 * CH * ROW + SC * NP;
+    if (kind == 3) floats = 3 * CH * ROW + 2 * SC * NP + 2 * NW * SUB * NP + CH;
+    return floats * sizeof(float);
+}
+
+template <typename K>
+cudaError_t launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const Params& p) {
+    if (grid.x == 0 || grid.y == 0) return cudaSuccess;
+    if (smem > 48 * 1024) {
+        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    kernel<<<grid, NT, smem, stream>>>(p);
+    return cudaGetLastError();
+}
+
+template <typename T, int TPC>
+cudaError_t run(const Params& p, int kind, cudaStream_t stream) {
+    constexpr int CH = NT / TPC;
+    const unsigned blocks = (unsigned)(p.batch * p.n_groups * ((p.dim_per_group + CH - 1) / CH));
+    const size_t smem = smem_bytes<TPC>(kind);
+    switch (kind) {
+        case 0: return launch(fwd_kernel<T, TPC, false>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
+        case 1: return launch(fwd_kernel<T, TPC, true>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
+        case 2: return launch(bwd_segment_kernel<T, TPC>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
+        case 3: return launch(bwd_kernel<T, TPC>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
+    }
+    return cudaErrorInvalidValue;
+}
+
+template <typename T>
+cudaError_t run_tpc(const Params& p, int kind, int tpc, cudaStream_t stream) {
+    if (tpc == 4) return run<T, 4>(p, kind, stream);
+    if (tpc == 16) return run<T, 16>(p, kind, stream);
+    return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+extern "C" {
+
+// dtype: 0 float32, 1 float16, 2 bfloat16. kind: as smem_bytes. tpc: lanes per channel (4: dstate <= 16,
+// 16: dstate <= 64). Returns a cudaError_t code (0 = success).
+int ssm_scan_launch(const Params* p, int dtype, int kind, int tpc, void* stream) {
+    cudaStream_t s = static_cast<cudaStream_t>(stream);
+    switch (dtype) {
+        case 0: return run_tpc<float>(*p, kind, tpc, s);
+        case 1: return run_tpc<__half>(*p, kind, tpc, s);
+        case 2: return run_tpc<__nv_bfloat16>(*p, kind, tpc, s);
+    }
+    return cudaErrorInvalidValue;
+}
+
+int ssm_scan_carry(const float* A, const float* seg_state, const float* seg_dtsum, const float* init, float* out,
+                   long long batch, long long dim, long long dstate, long long n_seg, int reverse, void* stream) {
+    const long long total = batch * dim * dstate;
+    if (total == 0) return cudaSuccess;
+    const int threads = 256;
+    carry_kernel<<<(unsigned)((total + threads - 1) / threads), threads, 0, static_cast<cudaStream_t>(stream)>>>(
+        A, seg_state, seg_dtsum, init, out, batch * dim, dim, dstate, n_seg, reverse);
+    return cudaGetLastError();
+}
+
+const char* ssm_scan_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
+
+long long ssm_scan_params_size() { return (long long)sizeof(Params); }
+
+}  // extern "C"

@@ -1,0 +1,248 @@
+"""CUDA C++ kernels of the selective scan (``csrc/selective_scan.cu``): the ``gpu`` backend's fast path.
+
+The source is built at first use with PyTorch's JIT extension loader (``torch.utils.cpp_extension.load``: nvcc and
+ninja, the build cached per source hash, a lock for concurrent ranks). The kernels take raw pointers and include
+no PyTorch header, so the build takes ~20 s and is called through ``ctypes``. Where no CUDA compiler is present
+the ``gpu`` backend uses the Triton kernels (``scan_triton.py``) instead; ``available()`` says why.
+
+Supported here: fp32, fp16 and bf16 inputs (fp32 accumulation), dstate <= 64. fp64 goes to Triton.
+Design and measurements: ``benchmarks/NOTES_gpu_scan.md`` (version 3).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cu"
+_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+SC = 64                  # steps per chunk: the interval of the states the forward keeps (SC in the source)
+MAX_DSTATE = 64
+_FWD, _FWD_SEGMENTS, _BWD_SEGMENTS, _BWD = 0, 1, 2, 3   # kernel kinds of ssm_scan_launch
+
+# Output buffers the kernels must fill entirely come from here, so tests can poison them (see scan_triton).
+_new_output = torch.empty
+
+
+@dataclass(frozen=True)
+class CudaScanConfig:
+    """Below ``*_blocks_per_sm`` blocks per SM the sequence is cut into segments scanned in parallel; None
+    segments picks from that, an int forces the count (tests use it)."""
+    fwd_blocks_per_sm: int = 4
+    bwd_blocks_per_sm: int = 2
+    fwd_segments: int | None = None
+    bwd_segments: int | None = None
+
+
+class _Params(ctypes.Structure):
+    """Mirror of ``struct Params`` in the source, field for field."""
+    _fields_ = ([(name, ctypes.c_longlong) for name in (
+        "batch", "dim", "seqlen", "dstate", "n_groups", "dim_per_group", "n_seg", "seg_chunks", "n_chunks",
+        "softplus")] + [(name, ctypes.c_void_p) for name in (
+            "u", "delta", "z", "dout", "B", "C", "A", "D", "bias", "start", "end_grad", "out", "chunk_states",
+            "last_state", "seg_state", "seg_dtsum", "du", "ddelta", "dz", "dA", "dB", "dC", "dD", "dbias",
+            "dstart")])
+
+
+def _build_dir() -> Path:
+    root = os.environ.get("SSM_CORE_BUILD_DIR") or Path.home() / ".cache" / "ssm_core"
+    return Path(root) / f"scan_cuda_torch{torch.__version__.split('+')[0]}_cuda{torch.version.cuda}"
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+    from torch.utils.cpp_extension import load
+    build_dir = _build_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    name = "ssm_core_scan_cuda"
+    load(name=name, sources=[str(SOURCE)], extra_cuda_cflags=["-O3", "-std=c++17"],
+         build_directory=str(build_dir), is_python_module=False, verbose=False)
+    lib = ctypes.CDLL(str(build_dir / f"{name}.so"))
+    lib.ssm_scan_launch.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                    ctypes.c_void_p]
+    lib.ssm_scan_carry.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 4 + [ctypes.c_int, ctypes.c_void_p]
+    lib.ssm_scan_error_string.restype = ctypes.c_char_p
+    lib.ssm_scan_params_size.restype = ctypes.c_longlong
+    if lib.ssm_scan_params_size() != ctypes.sizeof(_Params):
+        raise RuntimeError("ssm_core scan_cuda: struct Params in selective_scan.cu and _Params disagree")
+    return lib
+
+
+@functools.cache
+def available() -> tuple[bool, str]:
+    """Whether the CUDA kernels are usable here (built and loaded), and if not, why."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    try:
+        _library()
+    except Exception as e:  # no nvcc/ninja, a compiler error, a driver too old for the toolkit
+        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    return True, "built"
+
+
+def supports(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> bool:
+    """Whether these inputs are within the CUDA kernels' range (else the Triton kernels take them)."""
+    return (u.is_cuda and u.dtype != torch.float64 and delta.dtype != torch.float64 and A.dtype != torch.float64
+            and B.dtype != torch.float64 and A.shape[1] <= MAX_DSTATE)
+
+
+def _check(code: int) -> None:
+    if code != 0:
+        raise RuntimeError(f"selective_scan (CUDA kernels): {_library().ssm_scan_error_string(code).decode()}")
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return t.data_ptr() if t is not None else None
+
+
+def _lanes_per_channel(dstate: int) -> int:
+    return 4 if dstate <= 16 else 16
+
+
+def _segments(blocks: int, n_chunks: int, per_sm: int, forced: int | None, device) -> tuple[int, int]:
+    """(segments, chunks per segment): enough blocks for ``per_sm`` per SM, no segment empty."""
+    if forced is not None:
+        wanted = forced
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        wanted = -(-per_sm * sms // blocks)
+    wanted = max(1, min(wanted, n_chunks))
+    per_seg = -(-n_chunks // wanted)
+    return -(-n_chunks // per_seg), per_seg
+
+
+class _Launch:
+    """Sizes and pointers of one call, filled into _Params."""
+
+    def __init__(self, u, A, B, softplus):
+        self.batch, self.dim, self.seqlen = u.shape
+        self.dstate = A.shape[1]
+        self.n_groups = B.shape[1]
+        self.tpc = _lanes_per_channel(self.dstate)
+        self.ch = 128 // self.tpc
+        dpg = self.dim // self.n_groups
+        self.blocks = self.batch * self.n_groups * -(-dpg // self.ch)
+        self.n_chunks = max(1, -(-self.seqlen // SC))
+        self.dtype = _DTYPES[u.dtype]
+        self.stream = torch.cuda.current_stream(u.device).cuda_stream
+        self.params = _Params(batch=self.batch, dim=self.dim, seqlen=self.seqlen, dstate=self.dstate,
+                              n_groups=self.n_groups, dim_per_group=dpg, n_chunks=self.n_chunks,
+                              softplus=int(softplus))
+
+    def set(self, **tensors) -> None:
+        for name, t in tensors.items():
+            setattr(self.params, name, _ptr(t))
+
+    def segments(self, n_seg: int, per_seg: int) -> None:
+        self.params.n_seg, self.params.seg_chunks = n_seg, per_seg
+
+    def kernel(self, kind: int) -> None:
+        _check(_library().ssm_scan_launch(ctypes.byref(self.params), self.dtype, kind, self.tpc, self.stream))
+
+    def carry(self, A, seg_state, seg_dtsum, init, out, n_seg: int, reverse: bool) -> None:
+        _check(_library().ssm_scan_carry(_ptr(A), _ptr(seg_state), _ptr(seg_dtsum), _ptr(init), _ptr(out),
+                                         self.batch, self.dim, self.dstate, n_seg, int(reverse), self.stream))
+
+
+def _common_dtype(*tensors) -> torch.dtype:
+    """The kernels read one element type: the inputs' if they share one, else float32."""
+    dtypes = {t.dtype for t in tensors if t is not None}
+    return dtypes.pop() if len(dtypes) == 1 else torch.float32
+
+
+def _as_groups(BC: torch.Tensor, dtype) -> torch.Tensor:
+    return (BC.unsqueeze(1) if BC.dim() == 3 else BC).to(dtype).contiguous()
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return t.float().contiguous() if t is not None else None
+
+
+class _SelectiveScanCuda(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg):
+        io_dtype = u.dtype
+        dt = _common_dtype(u, delta, z, B, C)
+        shapes = (B.shape, C.shape, B.dtype, C.dtype, delta.dtype, z.dtype if z is not None else None)
+        u, delta = u.to(dt).contiguous(), delta.to(dt).contiguous()
+        z = z.to(dt).contiguous() if z is not None else None
+        B, C = _as_groups(B, dt), _as_groups(C, dt)
+        A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
+        launch = _Launch(u, A, B, softplus)
+        dev = u.device
+        training = any(ctx.needs_input_grad)
+        batch, dim, dstate = launch.batch, launch.dim, launch.dstate
+        out = _new_output(u.shape, dtype=dt, device=dev)
+        chunk_states = (_new_output(batch, dim, launch.n_chunks + 1, dstate, dtype=torch.float32, device=dev)
+                        if training else None)
+        last_state = _new_output(batch, dim, dstate, dtype=torch.float32, device=dev)
+        init = _f32(initial_state)
+        n_seg, per_seg = _segments(launch.blocks, launch.n_chunks, cfg.fwd_blocks_per_sm, cfg.fwd_segments, dev)
+        launch.segments(n_seg, per_seg)
+        launch.set(u=u, delta=delta, z=z, B=B, C=C, A=A, D=D, bias=delta_bias, out=out,
+                   chunk_states=chunk_states, last_state=last_state, start=init)
+        if n_seg > 1:
+            seg_state = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
+            seg_dtsum = _new_output(batch, dim, n_seg, dtype=torch.float32, device=dev)
+            start = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
+            launch.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
+            launch.kernel(_FWD_SEGMENTS)
+            launch.carry(A, seg_state, seg_dtsum, init, start, n_seg, reverse=False)
+            launch.set(start=start)
+        launch.kernel(_FWD)
+        if training:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
+        ctx.softplus, ctx.cfg, ctx.shapes = softplus, cfg, shapes
+        ctx.has_init = initial_state is not None
+        ctx.init_dtype = initial_state.dtype if initial_state is not None else None
+        return out.to(io_dtype), last_state
+
+    @staticmethod
+    def backward(ctx, dout, dlast_state):
+        u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+        B_shape, C_shape, B_dtype, C_dtype, delta_dtype, z_dtype = ctx.shapes
+        dt, dev = u.dtype, u.device
+        launch = _Launch(u, A, B, ctx.softplus)
+        batch, dim, dstate = launch.batch, launch.dim, launch.dstate
+        dout = dout.to(dt).contiguous()
+        dlast = _f32(dlast_state)
+        du, ddelta = _new_output(u.shape, dtype=dt, device=dev), _new_output(u.shape, dtype=dt, device=dev)
+        dz = _new_output(u.shape, dtype=dt, device=dev) if z is not None else None
+        dA = torch.zeros(A.shape, dtype=torch.float32, device=dev)
+        dB = torch.zeros(B.shape, dtype=torch.float32, device=dev)
+        dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
+        dD = torch.zeros(dim, dtype=torch.float32, device=dev) if D is not None else None
+        dbias = torch.zeros(dim, dtype=torch.float32, device=dev) if delta_bias is not None else None
+        dstart = (_new_output(batch, dim, dstate, dtype=torch.float32, device=dev)
+                  if ctx.has_init and ctx.needs_input_grad[9] else None)
+        cfg = ctx.cfg
+        n_seg, per_seg = _segments(launch.blocks, launch.n_chunks, cfg.bwd_blocks_per_sm, cfg.bwd_segments, dev)
+        launch.segments(n_seg, per_seg)
+        launch.set(u=u, delta=delta, z=z, dout=dout, B=B, C=C, A=A, D=D, bias=delta_bias,
+                   chunk_states=chunk_states, end_grad=dlast, du=du, ddelta=ddelta, dz=dz, dA=dA, dB=dB, dC=dC,
+                   dD=dD, dbias=dbias, dstart=dstart)
+        if n_seg > 1:
+            seg_state = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
+            seg_dtsum = _new_output(batch, dim, n_seg, dtype=torch.float32, device=dev)
+            end_grad = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
+            launch.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
+            launch.kernel(_BWD_SEGMENTS)
+            launch.carry(A, seg_state, seg_dtsum, dlast, end_grad, n_seg, reverse=True)
+            launch.set(end_grad=end_grad)
+        launch.kernel(_BWD)
+        return (du, ddelta.to(delta_dtype), dA, dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
+                dD, dz.to(z_dtype) if dz is not None else None, dbias, None,
+                dstart.to(ctx.init_dtype) if dstart is not None else None, None)
+
+
+def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        initial_state=None, return_last_state=False, config: CudaScanConfig | None = None):
+    """Selective scan with the CUDA kernels; arguments and result as ``ssm_core.selective_scan`` (inputs checked
+    there). Gradients come back in each input's dtype (A, D, delta_bias in float32)."""
+    out, last_state = _SelectiveScanCuda.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
+                                               initial_state, config or CudaScanConfig())
+    return (out, last_state) if return_last_state else out
