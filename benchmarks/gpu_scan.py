@@ -47,7 +47,9 @@ TUNE_GRID = [dict(block_d=bd, chunk=ch, num_warps=nw, bwd_block_d=bbd, bwd_num_w
                                           (8, 128, 4, 8, 4))]
 # The CUDA kernels' one tunable: how many blocks per SM the grid must reach before the sequence is cut into
 # segments (each segment costs an extra pass over its inputs).
-TUNE_GRID_CUDA = [dict(fwd_blocks_per_sm=f, bwd_blocks_per_sm=b) for f, b in ((1, 1), (2, 1), (4, 2), (8, 3), (16, 6))]
+TUNE_GRID_CUDA = [dict(fwd_blocks_per_sm=f, bwd_blocks_per_sm=b, bwd_register_cap=cap)
+                  for f, b, cap in ((1, 1, False), (2, 1, False), (4, 2, False), (8, 3, False), (16, 6, False),
+                                    (4, 2, True), (8, 4, True), (16, 8, True))]
 
 
 def load_mamba_scan(path: str | None):

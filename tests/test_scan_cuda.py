@@ -27,15 +27,18 @@ def _cuda_reason() -> str | None:
 needs_cuda_kernels = pytest.mark.skipif(_cuda_reason() is not None, reason=str(_cuda_reason()))
 
 
-def cuda_scan(fwd_segments=None, bwd_segments=None):
+def cuda_scan(fwd_segments=None, bwd_segments=None, register_cap=None):
     from ssm_core.ops.scan_cuda import CudaScanConfig, selective_scan_cuda
-    return functools.partial(selective_scan_cuda,
-                             config=CudaScanConfig(fwd_segments=fwd_segments, bwd_segments=bwd_segments))
+    return functools.partial(selective_scan_cuda, config=CudaScanConfig(
+        fwd_segments=fwd_segments, bwd_segments=bwd_segments, bwd_register_cap=register_cap))
 
 
 CASES = [  # (case, forward segments, backward segments); None = picked from the SM count
     (Case(2, 64, 1000, 16, groups=None, dtype=dtype), None, None)
     for dtype in (torch.float32, torch.bfloat16, torch.float16)
+] + [  # the uncapped backward, which the defaults pick only for inputs that fill the GPU
+    (Case(2, 64, 1000, 16, groups=2, dtype=dtype), 1, 1)
+    for dtype in (torch.float32, torch.bfloat16)
 ] + [
     (Case(2, 64, 1000, 16, groups=None, options=False, dtype=torch.float32), 1, 1),
     (Case(1, 128, 4096, 16, groups=4, dtype=torch.bfloat16), 5, 3),
@@ -53,7 +56,15 @@ CASES = [  # (case, forward segments, backward segments); None = picked from the
 @needs_cuda_kernels
 @pytest.mark.parametrize("case,fwd_seg,bwd_seg", CASES, ids=lambda x: str(x))
 def test_cuda_scan_matches_reference(case, fwd_seg, bwd_seg):
-    check_scan_case(case, "cuda", scan=cuda_scan(fwd_seg, bwd_seg))
+    check_scan_case(case, "cuda", scan=cuda_scan(fwd_seg, bwd_seg, register_cap=None if fwd_seg is None else False))
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_scan_register_capped_backward(dtype):
+    """The backward variant built for 4 blocks per SM (registers capped, some spilled) computes the same."""
+    check_scan_case(Case(2, 64, 1000, 16, groups=2, dtype=dtype), "cuda", scan=cuda_scan(3, 2, register_cap=True))
 
 
 @pytest.mark.gpu
@@ -108,3 +119,20 @@ def test_cuda_scan_in_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(got, want)
+
+
+@pytest.mark.gpu
+@needs_cuda_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_scan_unaligned_inputs(dtype):
+    """Inputs that are contiguous but not 16-byte aligned take the element-wise path and give the same results."""
+    inputs = make_inputs(Case(2, 32, 512, 16, dtype=dtype), "cuda")
+    shifted = dict(inputs)
+    for name in ("u", "delta", "z"):
+        t = inputs[name]
+        flat = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)
+        shifted[name] = flat[1:].view(t.shape).copy_(t)
+        assert shifted[name].is_contiguous() and shifted[name].data_ptr() % 16 != 0
+    want = cuda_scan()(**inputs, delta_softplus=True, return_last_state=True)
+    got = cuda_scan()(**shifted, delta_softplus=True, return_last_state=True)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

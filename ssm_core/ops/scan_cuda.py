@@ -22,7 +22,9 @@ SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cu"
 _DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 SC = 64                  # steps per chunk: the interval of the states the forward keeps (SC in the source)
 MAX_DSTATE = 64
-_FWD, _FWD_SEGMENTS, _BWD_SEGMENTS, _BWD = 0, 1, 2, 3   # kernel kinds of ssm_scan_launch
+_FWD, _FWD_SEGMENTS, _BWD_SEGMENTS, _BWD, _BWD_CAPPED = 0, 1, 2, 3, 4   # kernel kinds of ssm_scan_launch
+# Tensors the kernels read or write in 16-byte vectors when all are 16-byte aligned and seqlen % 8 == 0.
+_VECTORISED = {"u", "delta", "z", "dout", "B", "C", "out", "du", "ddelta", "dz"}
 
 # Output buffers the kernels must fill entirely come from here, so tests can poison them (see scan_triton).
 _new_output = torch.empty
@@ -30,19 +32,30 @@ _new_output = torch.empty
 
 @dataclass(frozen=True)
 class CudaScanConfig:
-    """Below ``*_blocks_per_sm`` blocks per SM the sequence is cut into segments scanned in parallel; None
-    segments picks from that, an int forces the count (tests use it)."""
-    fwd_blocks_per_sm: int = 4
-    bwd_blocks_per_sm: int = 2
+    """Launch choices; None picks what measured fastest on an H100 (benchmarks/NOTES_gpu_scan.md, version 3):
+    when batch x channel blocks fill the GPU (>= 2 blocks per SM), no segments (4 and 2 blocks per SM wanted
+    in the forward and backward) and the uncapped backward; otherwise many segments (16 and 8 blocks per SM)
+    and the register-capped backward. Below ``*_blocks_per_sm`` blocks per SM the sequence is cut into segments
+    scanned in parallel (each costs one more pass over its inputs); ``*_segments`` forces the count (tests)."""
+    fwd_blocks_per_sm: int | None = None
+    bwd_blocks_per_sm: int | None = None
     fwd_segments: int | None = None
     bwd_segments: int | None = None
+    bwd_register_cap: bool | None = None   # the backward built for 4 blocks per SM (128 registers, some spilled)
+
+    def resolved(self, blocks: int, device) -> "CudaScanConfig":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        long = blocks < 2 * sms
+        pick = lambda value, short, long_: value if value is not None else (long_ if long else short)  # noqa: E731
+        return CudaScanConfig(pick(self.fwd_blocks_per_sm, 4, 16), pick(self.bwd_blocks_per_sm, 2, 8),
+                              self.fwd_segments, self.bwd_segments, pick(self.bwd_register_cap, False, True))
 
 
 class _Params(ctypes.Structure):
     """Mirror of ``struct Params`` in the source, field for field."""
     _fields_ = ([(name, ctypes.c_longlong) for name in (
         "batch", "dim", "seqlen", "dstate", "n_groups", "dim_per_group", "n_seg", "seg_chunks", "n_chunks",
-        "softplus")] + [(name, ctypes.c_void_p) for name in (
+        "softplus", "vec")] + [(name, ctypes.c_void_p) for name in (
             "u", "delta", "z", "dout", "B", "C", "A", "D", "bias", "start", "end_grad", "out", "chunk_states",
             "last_state", "seg_state", "seg_dtsum", "du", "ddelta", "dz", "dA", "dB", "dC", "dD", "dbias",
             "dstart")])
@@ -129,13 +142,17 @@ class _Launch:
         self.n_chunks = max(1, -(-self.seqlen // SC))
         self.dtype = _DTYPES[u.dtype]
         self.stream = torch.cuda.current_stream(u.device).cuda_stream
+        self.aligned = True
         self.params = _Params(batch=self.batch, dim=self.dim, seqlen=self.seqlen, dstate=self.dstate,
                               n_groups=self.n_groups, dim_per_group=dpg, n_chunks=self.n_chunks,
                               softplus=int(softplus))
 
     def set(self, **tensors) -> None:
+        """Point the kernels at these tensors; 16-byte vector access only if every one of them allows it."""
         for name, t in tensors.items():
             setattr(self.params, name, _ptr(t))
+        self.aligned &= all(t.data_ptr() % 16 == 0 for n, t in tensors.items() if t is not None and n in _VECTORISED)
+        self.params.vec = int(self.seqlen % 8 == 0 and self.aligned)
 
     def segments(self, n_seg: int, per_seg: int) -> None:
         self.params.n_seg, self.params.seg_chunks = n_seg, per_seg
@@ -181,6 +198,7 @@ class _SelectiveScanCuda(torch.autograd.Function):
                         if training else None)
         last_state = _new_output(batch, dim, dstate, dtype=torch.float32, device=dev)
         init = _f32(initial_state)
+        cfg = cfg.resolved(launch.blocks, dev)
         n_seg, per_seg = _segments(launch.blocks, launch.n_chunks, cfg.fwd_blocks_per_sm, cfg.fwd_segments, dev)
         launch.segments(n_seg, per_seg)
         launch.set(u=u, delta=delta, z=z, B=B, C=C, A=A, D=D, bias=delta_bias, out=out,
@@ -233,7 +251,7 @@ class _SelectiveScanCuda(torch.autograd.Function):
             launch.kernel(_BWD_SEGMENTS)
             launch.carry(A, seg_state, seg_dtsum, dlast, end_grad, n_seg, reverse=True)
             launch.set(end_grad=end_grad)
-        launch.kernel(_BWD)
+        launch.kernel(_BWD_CAPPED if cfg.bwd_register_cap else _BWD)
         return (du, ddelta.to(delta_dtype), dA, dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
                 dD, dz.to(z_dtype) if dz is not None else None, dbias, None,
                 dstart.to(ctx.init_dtype) if dstart is not None else None, None)

@@ -25,6 +25,7 @@
 struct Params {
     long long batch, dim, seqlen, dstate, n_groups, dim_per_group;
     long long n_seg, seg_chunks, n_chunks, softplus;
+    long long vec;           // 1: every (batch, dim, seqlen) / (..., seqlen) tensor is 16-byte aligned with seqlen % 8 == 0
     const void *u, *delta, *z, *dout, *B, *C;
     const float *A, *D, *bias;
     const float *start;      // fwd: (batch, dim, n_seg, dstate) state before each segment; null = zeros
@@ -44,7 +45,7 @@ constexpr int NPT = 4;        // states per thread
 constexpr int NT = 128;       // threads per block
 constexpr int SC = 64;        // steps staged in shared memory at once = interval of the kept states
 constexpr int ROW = SC + 1;   // padded row: lanes of different channels read one column without bank conflicts
-constexpr int SUB = 16;       // steps whose states the backward holds in registers
+constexpr int SUB = 8;        // steps whose states the backward holds in registers
 constexpr int NW = NT / 32;   // warps per block
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr unsigned FULL = 0xffffffffu;
@@ -85,30 +86,139 @@ __device__ __forceinline__ Coords block_coords(const Params& p) {
     return c;
 }
 
-// s[r * ROW + t] = f(x[row0 + r, t0 + t], r) for the block's CH rows and SC steps; 0 outside the sequence and for
-// rows past nvalid. x: (rows, seqlen).
-template <int CH, typename T, typename F>
-__device__ __forceinline__ void stage_rows(float* s, const T* x, long long row0, int nvalid, long long t0,
-                                           long long L, F f) {
-#pragma unroll 4
-    for (int i = threadIdx.x; i < CH * SC; i += NT) {
-        const int r = i / SC, t = i % SC;
-        float v = 0.f;
-        if (r < nvalid && t0 + t < L) v = f(to_f(x[(row0 + r) * L + t0 + t]), r);
-        s[r * ROW + t] = v;
+// 16-byte vectors: V elements of T. elem/pack convert with compile-time lane indices (registers, no local memory).
+template <typename T> struct Vec { static constexpr int V = 16 / sizeof(T); };
+__device__ __forceinline__ unsigned word(const uint4& w, int i) { return i == 0 ? w.x : i == 1 ? w.y : i == 2 ? w.z : w.w; }
+template <typename T> __device__ __forceinline__ float elem(const uint4& w, int q);
+template <> __device__ __forceinline__ float elem<float>(const uint4& w, int q) { return __uint_as_float(word(w, q)); }
+template <> __device__ __forceinline__ float elem<__nv_bfloat16>(const uint4& w, int q) {
+    const unsigned x = word(w, q >> 1);
+    return __uint_as_float((q & 1) ? (x & 0xffff0000u) : (x << 16));
+}
+template <> __device__ __forceinline__ float elem<__half>(const uint4& w, int q) {
+    const unsigned x = word(w, q >> 1);
+    return __half2float(__ushort_as_half((unsigned short)((q & 1) ? (x >> 16) : (x & 0xffffu))));
+}
+__device__ __forceinline__ unsigned bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+__device__ __forceinline__ unsigned bits16(__half x) { return __half_as_ushort(x); }
+template <typename T> __device__ __forceinline__ uint4 pack(const float* v) {
+    if constexpr (sizeof(T) == 4) {
+        return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3]));
+    } else {
+        unsigned w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w[i] = bits16(from_f<T>(v[2 * i])) | (bits16(from_f<T>(v[2 * i + 1])) << 16);
+        return make_uint4(w[0], w[1], w[2], w[3]);
     }
 }
 
-// s[t * NP + n] = x[row0 + n, t0 + t] (B or C of one (batch, group): (dstate, seqlen)); 0 for padded states.
-template <int NP, typename T>
-__device__ __forceinline__ void stage_bc(float* s, const T* x, long long row0, int N, long long t0, long long L) {
-#pragma unroll 4
-    for (int i = threadIdx.x; i < NP * SC; i += NT) {
-        const int n = i / SC, t = i % SC;
-        float v = 0.f;
-        if (n < N && t0 + t < L) v = to_f(x[(row0 + n) * L + t0 + t]);
-        s[t * NP + n] = v;
+// Stages a (ROWS, SC) tile of x: (rows, seqlen), rows row0.., steps t0..; calls put(r, t, value, in_range) for every
+// element (value 0 where not in range: rows >= nvalid or steps >= L). Each thread owns whole 16-byte vectors and
+// issues all its loads before the first put: a loop that stored each value to shared memory before the next load
+// waited out every load's latency in turn (the compiler cannot move a load above a possibly aliasing store).
+template <typename T, int ROWS, typename F>
+__device__ __forceinline__ void stage(const T* x, long long row0, int nvalid, long long t0, long long L, bool vec,
+                                      F put) {
+    constexpr int V = Vec<T>::V, PER = (ROWS * SC + NT * V - 1) / (NT * V);
+    if (vec && t0 + SC <= L) {
+        uint4 raw[PER];
+#pragma unroll
+        for (int m = 0; m < PER; ++m) {
+            const int e = (threadIdx.x + m * NT) * V, r = e / SC, t = e % SC;
+            raw[m] = (e < ROWS * SC && r < nvalid) ? __ldg(reinterpret_cast<const uint4*>(x + (row0 + r) * L + t0 + t))
+                                                   : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int m = 0; m < PER; ++m) {
+            const int e = (threadIdx.x + m * NT) * V, r = e / SC, t = e % SC;
+            if (e >= ROWS * SC) break;
+#pragma unroll
+            for (int q = 0; q < V; ++q) put(r, t + q, elem<T>(raw[m], q), r < nvalid);
+        }
+    } else {  // the last, partial chunk or unaligned tensors: element by element
+#pragma unroll 1
+        for (int i = threadIdx.x; i < ROWS * SC; i += NT) {
+            const int r = i / SC, t = i % SC;
+            const bool in = r < nvalid && t0 + t < L;
+            put(r, t, in ? to_f(x[(row0 + r) * L + t0 + t]) : 0.f, in);
+        }
     }
+}
+
+// For each element (r, t) of the block's (CH, SC) tile that exists, in 16-byte vectors where possible:
+// out[r, t] = f(r, t, in1, in2) with in1/in2 the elements of optional extra inputs (null: 0) at the same offset.
+// With rowsum, also adds each row's sum of the written values (before rounding to T) into rowsum[r].
+template <typename T, int CH, typename F>
+__device__ __forceinline__ void write_tile(T* out, const T* x1, const T* x2, long long row0, int nvalid, long long t0,
+                                           long long L, bool vec, float* rowsum, F f) {
+    constexpr int V = Vec<T>::V, PER = (CH * SC + NT * V - 1) / (NT * V);
+    const int lane = threadIdx.x % 32;
+    if (vec && t0 + SC <= L) {
+        uint4 r1[PER], r2[PER];
+#pragma unroll
+        for (int m = 0; m < PER; ++m) {
+            const int e = (threadIdx.x + m * NT) * V, r = e / SC, t = e % SC;
+            const bool ok = e < CH * SC && r < nvalid;
+            const long long off = (row0 + r) * L + t0 + t;
+            r1[m] = (ok && x1) ? __ldg(reinterpret_cast<const uint4*>(x1 + off)) : make_uint4(0u, 0u, 0u, 0u);
+            r2[m] = (ok && x2) ? __ldg(reinterpret_cast<const uint4*>(x2 + off)) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int m = 0; m < PER; ++m) {
+            const int e = (threadIdx.x + m * NT) * V, r = e / SC, t = e % SC;
+            const bool ok = e < CH * SC && r < nvalid;
+            float v[V], sum = 0.f;
+            if (ok) {
+#pragma unroll
+                for (int q = 0; q < V; ++q) {
+                    v[q] = f(r, t + q, elem<T>(r1[m], q), elem<T>(r2[m], q));
+                    sum += v[q];
+                }
+                *reinterpret_cast<uint4*>(out + (row0 + r) * L + t0 + t) = pack<T>(v);
+            }
+            if (rowsum) {  // a row's SC / V vectors lie on consecutive lanes
+#pragma unroll
+                for (int off = SC / V / 2; off > 0; off >>= 1) sum += __shfl_xor_sync(FULL, sum, off);
+                if (ok && lane % (SC / V) == 0) atomicAdd(rowsum + r, sum);
+            }
+        }
+    } else {  // one element per lane; a warp's 32 elements lie in one row
+#pragma unroll 1
+        for (int i = threadIdx.x; i < CH * SC; i += NT) {
+            const int r = i / SC, t = i % SC;
+            const bool ok = r < nvalid && t0 + t < L;
+            float v = 0.f;
+            if (ok) {
+                const long long off = (row0 + r) * L + t0 + t;
+                v = f(r, t, x1 ? to_f(x1[off]) : 0.f, x2 ? to_f(x2[off]) : 0.f);
+                out[off] = from_f<T>(v);
+            }
+            if (rowsum) {
+#pragma unroll
+                for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(FULL, v, off);
+                if (lane == 0 && r < nvalid) atomicAdd(rowsum + r, v);
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ float silu(float x) { return x / (1.f + __expf(-x)); }
+
+// Sums four keys over the TPC lanes of a channel with a transposing exchange (3 shuffles for TPC 4 instead of 8):
+// returns the full sum of key `key` (lane j holds key (j / (TPC/4)) % 4; every lane holds a complete sum).
+template <int TPC>
+__device__ __forceinline__ float sum_lanes4(const float v[4], int j, int& key) {
+    constexpr int H = TPC / 2, Q = TPC / 4;
+    const bool hi = j & H, mid = j & Q;
+    float a0 = hi ? v[2] : v[0], a1 = hi ? v[3] : v[1];
+    a0 += __shfl_xor_sync(FULL, hi ? v[0] : v[2], H);
+    a1 += __shfl_xor_sync(FULL, hi ? v[1] : v[3], H);
+    float s = mid ? a1 : a0;
+    s += __shfl_xor_sync(FULL, mid ? a0 : a1, Q);
+#pragma unroll
+    for (int off = Q / 2; off > 0; off >>= 1) s += __shfl_xor_sync(FULL, s, off);
+    key = (hi ? 2 : 0) + (mid ? 1 : 0);
+    return s;
 }
 
 template <int TPC>
@@ -124,10 +234,41 @@ __device__ __forceinline__ float delta_to_dt(const Params& p, float x, int d) {
     return p.softplus ? softplus(x) : x;
 }
 
+// Stages the chunk's dt = softplus(delta + bias) and u (rows), and B, C transposed to (SC, NP): a step's states are
+// one float4 per lane.
+template <typename T, int CH, int NP>
+__device__ __forceinline__ void stage_inputs(const Params& p, const Coords& bc, float* s_dt, float* s_u, float* s_B,
+                                             float* s_C, long long t0) {
+    const long long L = p.seqlen, row0 = bc.b * p.dim + bc.d0;
+    const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * p.dstate;
+    const bool vec = p.vec;
+    const float* bias = p.bias;
+    const bool sp = p.softplus;
+    const int d0 = bc.d0;
+    stage<T, CH>(static_cast<const T*>(p.delta), row0, bc.nvalid, t0, L, vec, [&](int r, int t, float x, bool in) {
+        if (bias) x += bias[d0 + r];
+        s_dt[r * ROW + t] = in ? (sp ? softplus(x) : x) : 0.f;
+    });
+    if (s_u) stage<T, CH>(static_cast<const T*>(p.u), row0, bc.nvalid, t0, L, vec,
+                          [&](int r, int t, float x, bool) { s_u[r * ROW + t] = x; });
+    if (s_B) stage<T, NP>(static_cast<const T*>(p.B), bc_row, (int)p.dstate, t0, L, vec,
+                          [&](int n, int t, float x, bool) { s_B[t * NP + n] = x; });
+    if (s_C) stage<T, NP>(static_cast<const T*>(p.C), bc_row, (int)p.dstate, t0, L, vec,
+                          [&](int n, int t, float x, bool) { s_C[t * NP + n] = x; });
+}
+
+__device__ __forceinline__ void unpack4(const float4& v, float (&a)[NPT]) {
+    a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
+}
+// a[key] for a run-time key without indexing a register array (which would move it to local memory).
+__device__ __forceinline__ float pick4(const float (&a)[4], int key) {
+    return key == 0 ? a[0] : key == 1 ? a[1] : key == 2 ? a[2] : a[3];
+}
+
 // Forward. SEGMENT_PASS: only each segment's end state from a zero start and its sum of steps (no output).
 template <typename T, int TPC, bool SEGMENT_PASS>
 __global__ void __launch_bounds__(NT) fwd_kernel(Params p) {
-    constexpr int CH = NT / TPC, NP = TPC * NPT;
+    constexpr int CH = NT / TPC, NP = TPC * NPT, G = 4;
     extern __shared__ float4 smem4[];
     float* s_dt = reinterpret_cast<float*>(smem4);
     float* s_u = s_dt + CH * ROW;          // u, then y + D u
@@ -142,11 +283,6 @@ __global__ void __launch_bounds__(NT) fwd_kernel(Params p) {
     const long long L = p.seqlen, N = p.dstate, dim = p.dim;
     const long long row0 = bc.b * dim + bc.d0;                 // first row of u, delta, z, out
     const long long bd = bc.b * dim + d;
-    const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * N;
-    const T* u = static_cast<const T*>(p.u);
-    const T* delta = static_cast<const T*>(p.delta);
-    const T* Bp = static_cast<const T*>(p.B);
-    const T* Cp = static_cast<const T*>(p.C);
     const long long k_begin = seg * p.seg_chunks, k_end = min(p.n_chunks, k_begin + p.seg_chunks);
 
     float A2[NPT], h[NPT];
@@ -168,55 +304,47 @@ __global__ void __launch_bounds__(NT) fwd_kernel(Params p) {
                 if (j * NPT + k < N) p.chunk_states[(bd * (p.n_chunks + 1) + kc) * N + j * NPT + k] = h[k];
         }
         __syncthreads();  // the previous chunk's readers are done with shared memory
-        stage_rows<CH>(s_dt, delta, row0, bc.nvalid, t0, L,
-                       [&](float x, int r) { return delta_to_dt<T>(p, x, bc.d0 + r); });
-        stage_rows<CH>(s_u, u, row0, bc.nvalid, t0, L, [](float x, int) { return x; });
-        stage_bc<NP>(s_B, Bp, bc_row, (int)N, t0, L);
-        if (!SEGMENT_PASS) stage_bc<NP>(s_C, Cp, bc_row, (int)N, t0, L);
+        stage_inputs<T, CH, NP>(p, bc, s_dt, s_u, s_B, SEGMENT_PASS ? nullptr : s_C, t0);
         __syncthreads();
 
-        const float* rdt = s_dt + c * ROW;
+        float* rdt = s_dt + c * ROW;
         float* ru = s_u + c * ROW;
-#pragma unroll 4
-        for (int t = 0; t < SC; ++t) {
-            const float dt = rdt[t], uu = ru[t], dtu = dt * uu;
-            const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
-            const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
-            if (SEGMENT_PASS) {
-                dtsum += dt;
+#pragma unroll 1
+        for (int t = 0; t < SC; t += G) {
+            // All of the group's inputs first, then the recurrence; y is summed over the lanes once per group.
+            float dt[G], uu[G], Bk[G][NPT], Ck[G][NPT], y[G];
 #pragma unroll
-                for (int k = 0; k < NPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
-            } else {
-                const float4 cv = reinterpret_cast<const float4*>(s_C + t * NP)[j];
-                const float Ck[NPT] = {cv.x, cv.y, cv.z, cv.w};
-                float y = 0.f;
+            for (int g = 0; g < G; ++g) {
+                dt[g] = rdt[t + g];
+                uu[g] = ru[t + g];
+                unpack4(reinterpret_cast<const float4*>(s_B + (t + g) * NP)[j], Bk[g]);
+                if (!SEGMENT_PASS) unpack4(reinterpret_cast<const float4*>(s_C + (t + g) * NP)[j], Ck[g]);
+            }
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+                const float dtu = dt[g] * uu[g];
+                y[g] = 0.f;
 #pragma unroll
                 for (int k = 0; k < NPT; ++k) {
-                    h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
-                    y = fmaf(Ck[k], h[k], y);
+                    h[k] = fmaf(ex2(dt[g] * A2[k]), h[k], dtu * Bk[g][k]);
+                    if (!SEGMENT_PASS) y[g] = fmaf(Ck[g][k], h[k], y[g]);
                 }
-                y = sum_lanes<TPC>(y);
-                // Safe in place: every lane of this channel has read ru[t] before the shuffles above.
-                if (j == 0) ru[t] = fmaf(Dd, uu, y);
+                if (SEGMENT_PASS) dtsum += dt[g];
+            }
+            if (!SEGMENT_PASS) {
+                int key;
+                const float ys = sum_lanes4<TPC>(y, j, key);
+                // In place: every lane of this channel read the group's u before the shuffles.
+                if ((j & (TPC / 4 - 1)) == 0) ru[t + key] = fmaf(Dd, pick4(uu, key), ys);
             }
         }
         if (!SEGMENT_PASS) {
             __syncthreads();
-            const T* z = static_cast<const T*>(p.z);
-            T* out = static_cast<T*>(p.out);
-#pragma unroll 4
-            for (int i = threadIdx.x; i < CH * SC; i += NT) {
-                const int r = i / SC, t = i % SC;
-                if (r < bc.nvalid && t0 + t < L) {
-                    const long long off = (row0 + r) * L + t0 + t;
-                    float y = s_u[r * ROW + t];
-                    if (z) {
-                        const float zz = to_f(z[off]);
-                        y *= zz / (1.f + __expf(-zz));
-                    }
-                    out[off] = from_f<T>(y);
-                }
-            }
+            write_tile<T, CH>(static_cast<T*>(p.out), static_cast<const T*>(p.z), nullptr, row0, bc.nvalid, t0, L,
+                              p.vec, nullptr, [&](int r, int t, float zz, float) {
+                                  const float y = s_u[r * ROW + t];
+                                  return p.z ? y * silu(zz) : y;
+                              });
         }
     }
     if (!valid) return;
@@ -254,32 +382,20 @@ __global__ void carry_kernel(const float* A, const float* seg_state, const float
 }
 
 // dy = dout * silu(z) (or dout), staged like the other rows.
-template <int CH, typename T>
-__device__ __forceinline__ void stage_dy(float* s, const Params& p, long long row0, int nvalid, long long t0) {
-    const T* dout = static_cast<const T*>(p.dout);
-    const T* z = static_cast<const T*>(p.z);
-    const long long L = p.seqlen;
-#pragma unroll 4
-    for (int i = threadIdx.x; i < CH * SC; i += NT) {
-        const int r = i / SC, t = i % SC;
-        float v = 0.f;
-        if (r < nvalid && t0 + t < L) {
-            const long long off = (row0 + r) * L + t0 + t;
-            v = to_f(dout[off]);
-            if (z) {
-                const float zz = to_f(z[off]);
-                v *= zz / (1.f + __expf(-zz));
-            }
-        }
-        s[r * ROW + t] = v;
-    }
+template <typename T, int CH>
+__device__ __forceinline__ void stage_dy(const Params& p, const Coords& bc, float* s_dy, long long t0) {
+    const long long L = p.seqlen, row0 = bc.b * p.dim + bc.d0;
+    stage<T, CH>(static_cast<const T*>(p.dout), row0, bc.nvalid, t0, L, p.vec,
+                 [&](int r, int t, float x, bool) { s_dy[r * ROW + t] = x; });
+    if (p.z) stage<T, CH>(static_cast<const T*>(p.z), row0, bc.nvalid, t0, L, p.vec,
+                          [&](int r, int t, float x, bool) { s_dy[r * ROW + t] *= silu(x); });  // same thread, same element
 }
 
 // Backward segment pass: each segment's (but the first) adjoint at its start from a zero gradient at its end,
 // and its sum of steps. g_t = C_t dy_t + a_{t+1} g_{t+1}; the result is a_start g_start.
 template <typename T, int TPC>
 __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
-    constexpr int CH = NT / TPC, NP = TPC * NPT;
+    constexpr int CH = NT / TPC, NP = TPC * NPT, G = 4;
     extern __shared__ float4 smem4[];
     float* s_dt = reinterpret_cast<float*>(smem4);
     float* s_dy = s_dt + CH * ROW;
@@ -290,11 +406,9 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
     const bool valid = c < bc.nvalid;
     const int d = bc.d0 + (valid ? c : 0);
     const int seg = blockIdx.y + 1;
-    const long long L = p.seqlen, N = p.dstate;
-    const long long row0 = bc.b * p.dim + bc.d0, bd = bc.b * p.dim + d;
-    const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * N;
+    const long long N = p.dstate;
+    const long long bd = bc.b * p.dim + d;
     const long long k_begin = seg * p.seg_chunks, k_end = min(p.n_chunks, k_begin + p.seg_chunks);
-    const T* delta = static_cast<const T*>(p.delta);
 
     float A2[NPT], g[NPT], a_next[NPT];
 #pragma unroll
@@ -308,23 +422,28 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
     for (long long kc = k_end - 1; kc >= k_begin; --kc) {
         const long long t0 = kc * SC;
         __syncthreads();
-        stage_rows<CH>(s_dt, delta, row0, bc.nvalid, t0, L,
-                       [&](float x, int r) { return delta_to_dt<T>(p, x, bc.d0 + r); });
-        stage_dy<CH, T>(s_dy, p, row0, bc.nvalid, t0);
-        stage_bc<NP>(s_C, static_cast<const T*>(p.C), bc_row, (int)N, t0, L);
+        stage_inputs<T, CH, NP>(p, bc, s_dt, nullptr, nullptr, s_C, t0);
+        stage_dy<T, CH>(p, bc, s_dy, t0);
         __syncthreads();
         const float* rdt = s_dt + c * ROW;
         const float* rdy = s_dy + c * ROW;
-#pragma unroll 4
-        for (int t = SC - 1; t >= 0; --t) {
-            const float dt = rdt[t], dy = rdy[t];
-            const float4 cv = reinterpret_cast<const float4*>(s_C + t * NP)[j];
-            const float Ck[NPT] = {cv.x, cv.y, cv.z, cv.w};
-            dtsum += dt;
+#pragma unroll 1
+        for (int t = SC - G; t >= 0; t -= G) {
+            float dt[G], dy[G], Ck[G][NPT];
 #pragma unroll
-            for (int k = 0; k < NPT; ++k) {
-                g[k] = fmaf(a_next[k], g[k], Ck[k] * dy);
-                a_next[k] = ex2(dt * A2[k]);
+            for (int i = 0; i < G; ++i) {
+                dt[i] = rdt[t + i];
+                dy[i] = rdy[t + i];
+                unpack4(reinterpret_cast<const float4*>(s_C + (t + i) * NP)[j], Ck[i]);
+            }
+#pragma unroll
+            for (int i = G - 1; i >= 0; --i) {
+                dtsum += dt[i];
+#pragma unroll
+                for (int k = 0; k < NPT; ++k) {
+                    g[k] = fmaf(a_next[k], g[k], Ck[i][k] * dy[i]);
+                    a_next[k] = ex2(dt[i] * A2[k]);
+                }
             }
         }
     }
@@ -371,9 +490,11 @@ __device__ __forceinline__ void add4(float* p, float4 v, bool vector_ok) {
     atomicAdd(p + 3, v.w);
 }
 
-template <typename T, int TPC>
-__global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
-    constexpr int CH = NT / TPC, NP = TPC * NPT, NSUB = SC / SUB;
+// MIN_BLOCKS > 1 caps the registers so that many blocks fit on an SM (at the price of some spilling); which is
+// faster is measured (benchmarks/gpu_scan.py --tune).
+template <typename T, int TPC, int MIN_BLOCKS>
+__global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
+    constexpr int CH = NT / TPC, NP = TPC * NPT, NSUB = SC / SUB, G = 4;
     extern __shared__ float4 smem4[];
     float* s_dt = reinterpret_cast<float*>(smem4);  // dt, then d(dt)
     float* s_u = s_dt + CH * ROW;                    // u, then du
@@ -394,7 +515,6 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
     const long long row0 = bc.b * dim + bc.d0, bd = bc.b * dim + d;
     const long long bc_row = ((long long)bc.b * p.n_groups + bc.g) * N;
     const long long k_begin = seg * p.seg_chunks, k_end = min(p.n_chunks, k_begin + p.seg_chunks);
-    const T* u = static_cast<const T*>(p.u);
     const T* delta = static_cast<const T*>(p.delta);
     const T* dout = static_cast<const T*>(p.dout);
     const T* z = static_cast<const T*>(p.z);
@@ -418,12 +538,8 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
     for (long long kc = k_end - 1; kc >= k_begin; --kc) {
         const long long t0 = kc * SC;
         __syncthreads();
-        stage_rows<CH>(s_dt, delta, row0, bc.nvalid, t0, L,
-                       [&](float x, int r) { return delta_to_dt<T>(p, x, bc.d0 + r); });
-        stage_rows<CH>(s_u, u, row0, bc.nvalid, t0, L, [](float x, int) { return x; });
-        stage_dy<CH, T>(s_dy, p, row0, bc.nvalid, t0);
-        stage_bc<NP>(s_B, static_cast<const T*>(p.B), bc_row, (int)N, t0, L);
-        stage_bc<NP>(s_C, static_cast<const T*>(p.C), bc_row, (int)N, t0, L);
+        stage_inputs<T, CH, NP>(p, bc, s_dt, s_u, s_B, s_C, t0);
+        stage_dy<T, CH>(p, bc, s_dy, t0);
         __syncthreads();
 
         float* rdt = s_dt + c * ROW;
@@ -447,8 +563,8 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
 #pragma unroll 4
                 for (int t = q * SUB; t < (q + 1) * SUB; ++t) {
                     const float dt = rdt[t], dtu = dt * ru[t];
-                    const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
-                    const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
+                    float Bk[NPT];
+                    unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
 #pragma unroll
                     for (int k = 0; k < NPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
                 }
@@ -466,8 +582,8 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
                 for (int tt = 0; tt < SUB; ++tt) {
                     const int t = q * SUB + tt;
                     const float dt = rdt[t], dtu = dt * ru[t];
-                    const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
-                    const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
+                    float Bk[NPT];
+                    unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
 #pragma unroll
                     for (int k = 0; k < NPT; ++k) {
                         h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
@@ -476,39 +592,53 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
                 }
             }
 #pragma unroll
-            for (int tt = SUB - 1; tt >= 0; --tt) {
-                const int t = q * SUB + tt;
-                const float dt = rdt[t], uu = ru[t], dy = rdy[t], dtu = dt * uu;
-                const float4 bv = reinterpret_cast<const float4*>(s_B + t * NP)[j];
-                const float4 cv = reinterpret_cast<const float4*>(s_C + t * NP)[j];
-                const float Bk[NPT] = {bv.x, bv.y, bv.z, bv.w};
-                const float Ck[NPT] = {cv.x, cv.y, cv.z, cv.w};
-                float ddt = 0.f, du = 0.f, y = 0.f, dBk[NPT], dCk[NPT];
+            for (int gb = SUB - G; gb >= 0; gb -= G) {
+                // The group's inputs first (its steps are overwritten below), then its steps in reverse.
+                float dt[G], uu[G], dy[G], ddt[G], du[G], y[G];
 #pragma unroll
-                for (int k = 0; k < NPT; ++k) {
-                    const float gk = fmaf(a_next[k], g[k], Ck[k] * dy);  // dL/dh_t
-                    g[k] = gk;
-                    a_next[k] = ex2(dt * A2[k]);
-                    const float hk = hist[tt][k];
-                    const float ah = hk - dtu * Bk[k];                    // a_t h_{t-1}
-                    dCk[k] = dy * hk;
-                    dBk[k] = gk * dtu;
-                    dA_acc[k] = fmaf(gk * dt, ah, dA_acc[k]);
-                    ddt = fmaf(gk, fmaf(An[k], ah, Bk[k] * uu), ddt);
-                    du = fmaf(gk, Bk[k], du);
-                    y = fmaf(Ck[k], hk, y);
+                for (int i = 0; i < G; ++i) {
+                    const int t = q * SUB + gb + i;
+                    dt[i] = rdt[t];
+                    uu[i] = ru[t];
+                    dy[i] = rdy[t];
                 }
-                ddt = sum_lanes<TPC>(ddt);
-                du = sum_lanes<TPC>(du);
-                y = sum_lanes<TPC>(y);
-                if (j == 0) {  // in place: every lane of this channel has read step t (shuffles above)
-                    rdt[t] = ddt;
-                    ru[t] = fmaf(du, dt, Dd * dy);
-                    rdy[t] = fmaf(Dd, uu, y);
-                    dD_acc = fmaf(dy, uu, dD_acc);
+#pragma unroll
+                for (int i = G - 1; i >= 0; --i) {
+                    const int tt = gb + i;
+                    const float dtu = dt[i] * uu[i];
+                    float Bk[NPT], Ck[NPT], dBk[NPT], dCk[NPT];
+                    unpack4(reinterpret_cast<const float4*>(s_B + (q * SUB + tt) * NP)[j], Bk);
+                    unpack4(reinterpret_cast<const float4*>(s_C + (q * SUB + tt) * NP)[j], Ck);
+                    ddt[i] = du[i] = y[i] = 0.f;
+#pragma unroll
+                    for (int k = 0; k < NPT; ++k) {
+                        const float gk = fmaf(a_next[k], g[k], Ck[k] * dy[i]);  // dL/dh_t
+                        g[k] = gk;
+                        a_next[k] = ex2(dt[i] * A2[k]);
+                        const float hk = hist[tt][k];
+                        const float ah = hk - dtu * Bk[k];                       // a_t h_{t-1}
+                        dCk[k] = dy[i] * hk;
+                        dBk[k] = gk * dtu;
+                        dA_acc[k] = fmaf(gk * dt[i], ah, dA_acc[k]);
+                        ddt[i] = fmaf(gk, fmaf(An[k], ah, Bk[k] * uu[i]), ddt[i]);
+                        du[i] = fmaf(gk, Bk[k], du[i]);
+                        y[i] = fmaf(Ck[k], hk, y[i]);
+                    }
+                    sum_channels_store<TPC>(dBk, s_dBw + (warp * SUB + tt) * NP, lane, j);
+                    sum_channels_store<TPC>(dCk, s_dCw + (warp * SUB + tt) * NP, lane, j);
                 }
-                sum_channels_store<TPC>(dBk, s_dBw + (warp * SUB + tt) * NP, lane, j);
-                sum_channels_store<TPC>(dCk, s_dCw + (warp * SUB + tt) * NP, lane, j);
+                int key;
+                const float sd = sum_lanes4<TPC>(ddt, j, key);
+                const float su = sum_lanes4<TPC>(du, j, key);
+                const float sy = sum_lanes4<TPC>(y, j, key);
+                if ((j & (TPC / 4 - 1)) == 0) {  // in place: every lane of the channel has read the group
+                    const int t = q * SUB + gb + key;
+                    const float dtk = pick4(dt, key), uk = pick4(uu, key), dyk = pick4(dy, key);
+                    rdt[t] = sd;
+                    ru[t] = fmaf(su, dtk, Dd * dyk);
+                    rdy[t] = fmaf(Dd, uk, sy);
+                    dD_acc = fmaf(dyk, uk, dD_acc);
+                }
             }
             __syncthreads();
             // dB, dC of these SUB steps: sum the warps, one atomic add per (state, 4 steps).
@@ -539,37 +669,23 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
             __syncthreads();
         }
 
-        // du, ddelta, dz of the chunk, coalesced; ddelta_bias summed per channel.
-        T* du_out = static_cast<T*>(p.du);
-        T* ddelta_out = static_cast<T*>(p.ddelta);
-        T* dz_out = static_cast<T*>(p.dz);
-#pragma unroll 4
-        for (int i = threadIdx.x; i < CH * SC; i += NT) {  // a warp covers 32 steps of one channel
-            const int r = i / SC, t = i % SC;
-            float dd = 0.f;
-            if (r < bc.nvalid && t0 + t < L) {
-                const long long off = (row0 + r) * L + t0 + t;
-                du_out[off] = from_f<T>(s_u[r * ROW + t]);
-                dd = s_dt[r * ROW + t];
-                if (p.softplus) {
-                    float x = to_f(delta[off]);
-                    if (p.bias) x += p.bias[bc.d0 + r];
-                    dd *= softplus_grad(x);
-                }
-                ddelta_out[off] = from_f<T>(dd);
-                if (z) {
-                    const float zz = to_f(z[off]), sg = 1.f / (1.f + __expf(-zz));
-                    dz_out[off] = from_f<T>(to_f(dout[off]) * s_dy[r * ROW + t] * sg * fmaf(zz, 1.f - sg, 1.f));
-                }
-            }
-            if (p.dbias) {
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) dd += __shfl_xor_sync(FULL, dd, off);
-                if (lane == 0) atomicAdd(s_dbias + r, dd);
-            }
-        }
+        // du, ddelta (summed per channel into ddelta_bias), dz of the chunk.
+        write_tile<T, CH>(static_cast<T*>(p.du), nullptr, nullptr, row0, bc.nvalid, t0, L, p.vec, nullptr,
+                          [&](int r, int t, float, float) { return s_u[r * ROW + t]; });
+        write_tile<T, CH>(static_cast<T*>(p.ddelta), delta, nullptr, row0, bc.nvalid, t0, L, p.vec,
+                          p.dbias ? s_dbias : nullptr, [&](int r, int t, float x, float) {
+                              const float dd = s_dt[r * ROW + t];
+                              if (!p.softplus) return dd;
+                              return dd * softplus_grad(p.bias ? x + p.bias[bc.d0 + r] : x);
+                          });
+        if (z) write_tile<T, CH>(static_cast<T*>(p.dz), z, dout, row0, bc.nvalid, t0, L, p.vec, nullptr,
+                                 [&](int r, int t, float zz, float go) {
+                                     const float sg = 1.f / (1.f + __expf(-zz));
+                                     return go * s_dy[r * ROW + t] * sg * fmaf(zz, 1.f - sg, 1.f);
+                                 });
     }
 
+    dD_acc = sum_lanes<TPC>(dD_acc);
     if (valid) {
 #pragma unroll
         for (int k = 0; k < NPT; ++k) {
@@ -591,21 +707,29 @@ __global__ void __launch_bounds__(NT) bwd_kernel(Params p) {
 // ---------------------------------------------------------------------------------------------------------------
 
 template <int TPC>
-size_t smem_bytes(int kind) {  // 0 forward, 1 forward segment pass, 2 backward segment pass, 3 backward
+size_t smem_bytes(int kind) {  // 0 forward, 1 forward segment pass, 2 backward segment pass, 3-4 backward
     constexpr int CH = NT / TPC, NP = TPC * NPT;
     size_t floats = 0;
     if (kind == 0) floats = 2 * CH * ROW + 2 * SC * NP;
     if (kind == 1) floats = 2 * CH * ROW + 2 * SC * NP;  // C's slot unused
     if (kind == 2) floats = 2 * CH * ROW + SC * NP;
-    if (kind == 3) floats = 3 * CH * ROW + 2 * SC * NP + 2 * NW * SUB * NP + CH;
+    if (kind >= 3) floats = 3 * CH * ROW + 2 * SC * NP + 2 * NW * SUB * NP + CH;
     return floats * sizeof(float);
 }
 
 template <typename K>
-cudaError_t launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const Params& p) {
+cudaError_t launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const Params& p, bool max_shared = false) {
     if (grid.x == 0 || grid.y == 0) return cudaSuccess;
     if (smem > 48 * 1024) {
         cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (e != cudaSuccess) return e;
+    }
+    if (max_shared) {
+        // All of the unified L1/shared memory as shared memory, so that the register-capped backward fits 4
+        // blocks per SM (the driver's default carveout fitted 3). Not for the others: their blocks share B and C
+        // through L1, and the uncapped backward ran 1.7x slower without that cache (benchmarks/NOTES_gpu_scan.md).
+        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                             cudaSharedmemCarveoutMaxShared);
         if (e != cudaSuccess) return e;
     }
     kernel<<<grid, NT, smem, stream>>>(p);
@@ -621,7 +745,8 @@ cudaError_t run(const Params& p, int kind, cudaStream_t stream) {
         case 0: return launch(fwd_kernel<T, TPC, false>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
         case 1: return launch(fwd_kernel<T, TPC, true>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
         case 2: return launch(bwd_segment_kernel<T, TPC>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
-        case 3: return launch(bwd_kernel<T, TPC>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
+        case 3: return launch(bwd_kernel<T, TPC, 1>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
+        case 4: return launch(bwd_kernel<T, TPC, 4>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p, true);
     }
     return cudaErrorInvalidValue;
 }
@@ -637,7 +762,7 @@ cudaError_t run_tpc(const Params& p, int kind, int tpc, cudaStream_t stream) {
 
 extern "C" {
 
-// dtype: 0 float32, 1 float16, 2 bfloat16. kind: as smem_bytes. tpc: lanes per channel (4: dstate <= 16,
+// dtype: 0 float32, 1 float16, 2 bfloat16. kind: as smem_bytes (4: the backward capped at 128 registers). tpc: lanes per channel (4: dstate <= 16,
 // 16: dstate <= 64). Returns a cudaError_t code (0 = success).
 int ssm_scan_launch(const Params* p, int dtype, int kind, int tpc, void* stream) {
     cudaStream_t s = static_cast<cudaStream_t>(stream);
