@@ -745,7 +745,7 @@ cudaError_t run(const Params& p, int kind, cudaStream_t stream) {
         case 0: return launch(fwd_kernel<T, TPC, false>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
         case 1: return launch(fwd_kernel<T, TPC, true>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
         case 2: return launch(bwd_segment_kernel<T, TPC>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
-        case 3: return launch(bwd_kernel<T, TPC, 1>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
+        case 3: return launch(bwd_kernel<T, TPC, 3>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
         case 4: return launch(bwd_kernel<T, TPC, 4>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p, true);
     }
     return cudaErrorInvalidValue;
