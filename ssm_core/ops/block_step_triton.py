@@ -1,0 +1,421 @@
+"""One recurrent step of a whole residual Mamba block, h -> h + Mamba(RMSNorm(h)), as one Triton kernel launch.
+
+Autoregressive generation (audio: one sample per step of a U-Net of 40 blocks) is bound by kernel launches:
+the unfused step is ~10 small kernels per block. This kernel does the block's whole step:
+
+    x, z   = in_proj(RMSNorm(h))                                  (batch, d_inner) each
+    xc     = silu(conv1d over [conv state, x] + conv bias)         conv state shifted in place
+    dt_r, B, C = x_proj(xc)                                       (batch, dt_rank), (batch, d_state) x 2
+    dt     = softplus(dt_proj(dt_r) + dt bias)                     (batch, d_inner)
+    ssm    = exp(dt A) ssm + dt xc B                               (batch, d_inner, d_state), float32, in place
+    y      = (ssm . C + D xc) silu(z)
+    out    = h + out_proj(y)                                       (batch, d_model)
+
+Work split: the grid is (row tiles, split). A program owns ``rows`` batch rows and one of ``split`` slices of the
+d_inner channels (and, for out_proj, one slice of the d_model outputs). The weights (a few hundred KB per block)
+stay in L2; one program reading all of them is bound by one SM's share of the L2 bandwidth, so wide blocks are
+split over several programs. The steps need two all-channel reductions (x_proj over d_inner, out_proj over
+d_inner), so the kernel has three phases with a reduction between each: (A) norm, in_proj, conv, partial x_proj
+of the slice; (B) sum of the partials, dt_proj, state update, gated y of the slice; (C) out_proj of the output
+slice and the residual add. Partials, x, z and y go through small global scratch buffers (L2).
+
+``fused=True`` (CUDA): one launch; the programs of a row tile meet at two grid barriers (an atomic counter per
+row tile and phase, reset by the last program through, so the kernel replays from a CUDA graph). All programs
+must be resident at once, so the grid is capped at the number of SMs. ``fused=False``: three launches, one per
+phase (kernel boundaries are the barriers); this is what runs under ``TRITON_INTERPRET=1`` (which runs programs
+one after the other, so a grid barrier there would never open) and it exercises the same phase code.
+
+Accumulation is float32 (float64 when the residual stream is float64); weights may be fp32, bf16, fp16 or fp64.
+No host synchronisation, no data-dependent launch parameters: the step can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .scan_triton import LOG2E, _softplus, _tl_dtype
+
+# Elements of the largest 3-D broadcast-and-sum temporary per program (32 per thread at 4 warps).
+_TILE_ELEMENTS = 4096
+# One program reads about this many weight bytes before splitting the block over more programs pays.
+_BYTES_PER_PROGRAM = 128 * 1024
+
+
+@dataclass(frozen=True)
+class BlockStepConfig:
+    """Launch shape of the fused block step. ``None`` fields are picked from the shapes (``pick_config``)."""
+    rows: int | None = None       # batch rows per program (a power of two)
+    split: int | None = None      # programs per row tile, each owning a slice of d_inner (and of d_model)
+    fused: bool | None = None     # one launch with grid barriers; None: on CUDA unless interpreted
+    num_warps: int = 4
+
+
+@dataclass
+class BlockStepWeights:
+    """The parameters of one residual Mamba block (``RMSNorm -> Mamba``, selective, one direction).
+
+    norm_weight (d_model,); in_proj_weight (2 d_inner, d_model), bias (2 d_inner,) or None; conv_weight
+    (d_inner, d_conv), conv_bias (d_inner,) or None; x_proj_weight (dt_rank + 2 d_state, d_inner);
+    dt_proj_weight (d_inner, dt_rank), dt_proj_bias (d_inner,); A_log (d_inner, d_state); D (d_inner,);
+    out_proj_weight (d_model, d_inner), bias (d_model,) or None.
+    """
+    norm_weight: torch.Tensor
+    norm_eps: float
+    in_proj_weight: torch.Tensor
+    in_proj_bias: torch.Tensor | None
+    conv_weight: torch.Tensor
+    conv_bias: torch.Tensor | None
+    x_proj_weight: torch.Tensor
+    dt_proj_weight: torch.Tensor
+    dt_proj_bias: torch.Tensor
+    A_log: torch.Tensor
+    D: torch.Tensor
+    out_proj_weight: torch.Tensor
+    out_proj_bias: torch.Tensor | None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Device code
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _grid_barrier(counter_ptr, SPLIT: tl.constexpr):
+    """Wait until the SPLIT programs of this row tile have all arrived (scratch written before is then visible).
+
+    The counter goes 0 -> SPLIT (arrivals) -> 2 SPLIT (departures); the last to leave resets it to 0 for the
+    next launch, so no host-side reset is needed between CUDA-graph replays."""
+    tl.debug_barrier()  # every thread of this program has issued its stores
+    if SPLIT > 1:
+        tl.atomic_add(counter_ptr, 1, sem="release")
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
+        while arrived < SPLIT:
+            arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
+        if tl.atomic_add(counter_ptr, 1, sem="relaxed") == 2 * SPLIT - 1:
+            tl.atomic_xchg(counter_ptr, 0, sem="relaxed")
+        tl.debug_barrier()
+
+
+@triton.jit
+def _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr, x_buf, z_buf, xdbl_ptr,
+              rows, row_mask, sl, batch, d_model, d_inner, n_xdbl, eps, s_hb, s_cb, s_cd,
+              BB: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr, BJ: tl.constexpr, BKC: tl.constexpr,
+              K: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """(A) RMSNorm, in_proj, conv step and SiLU for this slice of channels, then its partial x_proj."""
+    offs_e = sl * BE + tl.arange(0, BE)
+    e_mask = offs_e < d_inner
+    rm2 = row_mask[:, None]
+    # RMS over the whole row (every program needs it: cheap, h is d_model floats per row)
+    ss = tl.zeros((BB,), ACC)
+    for k0 in range(0, d_model, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        hk = tl.load(h_ptr + rows[:, None] * s_hb + offs_k[None, :], mask=rm2 & (offs_k < d_model)[None, :],
+                     other=0.0).to(ACC)
+        ss += tl.sum(hk * hk, axis=1)
+    inv_rms = 1.0 / tl.sqrt(ss / d_model + eps)
+    # in_proj rows offs_e (x) and d_inner + offs_e (z), by chunks of d_model
+    acc_x = tl.zeros((BB, BE), ACC)
+    acc_z = tl.zeros((BB, BE), ACC)
+    for k0 in range(0, d_model, BK):
+        offs_k = k0 + tl.arange(0, BK)
+        k_mask = offs_k < d_model
+        hk = tl.load(h_ptr + rows[:, None] * s_hb + offs_k[None, :], mask=rm2 & k_mask[None, :], other=0.0).to(ACC)
+        xn = hk * inv_rms[:, None] * tl.load(nw_ptr + offs_k, mask=k_mask, other=0.0).to(ACC)[None, :]
+        w_mask = e_mask[:, None] & k_mask[None, :]
+        w_offs = offs_e[:, None] * d_model + offs_k[None, :]
+        wx = tl.load(win_ptr + w_offs, mask=w_mask, other=0.0).to(ACC)
+        wz = tl.load(win_ptr + d_inner * d_model + w_offs, mask=w_mask, other=0.0).to(ACC)
+        acc_x += tl.sum(xn[:, None, :] * wx[None, :, :], axis=2)
+        acc_z += tl.sum(xn[:, None, :] * wz[None, :, :], axis=2)
+    if HAS_IN_BIAS:
+        acc_x += tl.load(bin_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
+        acc_z += tl.load(bin_ptr + d_inner + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
+    m2 = rm2 & e_mask[None, :]
+    # The conv state keeps x in its own dtype; use the rounded value now too, as later steps will.
+    x_new = acc_x.to(conv_ptr.dtype.element_ty).to(ACC)
+    # conv: window = [state[..., 0 .. K-2], x_new]; load the whole state and its shift before storing any of it
+    conv = tl.load(cw_ptr + offs_e * K + (K - 1), mask=e_mask, other=0.0).to(ACC)[None, :] * x_new
+    if HAS_CONV_BIAS:
+        conv += tl.load(cb_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
+    if K > 1:
+        offs_c = tl.arange(0, BKC)
+        c_mask = offs_c < K - 1
+        c_offs = rows[:, None, None] * s_cb + offs_e[None, :, None] * s_cd + offs_c[None, None, :]
+        m3 = m2[:, :, None] & c_mask[None, None, :]
+        old = tl.load(conv_ptr + c_offs, mask=m3, other=0.0).to(ACC)
+        cw = tl.load(cw_ptr + offs_e[:, None] * K + offs_c[None, :], mask=e_mask[:, None] & c_mask[None, :],
+                     other=0.0).to(ACC)
+        conv += tl.sum(old * cw[None, :, :], axis=2)
+        last = (offs_c == K - 2)[None, None, :]
+        shifted = tl.load(conv_ptr + c_offs + 1, mask=m3 & ~last, other=0.0).to(ACC)
+        shifted = tl.where(last, x_new[:, :, None], shifted)
+        tl.debug_barrier()  # every (replicated) load of the old state is done
+        tl.store(conv_ptr + c_offs, shifted.to(conv_ptr.dtype.element_ty), mask=m3)
+    xc = conv * tl.sigmoid(conv)
+    xc = tl.where(m2, xc, 0.0)
+    tl.store(x_buf + rows[:, None] * d_inner + offs_e[None, :], xc, mask=m2)
+    tl.store(z_buf + rows[:, None] * d_inner + offs_e[None, :], acc_z, mask=m2)
+    # partial x_proj over this slice: (rows, dt_rank + 2 d_state) by chunks of BJ output rows
+    for j0 in range(0, n_xdbl, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        j_mask = offs_j < n_xdbl
+        w = tl.load(wx_ptr + offs_j[:, None] * d_inner + offs_e[None, :], mask=j_mask[:, None] & e_mask[None, :],
+                    other=0.0).to(ACC)
+        part = tl.sum(xc[:, None, :] * w[None, :, :], axis=2)
+        tl.store(xdbl_ptr + (sl * batch + rows[:, None]) * n_xdbl + offs_j[None, :], part,
+                 mask=rm2 & j_mask[None, :])
+
+
+@triton.jit
+def _sum_partials(xdbl_ptr, rows, row_mask, col0, n_cols, batch, n_xdbl,
+                  BB: tl.constexpr, BC: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr):
+    """Columns col0 .. col0 + BC of x_proj's output (rows, BC), summed over the slices in a fixed order."""
+    offs = tl.arange(0, BC)
+    mask = row_mask[:, None] & (offs < n_cols)[None, :]
+    total = tl.zeros((BB, BC), ACC)
+    for s in range(SPLIT):
+        total += tl.load(xdbl_ptr + (s * batch + rows[:, None]) * n_xdbl + col0 + offs[None, :], mask=mask,
+                         other=0.0, cache_modifier=".cg")
+    return total
+
+
+@triton.jit
+def _phase_ssm(x_buf, z_buf, xdbl_ptr, wdt_ptr, dtb_ptr, alog_ptr, d_ptr, ssm_ptr, y_buf,
+               rows, row_mask, sl, batch, d_inner, dt_rank, d_state, n_xdbl, s_sb, s_sd,
+               BB: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
+               ACC: tl.constexpr):
+    """(B) dt_proj, softplus, the state update (in place) and the gated output y for this slice of channels."""
+    offs_e = sl * BE + tl.arange(0, BE)
+    e_mask = offs_e < d_inner
+    m2 = row_mask[:, None] & e_mask[None, :]
+    xc = tl.load(x_buf + rows[:, None] * d_inner + offs_e[None, :], mask=m2, other=0.0, cache_modifier=".cg")
+    z = tl.load(z_buf + rows[:, None] * d_inner + offs_e[None, :], mask=m2, other=0.0, cache_modifier=".cg")
+    dt = tl.zeros((BB, BE), ACC)
+    for r0 in range(0, dt_rank, BR):
+        offs_r = r0 + tl.arange(0, BR)
+        dt_low = _sum_partials(xdbl_ptr, rows, row_mask, r0, dt_rank - r0, batch, n_xdbl, BB, BR, SPLIT, ACC)
+        w = tl.load(wdt_ptr + offs_e[:, None] * dt_rank + offs_r[None, :],
+                    mask=e_mask[:, None] & (offs_r < dt_rank)[None, :], other=0.0).to(ACC)
+        dt += tl.sum(dt_low[:, None, :] * w[None, :, :], axis=2)
+    dt = _softplus(dt + tl.load(dtb_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :])
+    Bm = _sum_partials(xdbl_ptr, rows, row_mask, dt_rank, d_state, batch, n_xdbl, BB, BN, SPLIT, ACC)
+    Cm = _sum_partials(xdbl_ptr, rows, row_mask, dt_rank + d_state, d_state, batch, n_xdbl, BB, BN, SPLIT, ACC)
+    offs_n = tl.arange(0, BN)
+    n_mask = offs_n < d_state
+    A = -tl.exp2(tl.load(alog_ptr + offs_e[:, None] * d_state + offs_n[None, :],
+                         mask=e_mask[:, None] & n_mask[None, :], other=0.0).to(ACC) * LOG2E)
+    s_offs = rows[:, None, None] * s_sb + offs_e[None, :, None] * s_sd + offs_n[None, None, :]
+    m3 = m2[:, :, None] & n_mask[None, None, :]
+    h = tl.load(ssm_ptr + s_offs, mask=m3, other=0.0).to(ACC)
+    h = tl.exp2(dt[:, :, None] * A[None, :, :] * LOG2E) * h + (dt * xc)[:, :, None] * Bm[:, None, :]
+    tl.debug_barrier()  # every (replicated) load of the old state is done
+    tl.store(ssm_ptr + s_offs, h.to(ssm_ptr.dtype.element_ty), mask=m3)
+    y = tl.sum(h * Cm[:, None, :], axis=2) + tl.load(d_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :] * xc
+    y = y * z * tl.sigmoid(z)
+    tl.store(y_buf + rows[:, None] * d_inner + offs_e[None, :], y, mask=m2)
+
+
+@triton.jit
+def _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, d_model, d_inner, s_hb, s_ob,
+               BB: tl.constexpr, BD: tl.constexpr, BKE: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+               ACC: tl.constexpr):
+    """(C) out_proj for this slice of d_model outputs over all of y, plus the residual."""
+    offs_d = sl * BD + tl.arange(0, BD)
+    d_mask = offs_d < d_model
+    acc = tl.zeros((BB, BD), ACC)
+    for e0 in range(0, d_inner, BKE):
+        offs_k = e0 + tl.arange(0, BKE)
+        k_mask = offs_k < d_inner
+        y = tl.load(y_buf + rows[:, None] * d_inner + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :],
+                    other=0.0, cache_modifier=".cg")
+        w = tl.load(wout_ptr + offs_d[:, None] * d_inner + offs_k[None, :], mask=d_mask[:, None] & k_mask[None, :],
+                    other=0.0).to(ACC)
+        acc += tl.sum(y[:, None, :] * w[None, :, :], axis=2)
+    if HAS_OUT_BIAS:
+        acc += tl.load(bout_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)[None, :]
+    m2 = row_mask[:, None] & d_mask[None, :]
+    h = tl.load(h_ptr + rows[:, None] * s_hb + offs_d[None, :], mask=m2, other=0.0).to(ACC)
+    tl.debug_barrier()  # out may be h itself: every (replicated) load of h is done
+    tl.store(out_ptr + rows[:, None] * s_ob + offs_d[None, :], (h + acc).to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, wx_ptr,
+                       wdt_ptr, dtb_ptr, alog_ptr, d_ptr, wout_ptr, bout_ptr, x_buf, z_buf, y_buf, xdbl_ptr,
+                       counter_ptr, batch, d_model, d_inner, dt_rank, d_state, eps,
+                       s_hb, s_ob, s_cb, s_cd, s_sb, s_sd,
+                       BB: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
+                       BJ: tl.constexpr, BKC: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
+                       BKE: tl.constexpr, K: tl.constexpr, SPLIT: tl.constexpr,
+                       FIRST: tl.constexpr, LAST: tl.constexpr, HAS_IN_BIAS: tl.constexpr,
+                       HAS_CONV_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, ACC: tl.constexpr):
+    """Phases FIRST..LAST (0: in, 1: ssm, 2: out) for row tile program_id(0), slice program_id(1)."""
+    tile = tl.program_id(0)
+    sl = tl.program_id(1)
+    rows = (tile * BB + tl.arange(0, BB)).to(tl.int64)
+    row_mask = rows < batch
+    n_xdbl = dt_rank + 2 * d_state
+    if FIRST == 0:
+        _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr, x_buf, z_buf, xdbl_ptr,
+                  rows, row_mask, sl, batch, d_model, d_inner, n_xdbl, eps, s_hb, s_cb, s_cd,
+                  BB, BE, BK, BJ, BKC, K, HAS_IN_BIAS, HAS_CONV_BIAS, ACC)
+    if FIRST == 0 and LAST >= 1:
+        _grid_barrier(counter_ptr + 2 * tile, SPLIT)
+    if FIRST <= 1 and LAST >= 1:
+        _phase_ssm(x_buf, z_buf, xdbl_ptr, wdt_ptr, dtb_ptr, alog_ptr, d_ptr, ssm_ptr, y_buf,
+                   rows, row_mask, sl, batch, d_inner, dt_rank, d_state, n_xdbl, s_sb, s_sd,
+                   BB, BE, BR, BN, SPLIT, ACC)
+    if FIRST <= 1 and LAST == 2:
+        _grid_barrier(counter_ptr + 2 * tile + 1, SPLIT)
+    if LAST == 2:
+        _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, d_model, d_inner, s_hb, s_ob,
+                   BB, BD, BKE, HAS_OUT_BIAS, ACC)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Host side
+# ----------------------------------------------------------------------------------------------------------------
+
+# Per device: int32 barrier counters, zero between launches. Shared by every launch on the device, so fused steps
+# must not run concurrently on two streams of one device.
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _barrier_counters(device: torch.device, n: int) -> torch.Tensor:
+    buf = _counters.get(device)
+    if buf is None or buf.numel() < n:
+        buf = _counters[device] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
+    return buf
+
+
+def _interpreted() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _pow2_floor(n: int) -> int:
+    return 1 << (max(1, int(n)).bit_length() - 1)
+
+
+def pick_config(batch: int, d_model: int, d_inner: int, weight_bytes: int, device: torch.device,
+                config: BlockStepConfig | None = None) -> BlockStepConfig:
+    """Fill in a config's ``None`` fields: 8 rows per program at most; ``split`` so that each program reads about
+    ``_BYTES_PER_PROGRAM`` of weights, within the SM count (fused launches need every program resident)."""
+    config = config or BlockStepConfig()
+    rows = config.rows or min(triton.next_power_of_2(batch), 8)
+    if rows < 1 or rows & (rows - 1):
+        raise ValueError(f"BlockStepConfig.rows must be a power of two; got {rows}")
+    fused = config.fused if config.fused is not None else (device.type == "cuda" and not _interpreted())
+    tiles = triton.cdiv(batch, rows)
+    split = config.split
+    if split is None:
+        split = min(triton.next_power_of_2(triton.cdiv(weight_bytes, _BYTES_PER_PROGRAM)), d_inner)
+        if fused:
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            split = max(1, min(split, _pow2_floor(sms // tiles) if sms >= tiles else 1))
+    if split < 1:
+        raise ValueError(f"BlockStepConfig.split must be >= 1; got {split}")
+    if fused and split > 1 and (device.type != "cuda" or _interpreted()):
+        raise ValueError("fused block step: grid barriers need every program resident on a GPU; without one "
+                         "(CPU, TRITON_INTERPRET=1) use split=1 or BlockStepConfig(fused=False)")
+    if fused and split > 1 and device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if tiles * split > sms:
+            raise ValueError(f"fused block step: {tiles} row tiles x split {split} programs exceed the {sms} SMs, "
+                             "which a launch with grid barriers needs resident at once; lower rows x split or "
+                             "use BlockStepConfig(fused=False)")
+    return BlockStepConfig(rows=rows, split=split, fused=fused, num_warps=config.num_warps)
+
+
+def _check(name: str, t: torch.Tensor | None, shape: tuple, device: torch.device, optional: bool = False) -> None:
+    if t is None:
+        if optional:
+            return
+        raise ValueError(f"fused_block_step: `{name}` is required")
+    if tuple(t.shape) != shape or t.device != device or not t.is_floating_point():
+        raise ValueError(f"fused_block_step: `{name}` must be a floating tensor of shape {shape} on {device}; got "
+                         f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}")
+
+
+def fused_block_step(h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor, w: BlockStepWeights,
+                     out: torch.Tensor | None = None, config: BlockStepConfig | None = None) -> torch.Tensor:
+    """One step of ``h + Mamba(RMSNorm(h))``; updates ``conv_state`` and ``ssm_state`` in place.
+
+    h: (batch, d_model), the residual stream (float32, or float64); conv_state: (batch, d_inner, d_conv - 1) in
+    the weights' dtype; ssm_state: (batch, d_inner, d_state), float32 (float64 for a float64 model). Returns
+    ``out`` (batch, d_model) in h's dtype: a new tensor, or the given one (which may be h itself).
+    """
+    batch, d_model = h.shape
+    d_inner, d_conv = w.conv_weight.shape
+    d_state, dt_rank = w.A_log.shape[1], w.dt_proj_weight.shape[1]
+    dev = h.device
+    _check("norm_weight", w.norm_weight, (d_model,), dev)
+    _check("in_proj_weight", w.in_proj_weight, (2 * d_inner, d_model), dev)
+    _check("in_proj_bias", w.in_proj_bias, (2 * d_inner,), dev, optional=True)
+    _check("conv_bias", w.conv_bias, (d_inner,), dev, optional=True)
+    _check("x_proj_weight", w.x_proj_weight, (dt_rank + 2 * d_state, d_inner), dev)
+    _check("dt_proj_weight", w.dt_proj_weight, (d_inner, dt_rank), dev)
+    _check("dt_proj_bias", w.dt_proj_bias, (d_inner,), dev)
+    _check("A_log", w.A_log, (d_inner, d_state), dev)
+    _check("D", w.D, (d_inner,), dev)
+    _check("out_proj_weight", w.out_proj_weight, (d_model, d_inner), dev)
+    _check("out_proj_bias", w.out_proj_bias, (d_model,), dev, optional=True)
+    _check("conv_state", conv_state, (batch, d_inner, d_conv - 1), dev)
+    _check("ssm_state", ssm_state, (batch, d_inner, d_state), dev)
+    if out is None:
+        out = torch.empty_like(h)
+    _check("out", out, (batch, d_model), dev)
+    for name, t in (("h", h), ("out", out), ("conv_state", conv_state), ("ssm_state", ssm_state)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"fused_block_step: `{name}` must have a unit stride in its last dimension")
+    if conv_state.shape[-1] > 1 and conv_state.stride(1) < conv_state.shape[-1]:
+        raise ValueError("fused_block_step: `conv_state` channels must not overlap (stride(1) >= d_conv - 1)")
+    params = [w.norm_weight, w.in_proj_weight, w.conv_weight, w.x_proj_weight, w.dt_proj_weight, w.dt_proj_bias,
+              w.A_log, w.D, w.out_proj_weight] + [b for b in (w.in_proj_bias, w.conv_bias, w.out_proj_bias) if
+                                                  b is not None]
+    params_c = [p.contiguous() for p in params]
+    weight_bytes = sum(p.numel() * p.element_size() for p in params_c)
+    cfg = pick_config(batch, d_model, d_inner, weight_bytes, dev, config)
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    rows, split = cfg.rows, cfg.split
+    tiles = triton.cdiv(batch, rows)
+    n_xdbl = dt_rank + 2 * d_state
+    x_buf = torch.empty(batch, d_inner, dtype=acc, device=dev)
+    z_buf = torch.empty(batch, d_inner, dtype=acc, device=dev)
+    y_buf = torch.empty(batch, d_inner, dtype=acc, device=dev)
+    xdbl = torch.empty(split, batch, n_xdbl, dtype=acc, device=dev)
+    counters = _barrier_counters(dev, 2 * tiles) if cfg.fused and split > 1 else xdbl
+    # Tile sizes: channel slice BE, output slice BD, and chunk widths keeping each 3-D temporary within budget.
+    be = triton.next_power_of_2(triton.cdiv(d_inner, split))
+    bd = triton.next_power_of_2(triton.cdiv(d_model, split))
+    bn = triton.next_power_of_2(d_state)
+
+    def chunk(width: int, others: int) -> int:
+        return max(1, min(triton.next_power_of_2(width), _pow2_floor(_TILE_ELEMENTS // others)))
+
+    norm_w, in_w, conv_w, x_w, dt_w, dt_b, A_log, D, out_w = params_c[:9]
+    biases = iter(params_c[9:])
+    in_b = next(biases) if w.in_proj_bias is not None else None
+    conv_b = next(biases) if w.conv_bias is not None else None
+    out_b = next(biases) if w.out_proj_bias is not None else None
+    dummy = norm_w  # stands for an absent bias (never read)
+    args = (h, out, conv_state, ssm_state, norm_w, in_w, in_b if in_b is not None else dummy, conv_w,
+            conv_b if conv_b is not None else dummy, x_w, dt_w, dt_b, A_log, D, out_w,
+            out_b if out_b is not None else dummy, x_buf, z_buf, y_buf, xdbl, counters,
+            batch, d_model, d_inner, dt_rank, d_state, float(w.norm_eps),
+            h.stride(0), out.stride(0), conv_state.stride(0), conv_state.stride(1), ssm_state.stride(0),
+            ssm_state.stride(1))
+    meta = dict(BB=rows, BE=be, BD=bd, BK=chunk(d_model, rows * be), BJ=chunk(n_xdbl, rows * be),
+                BKC=triton.next_power_of_2(max(d_conv - 1, 1)), BR=chunk(dt_rank, rows * be), BN=bn,
+                BKE=chunk(d_inner, rows * bd), K=d_conv, SPLIT=split, HAS_IN_BIAS=in_b is not None,
+                HAS_CONV_BIAS=conv_b is not None, HAS_OUT_BIAS=out_b is not None, ACC=_tl_dtype(acc),
+                num_warps=cfg.num_warps)
+    grid = (tiles, split)
+    if cfg.fused:
+        _block_step_kernel[grid](*args, FIRST=0, LAST=2, **meta)
+    else:
+        for phase in range(3):
+            _block_step_kernel[grid](*args, FIRST=phase, LAST=phase, **meta)
+    return out
