@@ -126,18 +126,20 @@ def check_block_step(case: StepCase, device, seed: int = 0, via_block: bool = Fa
 
 
 # Widths of the SaShiMi presets' levels: 6.1m 64 / 128 / 256, 24.3m 96 / 192 / 384 (d_inner twice that); split
-# and rows include uneven slices (idle programs), partial row tiles, non-power-of-two d_state and d_conv.
+# and rows include uneven slices, partial row tiles, non-power-of-two d_state and d_conv. The interpreter runs
+# the three-launch form (fused=None on CPU) except in the last case.
 INTERPRETER_CASES = [
     StepCase(64, 1),
     StepCase(64, 3, split=3, rows=2),
     StepCase(96, 2, torch.float32, split=2, rows=2, bias=True),
     StepCase(128, 1, torch.float32, split=4),
-    StepCase(192, 3, split=5, rows=4, steps=5),
+    StepCase(192, 3, split=5, rows=4, steps=5),            # several register chunks per slice in every phase
     StepCase(256, 2, torch.float32, split=8, rows=1, steps=5),
     StepCase(384, 1, torch.float32, split=16, steps=5),
     StepCase(32, 2, torch.bfloat16, split=2),
     StepCase(40, 3, d_state=7, d_conv=3, split=2, rows=2),
     StepCase(24, 2, d_conv=1, split=1, bias=True),
+    StepCase(64, 3, split=1, rows=2, fused=True),          # the one-launch form (its barriers need split 1 here)
 ]
 
 

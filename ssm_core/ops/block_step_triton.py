@@ -30,7 +30,7 @@ No host synchronisation, no data-dependent launch parameters: the step can be ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import triton
@@ -99,14 +99,23 @@ def _grid_barrier(counter_ptr, SPLIT: tl.constexpr):
 
 
 @triton.jit
+def _chunk(sl, width, c0, total, BLOCK: tl.constexpr):
+    """Indices (BLOCK,) and mask of the chunk starting at c0 of slice ``sl`` (``width`` consecutive indices)."""
+    offs = c0 + tl.arange(0, BLOCK)
+    idx = sl * width + offs
+    return idx, (offs < width) & (idx < total)
+
+
+@triton.jit
 def _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr, x_buf, z_buf, xdbl_ptr,
-              rows, row_mask, sl, batch, d_model, d_inner, n_xdbl, eps, s_hb, s_cb, s_cd,
-              BB: tl.constexpr, BE: tl.constexpr, BK: tl.constexpr, BJ: tl.constexpr, BKC: tl.constexpr,
-              K: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr, ACC: tl.constexpr):
-    """(A) RMSNorm, in_proj, conv step and SiLU for this slice of channels, then its partial x_proj."""
-    offs_e = sl * BE + tl.arange(0, BE)
-    e_mask = offs_e < d_inner
+              rows, row_mask, sl, slice_e, batch, d_model, d_inner, dt_rank, d_state, eps, s_hb, s_cb, s_cd,
+              BB: tl.constexpr, BEA: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
+              BKC: tl.constexpr, K: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+              ACC: tl.constexpr):
+    """(A) RMSNorm, in_proj, conv step and SiLU for this slice of channels (by chunks of BEA), and its partial
+    x_proj (rows, dt_rank + 2 d_state)."""
     rm2 = row_mask[:, None]
+    n_xdbl = dt_rank + 2 * d_state
     # RMS over the whole row (every program needs it: cheap, h is d_model floats per row)
     ss = tl.zeros((BB,), ACC)
     for k0 in range(0, d_model, BK):
@@ -115,63 +124,79 @@ def _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr,
                      other=0.0).to(ACC)
         ss += tl.sum(hk * hk, axis=1)
     inv_rms = 1.0 / tl.sqrt(ss / d_model + eps)
-    # in_proj rows offs_e (x) and d_inner + offs_e (z), by chunks of d_model
-    acc_x = tl.zeros((BB, BE), ACC)
-    acc_z = tl.zeros((BB, BE), ACC)
-    for k0 in range(0, d_model, BK):
-        offs_k = k0 + tl.arange(0, BK)
-        k_mask = offs_k < d_model
-        hk = tl.load(h_ptr + rows[:, None] * s_hb + offs_k[None, :], mask=rm2 & k_mask[None, :], other=0.0).to(ACC)
-        xn = hk * inv_rms[:, None] * tl.load(nw_ptr + offs_k, mask=k_mask, other=0.0).to(ACC)[None, :]
-        w_mask = e_mask[:, None] & k_mask[None, :]
-        w_offs = offs_e[:, None] * d_model + offs_k[None, :]
-        wx = tl.load(win_ptr + w_offs, mask=w_mask, other=0.0).to(ACC)
-        wz = tl.load(win_ptr + d_inner * d_model + w_offs, mask=w_mask, other=0.0).to(ACC)
-        acc_x += tl.sum(xn[:, None, :] * wx[None, :, :], axis=2)
-        acc_z += tl.sum(xn[:, None, :] * wz[None, :, :], axis=2)
-    if HAS_IN_BIAS:
-        acc_x += tl.load(bin_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
-        acc_z += tl.load(bin_ptr + d_inner + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
-    m2 = rm2 & e_mask[None, :]
-    # The conv state keeps x in its own dtype; use the rounded value now too, as later steps will.
-    x_new = acc_x.to(conv_ptr.dtype.element_ty).to(ACC)
-    # conv: window = [state[..., 0 .. K-2], x_new]; load the whole state and its shift before storing any of it
-    conv = tl.load(cw_ptr + offs_e * K + (K - 1), mask=e_mask, other=0.0).to(ACC)[None, :] * x_new
-    if HAS_CONV_BIAS:
-        conv += tl.load(cb_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
-    if K > 1:
-        offs_c = tl.arange(0, BKC)
-        c_mask = offs_c < K - 1
-        c_offs = rows[:, None, None] * s_cb + offs_e[None, :, None] * s_cd + offs_c[None, None, :]
-        m3 = m2[:, :, None] & c_mask[None, None, :]
-        old = tl.load(conv_ptr + c_offs, mask=m3, other=0.0).to(ACC)
-        cw = tl.load(cw_ptr + offs_e[:, None] * K + offs_c[None, :], mask=e_mask[:, None] & c_mask[None, :],
-                     other=0.0).to(ACC)
-        conv += tl.sum(old * cw[None, :, :], axis=2)
-        last = (offs_c == K - 2)[None, None, :]
-        shifted = tl.load(conv_ptr + c_offs + 1, mask=m3 & ~last, other=0.0).to(ACC)
-        shifted = tl.where(last, x_new[:, :, None], shifted)
-        tl.debug_barrier()  # every (replicated) load of the old state is done
-        tl.store(conv_ptr + c_offs, shifted.to(conv_ptr.dtype.element_ty), mask=m3)
-    xc = conv * tl.sigmoid(conv)
-    xc = tl.where(m2, xc, 0.0)
-    tl.store(x_buf + rows[:, None] * d_inner + offs_e[None, :], xc, mask=m2)
-    tl.store(z_buf + rows[:, None] * d_inner + offs_e[None, :], acc_z, mask=m2)
-    # partial x_proj over this slice: (rows, dt_rank + 2 d_state) by chunks of BJ output rows
-    for j0 in range(0, n_xdbl, BJ):
-        offs_j = j0 + tl.arange(0, BJ)
-        j_mask = offs_j < n_xdbl
-        w = tl.load(wx_ptr + offs_j[:, None] * d_inner + offs_e[None, :], mask=j_mask[:, None] & e_mask[None, :],
-                    other=0.0).to(ACC)
-        part = tl.sum(xc[:, None, :] * w[None, :, :], axis=2)
-        tl.store(xdbl_ptr + (sl * batch + rows[:, None]) * n_xdbl + offs_j[None, :], part,
-                 mask=rm2 & j_mask[None, :])
+    offs_r = tl.arange(0, BR)
+    offs_n = tl.arange(0, BN)
+    r_mask = offs_r < dt_rank
+    n_mask = offs_n < d_state
+    part_dt = tl.zeros((BB, BR), ACC)
+    part_B = tl.zeros((BB, BN), ACC)
+    part_C = tl.zeros((BB, BN), ACC)
+    for c0 in range(0, slice_e, BEA):
+        offs_e, e_mask = _chunk(sl, slice_e, c0, d_inner, BEA)
+        # in_proj rows offs_e (x) and d_inner + offs_e (z), by chunks of d_model
+        acc_x = tl.zeros((BB, BEA), ACC)
+        acc_z = tl.zeros((BB, BEA), ACC)
+        for k0 in range(0, d_model, BK):
+            offs_k = k0 + tl.arange(0, BK)
+            k_mask = offs_k < d_model
+            hk = tl.load(h_ptr + rows[:, None] * s_hb + offs_k[None, :], mask=rm2 & k_mask[None, :],
+                         other=0.0).to(ACC)
+            xn = hk * inv_rms[:, None] * tl.load(nw_ptr + offs_k, mask=k_mask, other=0.0).to(ACC)[None, :]
+            w_mask = e_mask[:, None] & k_mask[None, :]
+            w_offs = offs_e[:, None] * d_model + offs_k[None, :]
+            wx = tl.load(win_ptr + w_offs, mask=w_mask, other=0.0).to(ACC)
+            wz = tl.load(win_ptr + d_inner * d_model + w_offs, mask=w_mask, other=0.0).to(ACC)
+            acc_x += tl.sum(xn[:, None, :] * wx[None, :, :], axis=2)
+            acc_z += tl.sum(xn[:, None, :] * wz[None, :, :], axis=2)
+        if HAS_IN_BIAS:
+            acc_x += tl.load(bin_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
+            acc_z += tl.load(bin_ptr + d_inner + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
+        m2 = rm2 & e_mask[None, :]
+        # The conv state keeps x in its own dtype; use the rounded value now too, as later steps will.
+        x_new = acc_x.to(conv_ptr.dtype.element_ty).to(ACC)
+        # window = [state[..., 0 .. K-2], x_new]; load the state and its shift before storing any of it
+        conv = tl.load(cw_ptr + offs_e * K + (K - 1), mask=e_mask, other=0.0).to(ACC)[None, :] * x_new
+        if HAS_CONV_BIAS:
+            conv += tl.load(cb_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :]
+        if K > 1:
+            offs_c = tl.arange(0, BKC)
+            c_mask = offs_c < K - 1
+            c_offs = rows[:, None, None] * s_cb + offs_e[None, :, None] * s_cd + offs_c[None, None, :]
+            m3 = m2[:, :, None] & c_mask[None, None, :]
+            old = tl.load(conv_ptr + c_offs, mask=m3, other=0.0).to(ACC)
+            cw = tl.load(cw_ptr + offs_e[:, None] * K + offs_c[None, :], mask=e_mask[:, None] & c_mask[None, :],
+                         other=0.0).to(ACC)
+            conv += tl.sum(old * cw[None, :, :], axis=2)
+            last = (offs_c == K - 2)[None, None, :]
+            shifted = tl.load(conv_ptr + c_offs + 1, mask=m3 & ~last, other=0.0).to(ACC)
+            shifted = tl.where(last, x_new[:, :, None], shifted)
+            tl.debug_barrier()  # every (replicated) load of the old state is done
+            tl.store(conv_ptr + c_offs, shifted.to(conv_ptr.dtype.element_ty), mask=m3)
+        xc = tl.where(m2, conv * tl.sigmoid(conv), 0.0)
+        tl.store(x_buf + rows[:, None] * d_inner + offs_e[None, :], xc, mask=m2)
+        tl.store(z_buf + rows[:, None] * d_inner + offs_e[None, :], acc_z, mask=m2)
+        # this chunk's share of x_proj: rows [0, R) give dt, [R, R + N) B, [R + N, R + 2N) C
+        w_dt = tl.load(wx_ptr + offs_r[:, None] * d_inner + offs_e[None, :], mask=r_mask[:, None] & e_mask[None, :],
+                       other=0.0).to(ACC)
+        part_dt += tl.sum(xc[:, None, :] * w_dt[None, :, :], axis=2)
+        bc_mask = n_mask[:, None] & e_mask[None, :]
+        w_B = tl.load(wx_ptr + (dt_rank + offs_n[:, None]) * d_inner + offs_e[None, :], mask=bc_mask,
+                      other=0.0).to(ACC)
+        part_B += tl.sum(xc[:, None, :] * w_B[None, :, :], axis=2)
+        w_C = tl.load(wx_ptr + (dt_rank + d_state + offs_n[:, None]) * d_inner + offs_e[None, :], mask=bc_mask,
+                      other=0.0).to(ACC)
+        part_C += tl.sum(xc[:, None, :] * w_C[None, :, :], axis=2)
+    base = xdbl_ptr + (sl * batch + rows[:, None]) * n_xdbl
+    tl.store(base + offs_r[None, :], part_dt, mask=rm2 & r_mask[None, :])
+    tl.store(base + dt_rank + offs_n[None, :], part_B, mask=rm2 & n_mask[None, :])
+    tl.store(base + dt_rank + d_state + offs_n[None, :], part_C, mask=rm2 & n_mask[None, :])
 
 
 @triton.jit
 def _sum_partials(xdbl_ptr, rows, row_mask, col0, n_cols, batch, n_xdbl,
                   BB: tl.constexpr, BC: tl.constexpr, SPLIT: tl.constexpr, ACC: tl.constexpr):
-    """Columns col0 .. col0 + BC of x_proj's output (rows, BC), summed over the slices in a fixed order."""
+    """Columns col0 .. col0 + n_cols (<= BC) of x_proj's output (rows, BC), summed over the slices in a fixed
+    order (deterministic, unlike atomics)."""
     offs = tl.arange(0, BC)
     mask = row_mask[:, None] & (offs < n_cols)[None, :]
     total = tl.zeros((BB, BC), ACC)
@@ -183,72 +208,73 @@ def _sum_partials(xdbl_ptr, rows, row_mask, col0, n_cols, batch, n_xdbl,
 
 @triton.jit
 def _phase_ssm(x_buf, z_buf, xdbl_ptr, wdt_ptr, dtb_ptr, alog_ptr, d_ptr, ssm_ptr, y_buf,
-               rows, row_mask, sl, batch, d_inner, dt_rank, d_state, n_xdbl, s_sb, s_sd,
-               BB: tl.constexpr, BE: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
+               rows, row_mask, sl, slice_e, batch, d_inner, dt_rank, d_state, s_sb, s_sd,
+               BB: tl.constexpr, BEB: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr, SPLIT: tl.constexpr,
                ACC: tl.constexpr):
-    """(B) dt_proj, softplus, the state update (in place) and the gated output y for this slice of channels."""
-    offs_e = sl * BE + tl.arange(0, BE)
-    e_mask = offs_e < d_inner
-    m2 = row_mask[:, None] & e_mask[None, :]
-    xc = tl.load(x_buf + rows[:, None] * d_inner + offs_e[None, :], mask=m2, other=0.0, cache_modifier=".cg")
-    z = tl.load(z_buf + rows[:, None] * d_inner + offs_e[None, :], mask=m2, other=0.0, cache_modifier=".cg")
-    dt = tl.zeros((BB, BE), ACC)
-    for r0 in range(0, dt_rank, BR):
-        offs_r = r0 + tl.arange(0, BR)
-        dt_low = _sum_partials(xdbl_ptr, rows, row_mask, r0, dt_rank - r0, batch, n_xdbl, BB, BR, SPLIT, ACC)
-        w = tl.load(wdt_ptr + offs_e[:, None] * dt_rank + offs_r[None, :],
-                    mask=e_mask[:, None] & (offs_r < dt_rank)[None, :], other=0.0).to(ACC)
-        dt += tl.sum(dt_low[:, None, :] * w[None, :, :], axis=2)
-    dt = _softplus(dt + tl.load(dtb_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :])
+    """(B) dt_proj, softplus, the state update (in place) and the gated output y for this slice of channels, by
+    chunks of BEB."""
+    n_xdbl = dt_rank + 2 * d_state
+    dt_low = _sum_partials(xdbl_ptr, rows, row_mask, 0, dt_rank, batch, n_xdbl, BB, BR, SPLIT, ACC)
     Bm = _sum_partials(xdbl_ptr, rows, row_mask, dt_rank, d_state, batch, n_xdbl, BB, BN, SPLIT, ACC)
     Cm = _sum_partials(xdbl_ptr, rows, row_mask, dt_rank + d_state, d_state, batch, n_xdbl, BB, BN, SPLIT, ACC)
+    offs_r = tl.arange(0, BR)
     offs_n = tl.arange(0, BN)
     n_mask = offs_n < d_state
-    A = -tl.exp2(tl.load(alog_ptr + offs_e[:, None] * d_state + offs_n[None, :],
-                         mask=e_mask[:, None] & n_mask[None, :], other=0.0).to(ACC) * LOG2E)
-    s_offs = rows[:, None, None] * s_sb + offs_e[None, :, None] * s_sd + offs_n[None, None, :]
-    m3 = m2[:, :, None] & n_mask[None, None, :]
-    h = tl.load(ssm_ptr + s_offs, mask=m3, other=0.0).to(ACC)
-    h = tl.exp2(dt[:, :, None] * A[None, :, :] * LOG2E) * h + (dt * xc)[:, :, None] * Bm[:, None, :]
-    tl.debug_barrier()  # every (replicated) load of the old state is done
-    tl.store(ssm_ptr + s_offs, h.to(ssm_ptr.dtype.element_ty), mask=m3)
-    y = tl.sum(h * Cm[:, None, :], axis=2) + tl.load(d_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :] * xc
-    y = y * z * tl.sigmoid(z)
-    tl.store(y_buf + rows[:, None] * d_inner + offs_e[None, :], y, mask=m2)
+    for c0 in range(0, slice_e, BEB):
+        offs_e, e_mask = _chunk(sl, slice_e, c0, d_inner, BEB)
+        m2 = row_mask[:, None] & e_mask[None, :]
+        xc = tl.load(x_buf + rows[:, None] * d_inner + offs_e[None, :], mask=m2, other=0.0, cache_modifier=".cg")
+        z = tl.load(z_buf + rows[:, None] * d_inner + offs_e[None, :], mask=m2, other=0.0, cache_modifier=".cg")
+        w = tl.load(wdt_ptr + offs_e[:, None] * dt_rank + offs_r[None, :],
+                    mask=e_mask[:, None] & (offs_r < dt_rank)[None, :], other=0.0).to(ACC)
+        dt = tl.sum(dt_low[:, None, :] * w[None, :, :], axis=2)
+        dt = _softplus(dt + tl.load(dtb_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :])
+        A = -tl.exp2(tl.load(alog_ptr + offs_e[:, None] * d_state + offs_n[None, :],
+                             mask=e_mask[:, None] & n_mask[None, :], other=0.0).to(ACC) * LOG2E)
+        s_offs = rows[:, None, None] * s_sb + offs_e[None, :, None] * s_sd + offs_n[None, None, :]
+        m3 = m2[:, :, None] & n_mask[None, None, :]
+        h = tl.load(ssm_ptr + s_offs, mask=m3, other=0.0).to(ACC)
+        h = tl.exp2(dt[:, :, None] * A[None, :, :] * LOG2E) * h + (dt * xc)[:, :, None] * Bm[:, None, :]
+        tl.debug_barrier()  # every (replicated) load of the old state is done
+        tl.store(ssm_ptr + s_offs, h.to(ssm_ptr.dtype.element_ty), mask=m3)
+        y = tl.sum(h * Cm[:, None, :], axis=2)
+        y += tl.load(d_ptr + offs_e, mask=e_mask, other=0.0).to(ACC)[None, :] * xc
+        y = y * z * tl.sigmoid(z)
+        tl.store(y_buf + rows[:, None] * d_inner + offs_e[None, :], y, mask=m2)
 
 
 @triton.jit
-def _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, d_model, d_inner, s_hb, s_ob,
-               BB: tl.constexpr, BD: tl.constexpr, BKE: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
+def _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, slice_d, d_model, d_inner, s_hb,
+               s_ob, BB: tl.constexpr, BDC: tl.constexpr, BKE: tl.constexpr, HAS_OUT_BIAS: tl.constexpr,
                ACC: tl.constexpr):
-    """(C) out_proj for this slice of d_model outputs over all of y, plus the residual."""
-    offs_d = sl * BD + tl.arange(0, BD)
-    d_mask = offs_d < d_model
-    acc = tl.zeros((BB, BD), ACC)
-    for e0 in range(0, d_inner, BKE):
-        offs_k = e0 + tl.arange(0, BKE)
-        k_mask = offs_k < d_inner
-        y = tl.load(y_buf + rows[:, None] * d_inner + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :],
-                    other=0.0, cache_modifier=".cg")
-        w = tl.load(wout_ptr + offs_d[:, None] * d_inner + offs_k[None, :], mask=d_mask[:, None] & k_mask[None, :],
-                    other=0.0).to(ACC)
-        acc += tl.sum(y[:, None, :] * w[None, :, :], axis=2)
-    if HAS_OUT_BIAS:
-        acc += tl.load(bout_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)[None, :]
-    m2 = row_mask[:, None] & d_mask[None, :]
-    h = tl.load(h_ptr + rows[:, None] * s_hb + offs_d[None, :], mask=m2, other=0.0).to(ACC)
-    tl.debug_barrier()  # out may be h itself: every (replicated) load of h is done
-    tl.store(out_ptr + rows[:, None] * s_ob + offs_d[None, :], (h + acc).to(out_ptr.dtype.element_ty), mask=m2)
+    """(C) out_proj for this slice of d_model outputs (by chunks of BDC) over all of y, plus the residual."""
+    for c0 in range(0, slice_d, BDC):
+        offs_d, d_mask = _chunk(sl, slice_d, c0, d_model, BDC)
+        acc = tl.zeros((BB, BDC), ACC)
+        for e0 in range(0, d_inner, BKE):
+            offs_k = e0 + tl.arange(0, BKE)
+            k_mask = offs_k < d_inner
+            y = tl.load(y_buf + rows[:, None] * d_inner + offs_k[None, :], mask=row_mask[:, None] & k_mask[None, :],
+                        other=0.0, cache_modifier=".cg")
+            w = tl.load(wout_ptr + offs_d[:, None] * d_inner + offs_k[None, :],
+                        mask=d_mask[:, None] & k_mask[None, :], other=0.0).to(ACC)
+            acc += tl.sum(y[:, None, :] * w[None, :, :], axis=2)
+        if HAS_OUT_BIAS:
+            acc += tl.load(bout_ptr + offs_d, mask=d_mask, other=0.0).to(ACC)[None, :]
+        m2 = row_mask[:, None] & d_mask[None, :]
+        h = tl.load(h_ptr + rows[:, None] * s_hb + offs_d[None, :], mask=m2, other=0.0).to(ACC)
+        tl.debug_barrier()  # out may be h itself: every (replicated) load of h is done
+        tl.store(out_ptr + rows[:, None] * s_ob + offs_d[None, :], (h + acc).to(out_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
 def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, wx_ptr,
                        wdt_ptr, dtb_ptr, alog_ptr, d_ptr, wout_ptr, bout_ptr, x_buf, z_buf, y_buf, xdbl_ptr,
-                       counter_ptr, batch, d_model, d_inner, dt_rank, d_state, eps,
+                       counter_ptr, batch, d_model, d_inner, dt_rank, d_state, eps, slice_e, slice_d,
                        s_hb, s_ob, s_cb, s_cd, s_sb, s_sd,
-                       BB: tl.constexpr, BE: tl.constexpr, BD: tl.constexpr, BK: tl.constexpr,
-                       BJ: tl.constexpr, BKC: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
-                       BKE: tl.constexpr, K: tl.constexpr, SPLIT: tl.constexpr,
+                       BB: tl.constexpr, BEA: tl.constexpr, BK: tl.constexpr, BEB: tl.constexpr,
+                       BDC: tl.constexpr, BKE: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
+                       BKC: tl.constexpr, K: tl.constexpr, SPLIT: tl.constexpr,
                        FIRST: tl.constexpr, LAST: tl.constexpr, HAS_IN_BIAS: tl.constexpr,
                        HAS_CONV_BIAS: tl.constexpr, HAS_OUT_BIAS: tl.constexpr, ACC: tl.constexpr):
     """Phases FIRST..LAST (0: in, 1: ssm, 2: out) for row tile program_id(0), slice program_id(1)."""
@@ -256,22 +282,21 @@ def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_p
     sl = tl.program_id(1)
     rows = (tile * BB + tl.arange(0, BB)).to(tl.int64)
     row_mask = rows < batch
-    n_xdbl = dt_rank + 2 * d_state
     if FIRST == 0:
         _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr, x_buf, z_buf, xdbl_ptr,
-                  rows, row_mask, sl, batch, d_model, d_inner, n_xdbl, eps, s_hb, s_cb, s_cd,
-                  BB, BE, BK, BJ, BKC, K, HAS_IN_BIAS, HAS_CONV_BIAS, ACC)
+                  rows, row_mask, sl, slice_e, batch, d_model, d_inner, dt_rank, d_state, eps, s_hb, s_cb, s_cd,
+                  BB, BEA, BK, BR, BN, BKC, K, HAS_IN_BIAS, HAS_CONV_BIAS, ACC)
     if FIRST == 0 and LAST >= 1:
         _grid_barrier(counter_ptr + 2 * tile, SPLIT)
     if FIRST <= 1 and LAST >= 1:
         _phase_ssm(x_buf, z_buf, xdbl_ptr, wdt_ptr, dtb_ptr, alog_ptr, d_ptr, ssm_ptr, y_buf,
-                   rows, row_mask, sl, batch, d_inner, dt_rank, d_state, n_xdbl, s_sb, s_sd,
-                   BB, BE, BR, BN, SPLIT, ACC)
+                   rows, row_mask, sl, slice_e, batch, d_inner, dt_rank, d_state, s_sb, s_sd,
+                   BB, BEB, BR, BN, SPLIT, ACC)
     if FIRST <= 1 and LAST == 2:
         _grid_barrier(counter_ptr + 2 * tile + 1, SPLIT)
     if LAST == 2:
-        _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, d_model, d_inner, s_hb, s_ob,
-                   BB, BD, BKE, HAS_OUT_BIAS, ACC)
+        _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, slice_d, d_model, d_inner,
+                   s_hb, s_ob, BB, BDC, BKE, HAS_OUT_BIAS, ACC)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,6 +354,23 @@ def pick_config(batch: int, d_model: int, d_inner: int, weight_bytes: int, devic
     return BlockStepConfig(rows=rows, split=split, fused=fused, num_warps=config.num_warps)
 
 
+def tile_sizes(rows: int, slice_e: int, slice_d: int, d_model: int, d_inner: int, dt_rank: int, d_state: int,
+               d_conv: int) -> dict:
+    """The kernel's register blocks: every 3-D broadcast-and-sum temporary within ``_TILE_ELEMENTS`` (half that in
+    the state phase, which holds several), chunks of contiguous weight rows at least 16 wide where possible."""
+    br, bn = triton.next_power_of_2(dt_rank), triton.next_power_of_2(d_state)
+    bkc = triton.next_power_of_2(max(d_conv - 1, 1))
+
+    def fit(budget: int, others: int, width: int) -> int:  # largest power of two <= width within the budget
+        return max(1, min(triton.next_power_of_2(width), _pow2_floor(budget // others)))
+
+    bea = fit(_TILE_ELEMENTS, rows * max(br, bn, bkc, 16), slice_e)
+    beb = fit(_TILE_ELEMENTS // 2, rows * max(br, bn), slice_e)
+    bke = min(triton.next_power_of_2(d_inner), 64)
+    return dict(BB=rows, BEA=bea, BK=fit(_TILE_ELEMENTS, rows * bea, d_model), BEB=beb,
+                BDC=fit(_TILE_ELEMENTS, rows * bke, slice_d), BKE=bke, BR=br, BN=bn, BKC=bkc)
+
+
 def _check(name: str, t: torch.Tensor | None, shape: tuple, device: torch.device, optional: bool = False) -> None:
     if t is None:
         if optional:
@@ -372,46 +414,34 @@ def fused_block_step(h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch
             raise ValueError(f"fused_block_step: `{name}` must have a unit stride in its last dimension")
     if conv_state.shape[-1] > 1 and conv_state.stride(1) < conv_state.shape[-1]:
         raise ValueError("fused_block_step: `conv_state` channels must not overlap (stride(1) >= d_conv - 1)")
-    params = [w.norm_weight, w.in_proj_weight, w.conv_weight, w.x_proj_weight, w.dt_proj_weight, w.dt_proj_bias,
-              w.A_log, w.D, w.out_proj_weight] + [b for b in (w.in_proj_bias, w.conv_bias, w.out_proj_bias) if
-                                                  b is not None]
-    params_c = [p.contiguous() for p in params]
-    weight_bytes = sum(p.numel() * p.element_size() for p in params_c)
+    ws = {f.name: getattr(w, f.name) for f in fields(w) if f.name != "norm_eps"}
+    ws = {name: t.contiguous() if t is not None else None for name, t in ws.items()}
+    weight_bytes = sum(t.numel() * t.element_size() for t in ws.values() if t is not None)
     cfg = pick_config(batch, d_model, d_inner, weight_bytes, dev, config)
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     rows, split = cfg.rows, cfg.split
     tiles = triton.cdiv(batch, rows)
     n_xdbl = dt_rank + 2 * d_state
-    x_buf = torch.empty(batch, d_inner, dtype=acc, device=dev)
-    z_buf = torch.empty(batch, d_inner, dtype=acc, device=dev)
-    y_buf = torch.empty(batch, d_inner, dtype=acc, device=dev)
-    xdbl = torch.empty(split, batch, n_xdbl, dtype=acc, device=dev)
+    # scratch (L2-resident): x after the conv, z, y, each (batch, d_inner), and x_proj partials (split, batch, n)
+    scratch = torch.empty(3 * batch * d_inner + split * batch * n_xdbl, dtype=acc, device=dev)
+    x_buf, z_buf, y_buf = scratch[:3 * batch * d_inner].view(3, batch, d_inner)
+    xdbl = scratch[3 * batch * d_inner:]
     counters = _barrier_counters(dev, 2 * tiles) if cfg.fused and split > 1 else xdbl
-    # Tile sizes: channel slice BE, output slice BD, and chunk widths keeping each 3-D temporary within budget.
-    be = triton.next_power_of_2(triton.cdiv(d_inner, split))
-    bd = triton.next_power_of_2(triton.cdiv(d_model, split))
-    bn = triton.next_power_of_2(d_state)
+    # Slices of d_inner and d_model as even as they go: every program busy.
+    slice_e, slice_d = triton.cdiv(d_inner, split), triton.cdiv(d_model, split)
 
-    def chunk(width: int, others: int) -> int:
-        return max(1, min(triton.next_power_of_2(width), _pow2_floor(_TILE_ELEMENTS // others)))
+    def opt(name: str) -> torch.Tensor:  # an absent bias: any pointer, never read
+        return ws[name] if ws[name] is not None else ws["norm_weight"]
 
-    norm_w, in_w, conv_w, x_w, dt_w, dt_b, A_log, D, out_w = params_c[:9]
-    biases = iter(params_c[9:])
-    in_b = next(biases) if w.in_proj_bias is not None else None
-    conv_b = next(biases) if w.conv_bias is not None else None
-    out_b = next(biases) if w.out_proj_bias is not None else None
-    dummy = norm_w  # stands for an absent bias (never read)
-    args = (h, out, conv_state, ssm_state, norm_w, in_w, in_b if in_b is not None else dummy, conv_w,
-            conv_b if conv_b is not None else dummy, x_w, dt_w, dt_b, A_log, D, out_w,
-            out_b if out_b is not None else dummy, x_buf, z_buf, y_buf, xdbl, counters,
-            batch, d_model, d_inner, dt_rank, d_state, float(w.norm_eps),
+    args = (h, out, conv_state, ssm_state, ws["norm_weight"], ws["in_proj_weight"], opt("in_proj_bias"),
+            ws["conv_weight"], opt("conv_bias"), ws["x_proj_weight"], ws["dt_proj_weight"], ws["dt_proj_bias"],
+            ws["A_log"], ws["D"], ws["out_proj_weight"], opt("out_proj_bias"), x_buf, z_buf, y_buf, xdbl, counters,
+            batch, d_model, d_inner, dt_rank, d_state, float(w.norm_eps), slice_e, slice_d,
             h.stride(0), out.stride(0), conv_state.stride(0), conv_state.stride(1), ssm_state.stride(0),
             ssm_state.stride(1))
-    meta = dict(BB=rows, BE=be, BD=bd, BK=chunk(d_model, rows * be), BJ=chunk(n_xdbl, rows * be),
-                BKC=triton.next_power_of_2(max(d_conv - 1, 1)), BR=chunk(dt_rank, rows * be), BN=bn,
-                BKE=chunk(d_inner, rows * bd), K=d_conv, SPLIT=split, HAS_IN_BIAS=in_b is not None,
-                HAS_CONV_BIAS=conv_b is not None, HAS_OUT_BIAS=out_b is not None, ACC=_tl_dtype(acc),
-                num_warps=cfg.num_warps)
+    meta = dict(**tile_sizes(rows, slice_e, slice_d, d_model, d_inner, dt_rank, d_state, d_conv), K=d_conv,
+                SPLIT=split, HAS_IN_BIAS=w.in_proj_bias is not None, HAS_CONV_BIAS=w.conv_bias is not None,
+                HAS_OUT_BIAS=w.out_proj_bias is not None, ACC=_tl_dtype(acc), num_warps=cfg.num_warps)
     grid = (tiles, split)
     if cfg.fused:
         _block_step_kernel[grid](*args, FIRST=0, LAST=2, **meta)
