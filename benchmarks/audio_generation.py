@@ -102,11 +102,12 @@ def time_block_steps(width: int, batch: int, config, n_blocks: int = 16, replays
 
 
 def sweep_block_steps(widths: list[int], budget_s: float) -> dict:
-    """One block step's time per width, batch (1, 64) and launch shape (rows per program, split), each including
-    its Triton compilation, until ``budget_s`` is spent: the data for ``block_step_triton.pick_config``. ``default``
+    """One block step's time per width, batch (1, 64) and launch shape (rows per program, split, warps), each
+    timed after its Triton compilation, until ``budget_s`` (compilations included) is spent: the data for ``block_step_triton.pick_config``. ``default``
     is what pick_config chose."""
     from ssm_core.ops.block_step_triton import BlockStepConfig, pick_config
-    shapes = {1: [(1, s) for s in (1, 2, 4, 8, 16)], 64: [(8, 1), (8, 4), (8, 16), (2, 4)]}
+    shapes = {1: [(1, s, 4) for s in (1, 2, 4, 8, 16)] + [(1, 4, 8), (1, 16, 8)],
+              64: [(8, 1, 4), (8, 4, 4), (8, 16, 4), (2, 4, 4), (8, 4, 8), (8, 16, 8)]}
     out, started = {"rows": [], "complete": True}, time.perf_counter()
     for width in widths:
         for batch, grid in shapes.items():
@@ -114,13 +115,13 @@ def sweep_block_steps(widths: list[int], budget_s: float) -> dict:
                                .parameters())
             default = pick_config(batch, width, 2 * width, weight_bytes, torch.device("cuda"))
             row = {"width": width, "batch": batch, "unfused_us": round(time_block_steps(width, batch, None), 2),
-                   "default": [default.rows, default.split]}
-            for rows, split in sorted(set(grid) | {(default.rows, default.split)}):
+                   "default": [default.rows, default.split, default.num_warps]}
+            for rows, split, warps in sorted(set(grid) | {(default.rows, default.split, default.num_warps)}):
                 if time.perf_counter() - started > budget_s:
                     out["complete"] = False
                     break
-                row[f"rows{rows}_split{split}_us"] = round(
-                    time_block_steps(width, batch, BlockStepConfig(rows=rows, split=split)), 2)
+                row[f"rows{rows}_split{split}_warps{warps}_us"] = round(time_block_steps(
+                    width, batch, BlockStepConfig(rows=rows, split=split, num_warps=warps)), 2)
             print("block step", json.dumps(row), flush=True)
             out["rows"].append(row)
             if not out["complete"]:
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also measure with each block's step fused by torch.compile (SashimiModel.compile_step)")
     parser.add_argument("--sweep", action="store_true",
                         help="also time one block step per width, batch and launch shape of the fused kernel")
-    parser.add_argument("--sweep-seconds", type=float, default=150.0, help="time budget of --sweep (default 150)")
+    parser.add_argument("--sweep-seconds", type=float, default=180.0, help="time budget of --sweep (default 180)")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the JSON goes (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
             del model
     print_table(result, names, variants)
     if args.sweep and device.type == "cuda":
-        widths = sorted({w for name in names for w in SashimiConfig.preset(name).widths})
+        widths = list(dict.fromkeys(w for name in names for w in SashimiConfig.preset(name).widths))
         result["block_step_sweep"] = sweep_block_steps(widths, args.sweep_seconds)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -40,6 +40,7 @@ class StepCase:
     d_conv: int = 4
     steps: int = 6                          # > d_conv, so inputs pass all the way through the conv state
     fused: bool | None = None
+    warps: int = 4                          # also sets the register tile sizes
 
 
 def random_block(case: StepCase, seed: int = 0) -> ResidualBlock:
@@ -104,7 +105,7 @@ def check_block_step(case: StepCase, device, seed: int = 0, via_block: bool = Fa
     state.conv.copy_(ref_state.conv)
     state.ssm.copy_(ref_state.ssm)
     ref_state.conv.copy_(state.conv)                    # the rounded conv state, in float64
-    config = BlockStepConfig(rows=case.rows, split=case.split, fused=case.fused)
+    config = BlockStepConfig(rows=case.rows, split=case.split, fused=case.fused, num_warps=case.warps)
     tol, worst = tolerance(case.dtype), 0.0
     for t in range(case.steps):
         h = torch.randn(case.batch, case.d_model, generator=g, dtype=torch.float64)
@@ -134,7 +135,7 @@ INTERPRETER_CASES = [
     StepCase(96, 2, torch.float32, split=2, rows=2, bias=True),
     StepCase(128, 1, torch.float32, split=4),
     StepCase(192, 3, split=5, rows=4, steps=5),            # several register chunks per slice in every phase
-    StepCase(256, 2, torch.float32, split=8, rows=1, steps=5),
+    StepCase(256, 2, torch.float32, split=8, rows=1, steps=5, warps=8),
     StepCase(384, 1, torch.float32, split=16, steps=5),
     StepCase(32, 2, torch.bfloat16, split=2),
     StepCase(40, 3, d_state=7, d_conv=3, split=2, rows=2),
@@ -199,6 +200,8 @@ def test_config_errors_name_the_problem():
 GPU_CASES = [StepCase(d, b, dtype, steps=8) for d in (64, 128, 256, 96, 192, 384) for b in (1, 64)
              for dtype in (torch.float32, torch.bfloat16)] + [
     StepCase(256, 64, torch.float32, split=16, rows=8),
+    StepCase(256, 64, torch.float32, split=16, rows=8, warps=8),
+    StepCase(64, 1, torch.float32, split=1, warps=8),
     StepCase(384, 1, torch.float32, split=32),
     StepCase(128, 5, torch.float32, split=3, rows=2, bias=True),
     StepCase(96, 64, torch.float32, split=4, rows=16),
@@ -222,12 +225,16 @@ def test_residual_block_step_uses_fused_kernel_gpu():
     block = random_block(StepCase(128, 4)).cuda().float()
     state = block.mixer.allocate_state(4, "cuda")
     h = torch.randn(4, 128, device="cuda")
-    block.step(h, state)                                  # compile outside the profiler
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        block.step(h, state)
-        torch.cuda.synchronize()
+    with torch.no_grad():
+        block.step(h, state)                              # compile outside the profiler
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            block.step(h, state)
+            torch.cuda.synchronize()
     kernels = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert kernels and all("_block_step_kernel" in k for k in kernels), kernels
+    # with gradients wanted the unfused, differentiable path runs (the kernel has no backward)
+    out = block.step(h, state)
+    assert out.requires_grad and out.grad_fn is not None
 
 
 @pytest.mark.gpu
@@ -244,11 +251,11 @@ def test_block_step_in_cuda_graph_gpu(batch):
     h_in = torch.zeros(batch, 256, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    with torch.no_grad(), torch.cuda.stream(side):
         block.step(h_in, state)                           # compile outside the capture
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.no_grad(), torch.cuda.graph(graph):
         h_out = block.step(h_in, state)
     for s in (state.conv, state.ssm):
         s.zero_()
@@ -304,9 +311,10 @@ def test_sashimi_generation_fused_vs_unfused_gpu():
     states = {}
     for fused in (True, False):
         set_fused_step(model, fused)
-        sampler = Sampler(model, 8, seed=0)
-        for t in range(prompts.shape[1]):
-            sampler(prompts[:, t].cuda())
+        with torch.no_grad():  # as in generate(): the fused step is for inference
+            sampler = Sampler(model, 8, seed=0)
+            for t in range(prompts.shape[1]):
+                sampler(prompts[:, t].cuda())
         torch.cuda.synchronize()
         states[fused] = sampler.state
     for name in states[True].groups:

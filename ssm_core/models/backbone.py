@@ -34,14 +34,16 @@ class ResidualBlock(nn.Module):
         y, new_state = self.mixer(x, state)
         return h + y.to(h.dtype), new_state
 
-    # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py); set False
-    # (or use set_fused_step) for the unfused path of ~10 kernels.
+    # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
+    # gradient is wanted (the kernel has no backward); set False (or use set_fused_step) for the unfused path of
+    # ~10 kernels.
     fused_step: bool = True
 
     def step(self, h: torch.Tensor, state: MambaState) -> torch.Tensor:
         """h: (batch, d_model) residual stream; ``state`` updated in place. Returns the new h (a new tensor)."""
         if self.fused_step and h.is_cuda and self.mixer.selective and not self.mixer.bidirectional \
-                and self.norm.weight is not None:
+                and self.norm.weight is not None and not (torch.is_grad_enabled() and (
+                    h.requires_grad or any(p.requires_grad for p in self.parameters()))):
             from ..ops.block_step_triton import fused_block_step
             return fused_block_step(h, state.conv, state.ssm, self.step_weights())
         return h + self.mixer.step(self.norm(h.to(self.norm.weight.dtype)), state).to(h.dtype)

@@ -38,8 +38,9 @@ import triton.language as tl
 
 from .scan_triton import LOG2E, _softplus, _tl_dtype
 
-# Elements of the largest 3-D broadcast-and-sum temporary per program (32 per thread at 4 warps).
-_TILE_ELEMENTS = 4096
+# Elements of the largest 3-D broadcast-and-sum temporary per warp of a program (32 per thread). Loads in a loop
+# are not pipelined, so each loop iteration costs about one L2 round trip: the larger the tile, the fewer.
+_TILE_ELEMENTS_PER_WARP = 1024
 # One program reads about this many weight bytes before splitting the block over more programs pays.
 _BYTES_PER_PROGRAM = 128 * 1024
 
@@ -109,8 +110,8 @@ def _chunk(sl, width, c0, total, BLOCK: tl.constexpr):
 @triton.jit
 def _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr, x_buf, z_buf, xdbl_ptr,
               rows, row_mask, sl, slice_e, batch, d_model, d_inner, dt_rank, d_state, eps, s_hb, s_cb, s_cd,
-              BB: tl.constexpr, BEA: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
-              BKC: tl.constexpr, K: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
+              BB: tl.constexpr, BKN: tl.constexpr, BEA: tl.constexpr, BK: tl.constexpr, BR: tl.constexpr,
+              BN: tl.constexpr, BKC: tl.constexpr, K: tl.constexpr, HAS_IN_BIAS: tl.constexpr, HAS_CONV_BIAS: tl.constexpr,
               ACC: tl.constexpr):
     """(A) RMSNorm, in_proj, conv step and SiLU for this slice of channels (by chunks of BEA), and its partial
     x_proj (rows, dt_rank + 2 d_state)."""
@@ -118,8 +119,8 @@ def _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr,
     n_xdbl = dt_rank + 2 * d_state
     # RMS over the whole row (every program needs it: cheap, h is d_model floats per row)
     ss = tl.zeros((BB,), ACC)
-    for k0 in range(0, d_model, BK):
-        offs_k = k0 + tl.arange(0, BK)
+    for k0 in range(0, d_model, BKN):
+        offs_k = k0 + tl.arange(0, BKN)
         hk = tl.load(h_ptr + rows[:, None] * s_hb + offs_k[None, :], mask=rm2 & (offs_k < d_model)[None, :],
                      other=0.0).to(ACC)
         ss += tl.sum(hk * hk, axis=1)
@@ -272,7 +273,7 @@ def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_p
                        wdt_ptr, dtb_ptr, alog_ptr, d_ptr, wout_ptr, bout_ptr, x_buf, z_buf, y_buf, xdbl_ptr,
                        counter_ptr, batch, d_model, d_inner, dt_rank, d_state, eps, slice_e, slice_d,
                        s_hb, s_ob, s_cb, s_cd, s_sb, s_sd,
-                       BB: tl.constexpr, BEA: tl.constexpr, BK: tl.constexpr, BEB: tl.constexpr,
+                       BB: tl.constexpr, BKN: tl.constexpr, BEA: tl.constexpr, BK: tl.constexpr, BEB: tl.constexpr,
                        BDC: tl.constexpr, BKE: tl.constexpr, BR: tl.constexpr, BN: tl.constexpr,
                        BKC: tl.constexpr, K: tl.constexpr, SPLIT: tl.constexpr,
                        FIRST: tl.constexpr, LAST: tl.constexpr, HAS_IN_BIAS: tl.constexpr,
@@ -285,7 +286,7 @@ def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_p
     if FIRST == 0:
         _phase_in(h_ptr, nw_ptr, win_ptr, bin_ptr, cw_ptr, cb_ptr, conv_ptr, wx_ptr, x_buf, z_buf, xdbl_ptr,
                   rows, row_mask, sl, slice_e, batch, d_model, d_inner, dt_rank, d_state, eps, s_hb, s_cb, s_cd,
-                  BB, BEA, BK, BR, BN, BKC, K, HAS_IN_BIAS, HAS_CONV_BIAS, ACC)
+                  BB, BKN, BEA, BK, BR, BN, BKC, K, HAS_IN_BIAS, HAS_CONV_BIAS, ACC)
     if FIRST == 0 and LAST >= 1:
         _grid_barrier(counter_ptr + 2 * tile, SPLIT)
     if FIRST <= 1 and LAST >= 1:
@@ -355,20 +356,21 @@ def pick_config(batch: int, d_model: int, d_inner: int, weight_bytes: int, devic
 
 
 def tile_sizes(rows: int, slice_e: int, slice_d: int, d_model: int, d_inner: int, dt_rank: int, d_state: int,
-               d_conv: int) -> dict:
-    """The kernel's register blocks: every 3-D broadcast-and-sum temporary within ``_TILE_ELEMENTS`` (half that in
-    the state phase, which holds several), chunks of contiguous weight rows at least 16 wide where possible."""
+               d_conv: int, num_warps: int = 4) -> dict:
+    """The kernel's register blocks: every 3-D broadcast-and-sum temporary within ``_TILE_ELEMENTS_PER_WARP`` per
+    warp (half that in the state phase, which holds several), weight chunks at least 16 wide where possible."""
+    budget = _TILE_ELEMENTS_PER_WARP * num_warps
     br, bn = triton.next_power_of_2(dt_rank), triton.next_power_of_2(d_state)
     bkc = triton.next_power_of_2(max(d_conv - 1, 1))
 
     def fit(budget: int, others: int, width: int) -> int:  # largest power of two <= width within the budget
         return max(1, min(triton.next_power_of_2(width), _pow2_floor(budget // others)))
 
-    bea = fit(_TILE_ELEMENTS, rows * max(br, bn, bkc, 16), slice_e)
-    beb = fit(_TILE_ELEMENTS // 2, rows * max(br, bn), slice_e)
+    bea = fit(budget, rows * max(br, bn, bkc, 16), slice_e)
+    beb = fit(budget // 2, rows * max(br, bn), slice_e)
     bke = min(triton.next_power_of_2(d_inner), 64)
-    return dict(BB=rows, BEA=bea, BK=fit(_TILE_ELEMENTS, rows * bea, d_model), BEB=beb,
-                BDC=fit(_TILE_ELEMENTS, rows * bke, slice_d), BKE=bke, BR=br, BN=bn, BKC=bkc)
+    return dict(BB=rows, BKN=fit(budget, rows, d_model), BEA=bea, BK=fit(budget, rows * bea, d_model), BEB=beb,
+                BDC=fit(budget, rows * bke, slice_d), BKE=bke, BR=br, BN=bn, BKC=bkc)
 
 
 def _check(name: str, t: torch.Tensor | None, shape: tuple, device: torch.device, optional: bool = False) -> None:
@@ -439,7 +441,8 @@ def fused_block_step(h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch
             batch, d_model, d_inner, dt_rank, d_state, float(w.norm_eps), slice_e, slice_d,
             h.stride(0), out.stride(0), conv_state.stride(0), conv_state.stride(1), ssm_state.stride(0),
             ssm_state.stride(1))
-    meta = dict(**tile_sizes(rows, slice_e, slice_d, d_model, d_inner, dt_rank, d_state, d_conv), K=d_conv,
+    meta = dict(**tile_sizes(rows, slice_e, slice_d, d_model, d_inner, dt_rank, d_state, d_conv, cfg.num_warps),
+                K=d_conv,
                 SPLIT=split, HAS_IN_BIAS=w.in_proj_bias is not None, HAS_CONV_BIAS=w.conv_bias is not None,
                 HAS_OUT_BIAS=w.out_proj_bias is not None, ACC=_tl_dtype(acc), num_warps=cfg.num_warps)
     grid = (tiles, split)
