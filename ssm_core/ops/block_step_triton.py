@@ -17,7 +17,9 @@ stay in L2; one program reading all of them is bound by one SM's share of the L2
 split over several programs. The steps need two all-channel reductions (x_proj over d_inner, out_proj over
 d_inner), so the kernel has three phases with a reduction between each: (A) norm, in_proj, conv, partial x_proj
 of the slice; (B) sum of the partials, dt_proj, state update, gated y of the slice; (C) out_proj of the output
-slice and the residual add. Partials, x, z and y go through small global scratch buffers (L2).
+slice and the residual add. Partials, x, z and y go through small global scratch buffers (L2). Within its slice a
+program loops over register-sized chunks (``tile_sizes``): 3-D broadcast-and-sum products, no tensor cores (the
+matrices are matrix-vector products for a few rows; fp32 stays exact fp32, as in the unfused path).
 
 ``fused=True`` (CUDA): one launch; the programs of a row tile meet at two grid barriers (an atomic counter per
 row tile and phase, reset by the last program through, so the kernel replays from a CUDA graph). All programs
@@ -30,6 +32,7 @@ No host synchronisation, no data-dependent launch parameters: the step can be ca
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -317,7 +320,6 @@ def _barrier_counters(device: torch.device, n: int) -> torch.Tensor:
 
 
 def _interpreted() -> bool:
-    import os
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
