@@ -219,6 +219,18 @@ def test_block_step_matches_unfused_gpu(case):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_grid_barrier_counters_shared_across_shapes_gpu():
+    """Launches with different splits and row-tile counts, interleaved, share the barrier counters correctly."""
+    cases = [StepCase(128, 1, torch.float32, split=4, steps=2), StepCase(128, 64, torch.float32, split=4, rows=8,
+             steps=2), StepCase(96, 3, torch.float32, split=16, rows=1, steps=3),
+             StepCase(128, 5, torch.float32, split=4, rows=2, steps=2)]
+    for seed in range(2):
+        for case in cases:
+            check_block_step(case, "cuda", seed=seed)
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_residual_block_step_uses_fused_kernel_gpu():
     """ResidualBlock.step on CUDA goes through the kernel (one launch) and agrees with the float64 step."""
     check_block_step(StepCase(128, 4, torch.float32), "cuda", via_block=True)

@@ -21,9 +21,9 @@ slice and the residual add. Partials, x, z and y go through small global scratch
 program loops over register-sized chunks (``tile_sizes``): 3-D broadcast-and-sum products, no tensor cores (the
 matrices are matrix-vector products for a few rows; fp32 stays exact fp32, as in the unfused path).
 
-``fused=True`` (CUDA): one launch; the programs of a row tile meet at two grid barriers (an atomic counter per
-row tile and phase, reset by the last program through, so the kernel replays from a CUDA graph). All programs
-must be resident at once, so the grid is capped at the number of SMs. ``fused=False``: three launches, one per
+``fused=True`` (CUDA): one launch; the programs of a row tile meet at two grid barriers (an ever-growing atomic
+counter per row tile, nothing to reset, so the kernel replays from a CUDA graph). All programs must be resident
+at once, so the grid is capped at the number of SMs. ``fused=False``: three launches, one per
 phase (kernel boundaries are the barriers); this is what runs under ``TRITON_INTERPRET=1`` (which runs programs
 one after the other, so a grid barrier there would never open) and it exercises the same phase code.
 
@@ -89,16 +89,17 @@ class BlockStepWeights:
 def _grid_barrier(counter_ptr, SPLIT: tl.constexpr):
     """Wait until the SPLIT programs of this row tile have all arrived (scratch written before is then visible).
 
-    The counter goes 0 -> SPLIT (arrivals) -> 2 SPLIT (departures); the last to leave resets it to 0 for the
-    next launch, so no host-side reset is needed between CUDA-graph replays."""
+    The tile's counter only grows, by SPLIT per barrier, and is used only by launches with this SPLIT, so it is a
+    multiple of SPLIT whenever no barrier is open: arrival ``ticket`` belongs to the barrier that opens when the
+    counter reaches the next multiple. Nothing to reset between launches or CUDA-graph replays; one atomic and a
+    spin of acquire loads per barrier."""
     tl.debug_barrier()  # every thread of this program has issued its stores
     if SPLIT > 1:
-        tl.atomic_add(counter_ptr, 1, sem="release")
-        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
-        while arrived < SPLIT:
-            arrived = tl.atomic_add(counter_ptr, 0, sem="acquire")
-        if tl.atomic_add(counter_ptr, 1, sem="relaxed") == 2 * SPLIT - 1:
-            tl.atomic_xchg(counter_ptr, 0, sem="relaxed")
+        ticket = tl.atomic_add(counter_ptr, 1, sem="release")
+        target = (ticket // SPLIT + 1) * SPLIT
+        seen = tl.atomic_add(counter_ptr, 0, sem="acquire")
+        while seen < target:
+            seen = tl.atomic_add(counter_ptr, 0, sem="acquire")
         tl.debug_barrier()
 
 
@@ -291,13 +292,13 @@ def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_p
                   rows, row_mask, sl, slice_e, batch, d_model, d_inner, dt_rank, d_state, eps, s_hb, s_cb, s_cd,
                   BB, BKN, BEA, BK, BR, BN, BKC, K, HAS_IN_BIAS, HAS_CONV_BIAS, ACC)
     if FIRST == 0 and LAST >= 1:
-        _grid_barrier(counter_ptr + 2 * tile, SPLIT)
+        _grid_barrier(counter_ptr + tile, SPLIT)
     if FIRST <= 1 and LAST >= 1:
         _phase_ssm(x_buf, z_buf, xdbl_ptr, wdt_ptr, dtb_ptr, alog_ptr, d_ptr, ssm_ptr, y_buf,
                    rows, row_mask, sl, slice_e, batch, d_inner, dt_rank, d_state, s_sb, s_sd,
                    BB, BEB, BR, BN, SPLIT, ACC)
     if FIRST <= 1 and LAST == 2:
-        _grid_barrier(counter_ptr + 2 * tile + 1, SPLIT)
+        _grid_barrier(counter_ptr + tile, SPLIT)
     if LAST == 2:
         _phase_out(y_buf, wout_ptr, bout_ptr, h_ptr, out_ptr, rows, row_mask, sl, slice_d, d_model, d_inner,
                    s_hb, s_ob, BB, BDC, BKE, HAS_OUT_BIAS, ACC)
@@ -307,16 +308,20 @@ def _block_step_kernel(h_ptr, out_ptr, conv_ptr, ssm_ptr, nw_ptr, win_ptr, bin_p
 # Host side
 # ----------------------------------------------------------------------------------------------------------------
 
-# Per device: int32 barrier counters, zero between launches. Shared by every launch on the device, so fused steps
-# must not run concurrently on two streams of one device.
-_counters: dict[torch.device, torch.Tensor] = {}
+# Grid-barrier counters (int64, one per row tile) per device and split: see _grid_barrier. Shared by every launch
+# with that split on the device, so fused steps must not run concurrently on two streams of one device.
+_counters: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
-def _barrier_counters(device: torch.device, n: int) -> torch.Tensor:
-    buf = _counters.get(device)
-    if buf is None or buf.numel() < n:
-        buf = _counters[device] = torch.zeros(max(n, 256), dtype=torch.int32, device=device)
-    return buf
+def _barrier_counters(device: torch.device, split: int, tiles: int) -> torch.Tensor:
+    key = (device, split)
+    if key not in _counters or _counters[key].numel() < tiles:
+        # zeros, or after a launch that grew the tile count: old counters may be any multiple of split (kept)
+        new = torch.zeros(max(tiles, 64), dtype=torch.int64, device=device)
+        if key in _counters:
+            new[:_counters[key].numel()] = _counters[key]
+        _counters[key] = new
+    return _counters[key]
 
 
 def _interpreted() -> bool:
@@ -430,7 +435,7 @@ def fused_block_step(h: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch
     scratch = torch.empty(3 * batch * d_inner + split * batch * n_xdbl, dtype=acc, device=dev)
     x_buf, z_buf, y_buf = scratch[:3 * batch * d_inner].view(3, batch, d_inner)
     xdbl = scratch[3 * batch * d_inner:]
-    counters = _barrier_counters(dev, 2 * tiles) if cfg.fused and split > 1 else xdbl
+    counters = _barrier_counters(dev, split, tiles) if cfg.fused and split > 1 else xdbl
     # Slices of d_inner and d_model as even as they go: every program busy.
     slice_e, slice_d = triton.cdiv(d_inner, split), triton.cdiv(d_model, split)
 
