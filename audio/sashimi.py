@@ -29,7 +29,8 @@ Recurrent mode (``step``): every level steps at its own rate. The outer level st
 below a pool of ``p`` steps once every ``p`` of its parent's steps, when its down-pool buffer is full, and
 refills its parent's up-pool buffer with the next ``p`` outputs. Its state (``SashimiState``) holds each
 block's Mamba state and the pooling buffers, all updated in place, so one step of the whole model can be
-captured in a CUDA graph (one graph per phase ``t mod prod(pools)``, see ``audio.generate``).
+captured in a CUDA graph (one graph per phase ``t mod prod(pools)``, see ``audio.generate``). On CUDA each
+block's step is one Triton kernel (``ResidualBlock.fused_step``).
 
 Training input convention: the model reads ``[start, x_0, ..., x_{L-2}]`` and predicts ``x_0 ... x_{L-1}``, with
 ``start`` the code of silence (``shift_right``), so every sample of a clip is scored.
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ssm_core.models.backbone import ResidualBlock, init_weights
+from ssm_core.models.backbone import ResidualBlock, init_weights, set_fused_step
 from ssm_core.models.config import MambaConfig
 from ssm_core.modules.mamba import MambaState
 
@@ -288,7 +289,9 @@ class SashimiModel(nn.Module):
     def compile_step(self) -> None:
         """Run every block's step through ``torch.compile`` (one compiled function shared by the blocks of each
         width): fuses the block's element-wise work into fewer kernels. Results agree with the eager step up
-        to float rounding; the first steps pay the compilation."""
+        to float rounding; the first steps pay the compilation. It replaces the one-kernel Triton step
+        (``ResidualBlock.fused_step``), which is turned off: the two are alternatives."""
+        set_fused_step(self, False)
         compiled = torch.compile(_block_step, dynamic=False)
         for group in (*self.down_groups, self.centre, *self.up_groups):
             group.block_step = compiled

@@ -34,8 +34,38 @@ class ResidualBlock(nn.Module):
         y, new_state = self.mixer(x, state)
         return h + y.to(h.dtype), new_state
 
+    # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
+    # gradient is wanted (the kernel has no backward); set False (or use set_fused_step) for the unfused path of
+    # ~10 kernels.
+    fused_step: bool = True
+
     def step(self, h: torch.Tensor, state: MambaState) -> torch.Tensor:
+        """h: (batch, d_model) residual stream; ``state`` updated in place. Returns the new h (a new tensor)."""
+        if self.fused_step and h.is_cuda and self.mixer.selective and not self.mixer.bidirectional \
+                and self.norm.weight is not None and not (torch.is_grad_enabled() and (
+                    h.requires_grad or any(p.requires_grad for p in self.parameters()))):
+            from ..ops.block_step_triton import fused_block_step
+            return fused_block_step(h, state.conv, state.ssm, self.step_weights())
         return h + self.mixer.step(self.norm(h.to(self.norm.weight.dtype)), state).to(h.dtype)
+
+    def step_weights(self):
+        """The parameters the fused step reads (``BlockStepWeights``), as views of this block's own."""
+        from ..ops.block_step_triton import BlockStepWeights
+        m, branch = self.mixer, self.mixer.fwd
+        eps = self.norm.eps if self.norm.eps is not None else torch.finfo(self.norm.weight.dtype).eps
+        return BlockStepWeights(
+            norm_weight=self.norm.weight, norm_eps=eps, in_proj_weight=m.in_proj.weight, in_proj_bias=m.in_proj.bias,
+            conv_weight=branch.conv1d.weight[:, 0, :], conv_bias=branch.conv1d.bias,
+            x_proj_weight=branch.x_proj.weight, dt_proj_weight=branch.dt_proj.weight,
+            dt_proj_bias=branch.dt_proj.bias, A_log=branch.A_log, D=branch.D, out_proj_weight=m.out_proj.weight,
+            out_proj_bias=m.out_proj.bias)
+
+
+def set_fused_step(module: nn.Module, enabled: bool) -> None:
+    """Turn the one-kernel CUDA step of every ResidualBlock inside ``module`` on or off."""
+    for block in module.modules():
+        if isinstance(block, ResidualBlock):
+            block.fused_step = enabled
 
 
 def residual_dtype(x: torch.Tensor) -> torch.dtype:
