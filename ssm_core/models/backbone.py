@@ -35,13 +35,16 @@ class ResidualBlock(nn.Module):
         return h + y.to(h.dtype), new_state
 
     # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
-    # gradient is wanted (the kernel has no backward); set False (or use set_fused_step) for the unfused path of
-    # ~10 kernels.
+    # gradient is wanted (the kernel has no backward) and the batch is small; set False (or use set_fused_step)
+    # for the unfused path of ~10 kernels. Measured on an H100 in SaShiMi generation: batch 1 1.8x faster fused,
+    # batch 64 1.45x slower (benchmarks/results/audio_generation_NVIDIA_H100_80GB_HBM3.json); in between unmeasured.
     fused_step: bool = True
+    fused_step_max_batch: int = 8
 
     def step(self, h: torch.Tensor, state: MambaState) -> torch.Tensor:
         """h: (batch, d_model) residual stream; ``state`` updated in place. Returns the new h (a new tensor)."""
-        if self.fused_step and h.is_cuda and self.mixer.selective and not self.mixer.bidirectional \
+        if self.fused_step and h.is_cuda and h.shape[0] <= self.fused_step_max_batch and self.mixer.selective \
+                and not self.mixer.bidirectional \
                 and self.norm.weight is not None and not (torch.is_grad_enabled() and (
                     h.requires_grad or any(p.requires_grad for p in self.parameters()))):
             from ..ops.block_step_triton import fused_block_step
@@ -61,11 +64,14 @@ class ResidualBlock(nn.Module):
             out_proj_bias=m.out_proj.bias)
 
 
-def set_fused_step(module: nn.Module, enabled: bool) -> None:
-    """Turn the one-kernel CUDA step of every ResidualBlock inside ``module`` on or off."""
+def set_fused_step(module: nn.Module, enabled: bool, max_batch: int | None = None) -> None:
+    """Turn the one-kernel CUDA step of every ResidualBlock inside ``module`` on or off; ``max_batch`` also sets
+    the largest batch it takes (default: leave ResidualBlock.fused_step_max_batch)."""
     for block in module.modules():
         if isinstance(block, ResidualBlock):
             block.fused_step = enabled
+            if max_batch is not None:
+                block.fused_step_max_batch = max_batch
 
 
 def residual_dtype(x: torch.Tensor) -> torch.dtype:
