@@ -122,8 +122,9 @@ for name, other in (("chunked", chunked), ("step", stepped)):
 ## 4. How fast: results recorded in `benchmarks/results/`
 
 `benchmarks/cpu_scan.py` (`make bench-cpu`) writes `cpu_scan_*.json` (numba against the plain-PyTorch reference);
-`benchmarks/gpu_scan.py` writes `gpu_scan_*.json` (the Triton scan against the reference on a GPU). The plot shows
-whatever results are present; a machine that has run neither benchmark gets a note instead."""),
+`benchmarks/gpu_scan.py` writes `gpu_scan_*.json` (our CUDA and Triton scans against mamba-ssm's kernel and the
+reference on a GPU; the newest full run is plotted). The plot shows whatever results are present; a machine that
+has run neither benchmark gets a note instead."""),
     new_code_cell("""\
 results = Path(ssm_core.__file__).resolve().parents[1] / "benchmarks" / "results"
 bars = []  # (label, milliseconds for each implementation)
@@ -131,13 +132,13 @@ for path in sorted(results.glob("cpu_scan_*.json")):
     r = json.loads(path.read_text())["part1"]
     bars.append((f"CPU {r['dtype']} {tuple(r['shape'])}\\nfwd+bwd", {"ours": 1e3 * r["cpu_fwdbwd_s"],
                                                                    "reference": 1e3 * r["reference_fwdbwd_s"]}))
-for path in sorted(results.glob("gpu_scan_*.json")):
-    report = json.loads(path.read_text())
-    for s in report.get("shapes", []):
-        times = {impl: s[impl]["fwd_bwd_ms"] for impl in ("ours", "reference", "mamba_ssm")
-                 if isinstance(s.get(impl), dict) and "fwd_bwd_ms" in s[impl]}
-        if times:
-            bars.append((f"{s['shape']} {s['dtype']}\\n{path.stem.removeprefix('gpu_scan_')}", times))
+gpu_runs = [json.loads(p.read_text()) for p in results.glob("gpu_scan_*.json")]
+gpu_runs = sorted((r for r in gpu_runs if r.get("shapes")), key=lambda r: r["date"])
+for s in gpu_runs[-1]["shapes"] if gpu_runs else []:  # the newest full run
+    times = {impl: s[impl]["fwd_bwd_ms"] for impl in ("ours_cuda", "ours_triton", "mamba_ssm", "reference")
+             if isinstance(s.get(impl), dict) and "fwd_bwd_ms" in s[impl]}
+    if times:
+        bars.append((f"{s['shape']} {s['dtype']}\\nGPU {gpu_runs[-1]['date'][:10]}", times))
 if not bars:
     print(f"no cpu_scan_*.json or gpu_scan_*.json in {results}: run `make bench-cpu` (or benchmarks/gpu_scan.py "
           "on a GPU) to record some")
