@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from ssm_core.models.backbone import ResidualBlock, set_fused_step
 from ssm_core.models.config import MambaConfig
 from ssm_core.ops.scan_reference import selective_state_update_reference
+from triton_interpreter import run_under_triton_interpreter
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: run `make test-gpu`")
 
@@ -148,11 +148,8 @@ INTERPRETER_CASES = [
 def test_block_step_under_triton_interpreter():
     """Runs this file as a script with TRITON_INTERPRET=1: the kernel's three phases on CPU."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr[-5000:]}"
-    assert proc.stdout.count("ok ") == len(INTERPRETER_CASES), proc.stdout
+    stdout = run_under_triton_interpreter(__file__, timeout=900)
+    assert stdout.count("ok ") == len(INTERPRETER_CASES), stdout
 
 
 def test_oracle_is_the_unfused_step():

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import math
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ssm_core.ops.scan_reference import (expand_groups, selective_scan_reference,
                                          selective_state_update_reference)
+from triton_interpreter import run_under_triton_interpreter
 
 # Relative-norm tolerance by input dtype (float64 inputs make the kernels accumulate in float64).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
@@ -237,11 +237,8 @@ INTERPRETER_STEP_CASES = [(3, 6, 5, 2, True, torch.float32), (2, 4, 16, None, Fa
 def test_kernels_under_triton_interpreter():
     """Runs this file as a script with TRITON_INTERPRET=1: the same kernels on CPU, tiny shapes."""
     pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr[-5000:]}"
-    assert proc.stdout.count("ok ") == len(INTERPRETER_SCAN_CASES) + len(INTERPRETER_STEP_CASES), proc.stdout
+    stdout = run_under_triton_interpreter(__file__, timeout=600)
+    assert stdout.count("ok ") == len(INTERPRETER_SCAN_CASES) + len(INTERPRETER_STEP_CASES), stdout
 
 
 # ----------------------------------------------------------------------------------------------------------------

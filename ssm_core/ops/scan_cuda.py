@@ -160,9 +160,20 @@ class _Launch:
     def kernel(self, kind: int) -> None:
         _check(_library().ssm_scan_launch(ctypes.byref(self.params), self.dtype, kind, self.tpc, self.stream))
 
-    def carry(self, A, seg_state, seg_dtsum, init, out, n_seg: int, reverse: bool) -> None:
-        _check(_library().ssm_scan_carry(_ptr(A), _ptr(seg_state), _ptr(seg_dtsum), _ptr(init), _ptr(out),
-                                         self.batch, self.dim, self.dstate, n_seg, int(reverse), self.stream))
+    def segments_pass(self, A, init, backward: bool, device) -> torch.Tensor:
+        """Each segment's zero-start pass, then the carry across segments from ``init`` (the initial state, or the
+        last state's gradient, or None). Returns (batch, dim, n_seg, dstate): the state before each segment
+        (forward) or the gradient into the state after each segment (backward)."""
+        n_seg = self.params.n_seg
+        shape = (self.batch, self.dim, n_seg, self.dstate)
+        seg_state = _new_output(*shape, dtype=torch.float32, device=device)
+        seg_dtsum = _new_output(*shape[:3], dtype=torch.float32, device=device)
+        carried = _new_output(*shape, dtype=torch.float32, device=device)
+        self.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
+        self.kernel(_BWD_SEGMENTS if backward else _FWD_SEGMENTS)
+        _check(_library().ssm_scan_carry(_ptr(A), _ptr(seg_state), _ptr(seg_dtsum), _ptr(init), _ptr(carried),
+                                         self.batch, self.dim, self.dstate, n_seg, int(backward), self.stream))
+        return carried
 
 
 def _common_dtype(*tensors) -> torch.dtype:
@@ -204,13 +215,7 @@ class _SelectiveScanCuda(torch.autograd.Function):
         launch.set(u=u, delta=delta, z=z, B=B, C=C, A=A, D=D, bias=delta_bias, out=out,
                    chunk_states=chunk_states, last_state=last_state, start=init)
         if n_seg > 1:
-            seg_state = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
-            seg_dtsum = _new_output(batch, dim, n_seg, dtype=torch.float32, device=dev)
-            start = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
-            launch.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
-            launch.kernel(_FWD_SEGMENTS)
-            launch.carry(A, seg_state, seg_dtsum, init, start, n_seg, reverse=False)
-            launch.set(start=start)
+            launch.set(start=launch.segments_pass(A, init, backward=False, device=dev))
         launch.kernel(_FWD)
         if training:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
@@ -244,13 +249,7 @@ class _SelectiveScanCuda(torch.autograd.Function):
                    chunk_states=chunk_states, end_grad=dlast, du=du, ddelta=ddelta, dz=dz, dA=dA, dB=dB, dC=dC,
                    dD=dD, dbias=dbias, dstart=dstart)
         if n_seg > 1:
-            seg_state = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
-            seg_dtsum = _new_output(batch, dim, n_seg, dtype=torch.float32, device=dev)
-            end_grad = _new_output(batch, dim, n_seg, dstate, dtype=torch.float32, device=dev)
-            launch.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
-            launch.kernel(_BWD_SEGMENTS)
-            launch.carry(A, seg_state, seg_dtsum, dlast, end_grad, n_seg, reverse=True)
-            launch.set(end_grad=end_grad)
+            launch.set(end_grad=launch.segments_pass(A, dlast, backward=True, device=dev))
         launch.kernel(_BWD_CAPPED if cfg.bwd_register_cap else _BWD)
         return (du, ddelta.to(delta_dtype), dA, dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
                 dD, dz.to(z_dtype) if dz is not None else None, dbias, None,
