@@ -351,8 +351,9 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                    help="IUPAC ambiguity codes: read as N (default) or refuse them")
     p.add_argument("--batch-tokens", type=_positive_int, default=2**18,
                    help="bases per forward pass (default 262144)")
-    p.add_argument("--chunk", type=_positive_int, default=2**16,
-                   help="longest piece of a window read at once; memory scales with it (default 65536)")
+    p.add_argument("--chunk", type=_positive_int,
+                   help="longest piece of a window read at once; memory scales with it (default 1024 on CPU, "
+                        "65536 on GPU)")
     add_device_argument(p)
     p.set_defaults(func=cmd_classify)
     return p
