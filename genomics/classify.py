@@ -4,8 +4,9 @@ Every record is cut into windows of the model's window length (``--window`` over
 windows from the record's start, the last one aligned to the record's end (so it overlaps its neighbour
 rather than being short). A record shorter than the window is read whole, as one shorter window. Windows longer
 than ``chunk`` bases go through the backbone chunk by chunk with the recurrent state carried over, so memory
-depends on the chunk, not on the window (the default chunk is short on CPU, where small pieces run faster); windows are fetched one batch at a time through the FASTA index, so a
-record of any length (a whole chromosome) is classified in constant memory.
+depends on the chunk, not on the window (the default chunk is short on CPU, where small pieces run faster);
+windows are fetched one batch at a time through the FASTA index, so a record of any length (a whole chromosome)
+is classified in constant memory.
 
 Aggregation over a record's windows: the mean of the windows' log-probabilities, renormalised (a softmax of
 the mean log-probabilities, i.e. the normalised geometric mean of the window probabilities). Windows count as
