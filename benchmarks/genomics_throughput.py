@@ -45,7 +45,8 @@ def device_name(kind: str) -> str:
 
 def write_result(kind: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = (f"_{result['record_bp']}bp_chunk{result['chunk']}_numba{result['numba_threads']}" if kind == "cpu"
+    suffix = (f"_{result['record_bp']}bp_chunk{result['chunk']}_numba{result['numba_threads']}"
+              f"{'_bf16' if result['bf16_matmuls'] else ''}" if kind == "cpu"
               else f"_seqlen{result['seqlen']}")
     path = RESULTS / f"genomics_throughput_{kind}_{result['device']}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -63,8 +64,8 @@ def busy_cpu_seconds() -> float:
 
 def probability_check(run: Path, record: Path, bases: int) -> dict:
     """Class probabilities of the record's first ``bases`` bases from the float32 model without autograd (the
-    numba inference path that `classify` takes on CPU), with autograd (the training path, selective_scan) and
-    from a float64 copy of the model: the largest differences, to show the fast path changes nothing."""
+    numba inference path that `classify` takes on CPU), with autograd (the training path, selective_scan), with
+    bf16 matrix products (`classify --bf16`) and from a float64 copy of the model: the largest differences."""
     import numpy as np
     import torch
 
@@ -75,17 +76,20 @@ def probability_check(run: Path, record: Path, bases: int) -> dict:
     ids = torch.from_numpy(fetch(0, bases).astype(np.int64))[None]
     with torch.no_grad():
         fast = torch.softmax(model(ids), -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.softmax(model(ids).float(), -1)
         exact = torch.softmax(model.double()(ids), -1)
         model.float()
     with torch.enable_grad():
         autograd = torch.softmax(model(ids), -1).detach()
     return {"bases": bases, "probabilities_float64": [round(p, 6) for p in exact[0].tolist()],
             "max_abs_diff_inference_path_vs_float64": float((fast.double() - exact).abs().max()),
-            "max_abs_diff_autograd_path_vs_float64": float((autograd.double() - exact).abs().max())}
+            "max_abs_diff_autograd_path_vs_float64": float((autograd.double() - exact).abs().max()),
+            "max_abs_diff_bf16_vs_float64": float((bf16.double() - exact).abs().max())}
 
 
 def cpu_benchmark(work: Path, length: int, threads: int, numba_threads: int, chunk: int | None,
-                  check_bases: int) -> dict:
+                  check_bases: int, bf16: bool) -> dict:
     """Classify one `length`-bp record with an (untrained-enough) 7m classifier in a child process."""
     import numpy as np
 
@@ -103,12 +107,13 @@ def cpu_benchmark(work: Path, length: int, threads: int, numba_threads: int, chu
     busy = busy_cpu_seconds()
     started = time.perf_counter()
     usage = genomics("classify", "--checkpoint", run, "--fasta", record, "--window", 2**16, "--out", work / "out.tsv",
-             "--device", "cpu", *(("--chunk", chunk) if chunk else ()), env=env)
+             "--device", "cpu", *(("--chunk", chunk) if chunk else ()), *(("--bf16",) if bf16 else ()), env=env)
     seconds = time.perf_counter() - started
     ours = usage.ru_utime + usage.ru_stime
     others = max(0.0, busy_cpu_seconds() - busy - ours)
     return {"device": device_name("cpu"), "task": "classify one record, 7m preset", "record_bp": length,
-            "window": 2**16, "chunk": chunk or CHUNK_CPU, "torch_threads": threads, "numba_threads": numba_threads,
+            "window": 2**16, "chunk": chunk or CHUNK_CPU, "bf16_matmuls": bf16, "torch_threads": threads,
+            "numba_threads": numba_threads,
             "load_average_at_end": os.getloadavg(), "seconds": round(seconds, 1),
             "cpu_seconds_classify": round(ours, 1),
             # the share of the machine's cores that other jobs took while classify ran: timings are only
@@ -157,6 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--check-bases", type=int, default=2**13,
                         help="CPU: compare the probabilities of this many bases against a float64 model "
                              "(default 8192; 0 skips)")
+    parser.add_argument("--bf16", action="store_true", help="CPU: classify --bf16 (bfloat16 matrix products)")
     parser.add_argument("--numba-threads", type=int, default=2,
                         help="CPU: threads of the numba scan (default 2)")
     parser.add_argument("--seqlen", type=int, default=2**20, help="GPU: training length (default 2^20)")
@@ -164,8 +170,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="genomics_throughput_") as tmp:
         work = Path(tmp)
-        result = (cpu_benchmark(work, args.length, args.threads, args.numba_threads, args.chunk, args.check_bases)
-                  if args.kind == "cpu"
+        result = (cpu_benchmark(work, args.length, args.threads, args.numba_threads, args.chunk, args.check_bases,
+                                args.bf16) if args.kind == "cpu"
                   else gpu_benchmark(work, args.seqlen, args.steps))
     write_result(args.kind, result)
     return 0

@@ -116,11 +116,13 @@ class SpeciesClassifier:
 
     ``checkpoint``: a finetune RUN directory or one of its checkpoints. ``window``: bases per window (default:
     the fine-tuning window). ``batch_tokens``: bases per forward pass; ``chunk``: longest piece read at once
-    (default ``CHUNK_CPU`` or ``CHUNK_GPU`` by device).
+    (default ``CHUNK_CPU`` or ``CHUNK_GPU`` by device). ``bf16``: matrix products in bfloat16 with float32
+    accumulation (``torch.autocast``): 1.4x faster on a CPU with AVX512-BF16, but the probabilities move (see
+    ``--bf16`` in the CLI).
     """
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
-                 chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n"):
+                 chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False):
         try:
             self.classes, trained_window = run_classes(checkpoint)
             self.model = load_trained_model(checkpoint, device)
@@ -137,13 +139,14 @@ class SpeciesClassifier:
             raise GenomicsInputError(f"--window must be positive, got {self.window}")
         self.device = torch.device(device)
         self.chunk = chunk or (CHUNK_CPU if self.device.type == "cpu" else CHUNK_GPU)
-        self.batch_tokens, self.iupac = batch_tokens, iupac
+        self.batch_tokens, self.iupac, self.bf16 = batch_tokens, iupac, bf16
 
     @torch.no_grad()
     def _log_probs(self, tokens: np.ndarray) -> np.ndarray:
         """tokens uint8 (batch, length) -> log-probabilities (batch, classes)."""
         ids = torch.from_numpy(tokens.astype(np.int64)).to(self.device)
-        logits = (self.model.forward_chunked(ids, self.chunk) if ids.shape[1] > self.chunk else self.model(ids))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = (self.model.forward_chunked(ids, self.chunk) if ids.shape[1] > self.chunk else self.model(ids))
         return torch.log_softmax(logits.float(), -1).cpu().numpy()
 
     def classify_record(self, file: str, name: str, length: int, fetch: Callable[[int, int], np.ndarray],

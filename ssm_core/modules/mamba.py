@@ -55,8 +55,8 @@ class Mamba(nn.Module):
         """hidden: (batch, seqlen, d_model). Returns (batch, seqlen, d_model); with ``state``, also the new state."""
         if state is not None and self.bidirectional:
             raise ValueError("a bidirectional Mamba sees the whole sequence: it has no chunked or step mode")
-        if self._cpu_inference(hidden):
-            y, new_state = self.fwd.forward_time_major(self.in_proj(hidden), state)
+        if self._cpu_inference(hidden):  # .float(): under torch.autocast the projections come out in bf16
+            y, new_state = self.fwd.forward_time_major(self.in_proj(hidden).float(), state)
             out = self.out_proj(y)
             return out if state is None else (out, new_state)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)   # (batch, d_inner, seqlen) each
@@ -171,7 +171,7 @@ class _ScanBranch(nn.Module):
         width = self.conv1d.kernel_size[0] - 1
         context = state.conv if state is not None else xz.new_zeros(batch, d_inner, width)
         u = causal_conv1d_silu_time_major(xz, d_inner, self.conv1d.weight, self.conv1d.bias, context)
-        x_dbl = self.x_proj(u)                                                     # (batch, seqlen, R + 2N)
+        x_dbl = self.x_proj(u).float()                                             # (batch, seqlen, R + 2N)
         h0 = state.ssm if state is not None else xz.new_zeros(batch, d_inner, self.d_state)
         y, last = selective_scan_time_major(u, x_dbl, xz, d_inner, self.dt_proj.weight, self.dt_proj.bias,
                                             -torch.exp(self.A_log.float()), self.D, h0, out=u)
