@@ -25,8 +25,14 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def genomics(*args, env=None) -> None:
-    subprocess.run([sys.executable, "-m", "genomics", *map(str, args)], check=True, env=env)
+def genomics(*args, env=None) -> resource.struct_rusage:
+    """Run ``python -m genomics ARGS``; returns the child's own resource usage (peak RSS, CPU seconds)."""
+    child = subprocess.Popen([sys.executable, "-m", "genomics", *map(str, args)], env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
+    return usage
 
 
 def device_name(kind: str) -> str:
@@ -39,7 +45,8 @@ def device_name(kind: str) -> str:
 
 def write_result(kind: str, result: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = (f"_{result['record_bp']}bp_chunk{result['chunk']}_numba{result['numba_threads']}" if kind == "cpu"
+    suffix = (f"_{result['record_bp']}bp_chunk{result['chunk']}_numba{result['numba_threads']}"
+              f"{'_bf16' if result['bf16_matmuls'] else ''}" if kind == "cpu"
               else f"_seqlen{result['seqlen']}")
     path = RESULTS / f"genomics_throughput_{kind}_{result['device']}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
@@ -48,9 +55,45 @@ def write_result(kind: str, result: dict) -> Path:
     return path
 
 
-def cpu_benchmark(work: Path, length: int, threads: int, numba_threads: int, chunk: int) -> dict:
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes of this machine have run since boot (from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def probability_check(run: Path, record: Path, bases: int) -> dict:
+    """Class probabilities of the record's first ``bases`` bases from the float32 model without autograd (the
+    numba inference path that `classify` takes on CPU), with autograd (the training path, selective_scan), with
+    bf16 matrix products (`classify --bf16`) and from a float64 copy of the model: the largest differences."""
+    import numpy as np
+    import torch
+
+    from genomics.classify import SpeciesClassifier, fasta_records
+
+    model = SpeciesClassifier(run, "cpu").model
+    _, _, fetch = next(fasta_records(record, "n"))
+    ids = torch.from_numpy(fetch(0, bases).astype(np.int64))[None]
+    with torch.no_grad():
+        fast = torch.softmax(model(ids), -1)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = torch.softmax(model(ids).float(), -1)
+        exact = torch.softmax(model.double()(ids), -1)
+        model.float()
+    with torch.enable_grad():
+        autograd = torch.softmax(model(ids), -1).detach()
+    return {"bases": bases, "probabilities_float64": [round(p, 6) for p in exact[0].tolist()],
+            "max_abs_diff_inference_path_vs_float64": float((fast.double() - exact).abs().max()),
+            "max_abs_diff_autograd_path_vs_float64": float((autograd.double() - exact).abs().max()),
+            "max_abs_diff_bf16_vs_float64": float((bf16.double() - exact).abs().max())}
+
+
+def cpu_benchmark(work: Path, length: int, threads: int, numba_threads: int, chunk: int | None,
+                  check_bases: int, bf16: bool) -> dict:
     """Classify one `length`-bp record with an (untrained-enough) 7m classifier in a child process."""
     import numpy as np
+
+    from genomics.classify import CHUNK_CPU
 
     genomics("simulate", "--out", work / "apes", "--size", "tiny", "--seed", 0)
     run = work / "clf7m"
@@ -61,20 +104,27 @@ def cpu_benchmark(work: Path, length: int, threads: int, numba_threads: int, chu
     seq = rng.choice(np.frombuffer(b"ACGT", dtype=np.uint8), length).tobytes().decode()
     record.write_text(">one_megabase\n" + "\n".join(seq[i:i + 60] for i in range(0, length, 60)) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "NUMBA_NUM_THREADS": str(numba_threads)}
+    busy = busy_cpu_seconds()
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    genomics("classify", "--checkpoint", run, "--fasta", record, "--window", 2**16, "--out", work / "out.tsv",
-             "--chunk", chunk, "--device", "cpu", env=env)
+    usage = genomics("classify", "--checkpoint", run, "--fasta", record, "--window", 2**16, "--out", work / "out.tsv",
+             "--device", "cpu", *(("--chunk", chunk) if chunk else ()), *(("--bf16",) if bf16 else ()), env=env)
     seconds = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    ours = usage.ru_utime + usage.ru_stime
+    others = max(0.0, busy_cpu_seconds() - busy - ours)
     return {"device": device_name("cpu"), "task": "classify one record, 7m preset", "record_bp": length,
-            "window": 2**16, "chunk": chunk, "torch_threads": threads, "numba_threads": numba_threads,
+            "window": 2**16, "chunk": chunk or CHUNK_CPU, "bf16_matmuls": bf16, "torch_threads": threads,
+            "numba_threads": numba_threads,
             "load_average_at_end": os.getloadavg(), "seconds": round(seconds, 1),
+            "cpu_seconds_classify": round(ours, 1),
+            # the share of the machine's cores that other jobs took while classify ran: timings are only
+            # comparable between runs where this is small
+            "other_processes_core_share": round(others / (seconds * os.cpu_count()), 3),
             "bases_per_second": round(length / seconds, 1),
-            "peak_rss_gb": round(peak_kib / 2**20, 3), "peak_rss_note": "max over child processes" +
-            ("" if peak_kib > before else " (the finetune child was larger)"),
+            "peak_rss_gb": round(usage.ru_maxrss / 2**20, 3), "peak_rss_note": "the classify process's own peak",
             "seconds_per_mbp": round(seconds * 10**6 / length, 1),
-            "targets": {"seconds_per_mbp": 300, "peak_rss_gb": 4}, "output": (work / "out.tsv").read_text()}
+            "targets": {"seconds_per_mbp": 300, "peak_rss_gb": 4}, "output": (work / "out.tsv").read_text(),
+            **({"probability_check": probability_check(run, record, min(check_bases, length))} if check_bases
+               else {})}
 
 
 def gpu_benchmark(work: Path, seqlen: int, steps: int) -> dict:
@@ -107,9 +157,12 @@ def main(argv=None) -> int:
     parser.add_argument("kind", choices=("cpu", "gpu"))
     parser.add_argument("--length", type=int, default=10**6, help="CPU: record length in bp (default 1 Mbp)")
     parser.add_argument("--threads", type=int, default=2, help="CPU: torch threads (default 2)")
-    parser.add_argument("--chunk", type=int, default=2**16,
-                        help="CPU: bases per forward piece (classify --chunk; default 65536; memory falls with it, "
-                             "speed did not change measurably at 8192)")
+    parser.add_argument("--chunk", type=int,
+                        help="CPU: bases per forward piece (classify --chunk; default: classify's CPU default)")
+    parser.add_argument("--check-bases", type=int, default=2**13,
+                        help="CPU: compare the probabilities of this many bases against a float64 model "
+                             "(default 8192; 0 skips)")
+    parser.add_argument("--bf16", action="store_true", help="CPU: classify --bf16 (bfloat16 matrix products)")
     parser.add_argument("--numba-threads", type=int, default=2,
                         help="CPU: threads of the numba scan (default 2)")
     parser.add_argument("--seqlen", type=int, default=2**20, help="GPU: training length (default 2^20)")
@@ -117,7 +170,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="genomics_throughput_") as tmp:
         work = Path(tmp)
-        result = (cpu_benchmark(work, args.length, args.threads, args.numba_threads, args.chunk) if args.kind == "cpu"
+        result = (cpu_benchmark(work, args.length, args.threads, args.numba_threads, args.chunk, args.check_bases,
+                                args.bf16) if args.kind == "cpu"
                   else gpu_benchmark(work, args.seqlen, args.steps))
     write_result(args.kind, result)
     return 0

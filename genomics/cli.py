@@ -351,8 +351,12 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                    help="IUPAC ambiguity codes: read as N (default) or refuse them")
     p.add_argument("--batch-tokens", type=_positive_int, default=2**18,
                    help="bases per forward pass (default 262144)")
-    p.add_argument("--chunk", type=_positive_int, default=2**16,
-                   help="longest piece of a window read at once; memory scales with it (default 65536)")
+    p.add_argument("--chunk", type=_positive_int,
+                   help="longest piece of a window read at once; memory scales with it (default 1024 on CPU, "
+                        "65536 on GPU)")
+    p.add_argument("--bf16", action="store_true",
+                   help="matrix products in bfloat16 (float32 accumulation): 1.4x faster on a CPU with "
+                        "AVX512-BF16; probabilities differ from the float32 run (by ~1e-3 to 1e-2)")
     add_device_argument(p)
     p.set_defaults(func=cmd_classify)
     return p
@@ -362,7 +366,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from genomics.classify import SpeciesClassifier, to_json, to_tsv
 
     classifier = SpeciesClassifier(args.checkpoint, resolve_device(args.device), window=args.window,
-                                   chunk=args.chunk, batch_tokens=args.batch_tokens, iupac=args.iupac)
+                                   chunk=args.chunk, batch_tokens=args.batch_tokens, iupac=args.iupac,
+                                   bf16=args.bf16)
     results = []
     for path in args.fasta:
         results += classifier.classify_file(path)

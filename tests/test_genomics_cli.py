@@ -268,6 +268,19 @@ def test_chunked_reading_gives_the_same_answer(workspace, tmp_path, capsys, pool
                 assert value == b[key]
 
 
+def test_bf16_matmuls_stay_close_to_float32(workspace, tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    query = write_fasta(tmp_path / "q.fa", {"r1": "".join(rng.choice(list("ACGT"), 400))})
+    outputs = []
+    for flags in ((), ("--bf16",)):
+        assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--chunk", 50, *flags) == 0
+        outputs.append(read_tsv(capsys.readouterr().out))
+    (fp32,), (bf16,) = outputs
+    probs = [(float(fp32[k]), float(bf16[k])) for k in fp32 if k.startswith("p_")]
+    assert max(abs(a - b) for a, b in probs) < 2e-2
+    assert any(a != b for a, b in probs)  # the flag changed the arithmetic
+
+
 def test_a_checkpoint_file_and_gzip_input_are_accepted(workspace, tmp_path, capsys):
     seq = "ACGTTGCAAGGCTTAC" * 20
     plain = write_fasta(tmp_path / "q.fa", {"r": seq})

@@ -143,3 +143,99 @@ def test_bad_inputs_name_the_argument():
         selective_scan(**x, backend="fast")
     with pytest.raises(ValueError, match="needs CUDA"):
         selective_scan(**x, backend="gpu")
+
+
+# ---- the inference-only, time-major numba kernels of the Mamba block (ssm_core/ops/scan_cpu.py) ----------------
+
+def test_vectorisable_exp_and_softplus_match_float64():
+    import numpy as np
+    from numba import njit
+
+    from ssm_core.ops.scan_cpu import _exp_f32, _softplus_f32
+
+    @njit
+    def apply(f, x):
+        out = np.empty_like(x)
+        for i in range(x.shape[0]):
+            out[i] = f(x[i])
+        return out
+
+    x = np.concatenate([np.linspace(-100, 100, 20001), np.random.default_rng(5).normal(0, 30, 5000)])
+    x = x.astype(np.float32)
+    x64 = x.astype(np.float64)
+    ok = x > -87  # below that float32 exp underflows; the kernel's clamp gives ~1e-38 instead of 0
+    exp_ref = np.exp(np.minimum(x64, 88.0))
+    np.testing.assert_allclose(apply(_exp_f32, x)[ok], exp_ref[ok], rtol=5e-7)  # ~4 float32 ulp
+    assert np.all(apply(_exp_f32, x)[~ok] < 2e-38)
+    np.testing.assert_allclose(apply(_softplus_f32, x), np.logaddexp(0.0, x64), rtol=5e-7, atol=2e-38)
+
+
+def time_major_inputs(batch, seqlen, dim, dstate, rank, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift
+
+    return dict(u=r(batch, seqlen, dim), x_dbl=r(batch, seqlen, rank + 2 * dstate), xz=r(batch, seqlen, 2 * dim),
+                dt_weight=r(dim, rank, scale=2 * rank ** -0.5), dt_bias=r(dim, scale=2.0, shift=-1.0),
+                A=-torch.rand(dim, dstate, generator=g, dtype=torch.float64) * 4 - 0.05, D=r(dim),
+                h0=r(batch, dim, dstate))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1, 1), (2, 45, 37, 5, 3), (1, 300, 130, 16, 16), (3, 64, 512, 16, 32)])
+def test_time_major_inference_scan_matches_float64_reference(shape):
+    from ssm_core.ops.scan_cpu import selective_scan_time_major
+
+    batch, seqlen, dim, dstate, rank = shape
+    x = time_major_inputs(*shape, seed=hash(shape) % 2**31)
+    ref, last_ref = selective_scan_reference(
+        x["u"].transpose(1, 2), (x["x_dbl"][..., :rank] @ x["dt_weight"].t()).transpose(1, 2), x["A"],
+        x["x_dbl"][..., rank:rank + dstate].transpose(1, 2), x["x_dbl"][..., rank + dstate:].transpose(1, 2), x["D"],
+        x["xz"][..., dim:].transpose(1, 2), x["dt_bias"], True, x["h0"], True)
+    f = {k: v.float() for k, v in x.items()}
+    out, last = selective_scan_time_major(f["u"], f["x_dbl"], f["xz"], dim, f["dt_weight"], f["dt_bias"], f["A"],
+                                          f["D"], f["h0"])
+    torch.testing.assert_close(out.double(), ref.transpose(1, 2), rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(last.double(), last_ref, rtol=2e-5, atol=2e-5)
+    # writing the output over u (what the Mamba block does to save memory) gives the same numbers
+    u = f["u"].clone()
+    out_inplace, _ = selective_scan_time_major(u, f["x_dbl"], f["xz"], dim, f["dt_weight"], f["dt_bias"], f["A"],
+                                               f["D"], f["h0"], out=u)
+    assert out_inplace.data_ptr() == u.data_ptr()
+    torch.testing.assert_close(out_inplace, out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("d_conv", [1, 2, 4])
+@pytest.mark.parametrize("seqlen", [1, 3, 50])
+def test_time_major_conv_silu_matches_float64_reference(d_conv, seqlen):
+    from ssm_core.ops.scan_cpu import causal_conv1d_silu_time_major
+
+    g = torch.Generator().manual_seed(seqlen * 10 + d_conv)
+    batch, dim = 2, 70
+    xz = torch.randn(batch, seqlen, 2 * dim, generator=g, dtype=torch.float64)
+    context = torch.randn(batch, dim, d_conv - 1, generator=g, dtype=torch.float64)
+    weight = torch.randn(dim, 1, d_conv, generator=g, dtype=torch.float64)
+    bias = torch.randn(dim, generator=g, dtype=torch.float64)
+    ref = F.silu(F.conv1d(torch.cat([context, xz[..., :dim].transpose(1, 2)], -1), weight, bias, groups=dim))
+    out = causal_conv1d_silu_time_major(xz.float(), dim, weight.float(), bias.float(), context.float())
+    torch.testing.assert_close(out.double(), ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+    no_bias = causal_conv1d_silu_time_major(xz.float(), dim, weight.float(), None, context.float())
+    ref = F.silu(F.conv1d(torch.cat([context, xz[..., :dim].transpose(1, 2)], -1), weight, None, groups=dim))
+    torch.testing.assert_close(no_bias.double(), ref.transpose(1, 2), rtol=1e-5, atol=1e-5)
+
+
+def test_time_major_kernels_name_bad_arguments():
+    from ssm_core.ops.scan_cpu import causal_conv1d_silu_time_major, selective_scan_time_major
+
+    x = {k: v.float() for k, v in time_major_inputs(1, 8, 16, 4, 2, seed=0).items()}
+    with pytest.raises(ValueError, match="`x_dbl`"):
+        selective_scan_time_major(x["u"], x["x_dbl"][..., :5], x["xz"], 16, x["dt_weight"], x["dt_bias"], x["A"],
+                                  x["D"], x["h0"])
+    with pytest.raises(ValueError, match="`z`"):
+        selective_scan_time_major(x["u"], x["x_dbl"], x["xz"].double(), 16, x["dt_weight"], x["dt_bias"], x["A"],
+                                  x["D"], x["h0"])
+    with pytest.raises(ValueError, match="`initial_state`"):
+        selective_scan_time_major(x["u"], x["x_dbl"], x["xz"], 16, x["dt_weight"], x["dt_bias"], x["A"], x["D"],
+                                  x["h0"][..., :3])
+    with pytest.raises(ValueError, match="`xz`"):
+        causal_conv1d_silu_time_major(x["xz"].transpose(1, 2), 16, torch.ones(16, 4), None, torch.zeros(1, 16, 3))

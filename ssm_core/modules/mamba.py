@@ -55,6 +55,10 @@ class Mamba(nn.Module):
         """hidden: (batch, seqlen, d_model). Returns (batch, seqlen, d_model); with ``state``, also the new state."""
         if state is not None and self.bidirectional:
             raise ValueError("a bidirectional Mamba sees the whole sequence: it has no chunked or step mode")
+        if self._cpu_inference(hidden):  # .float(): under torch.autocast the projections come out in bf16
+            y, new_state = self.fwd.forward_time_major(self.in_proj(hidden).float(), state)
+            out = self.out_proj(y)
+            return out if state is None else (out, new_state)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)   # (batch, d_inner, seqlen) each
         if self.bidirectional:
             y = self.fwd(x, z) + self.rev(x.flip(-1), z.flip(-1)).flip(-1)
@@ -63,6 +67,12 @@ class Mamba(nn.Module):
             return self.out_proj(self.fwd(x, z).transpose(1, 2))
         y, new_state = self.fwd(x, z, state)
         return self.out_proj(y.transpose(1, 2)), new_state
+
+    def _cpu_inference(self, hidden: torch.Tensor) -> bool:
+        """Whether ``forward`` can take the fused numba path: float32 on CPU without autograd, one direction."""
+        return (not torch.is_grad_enabled() and hidden.device.type == "cpu" and hidden.dtype == torch.float32
+                and self.in_proj.weight.dtype == torch.float32 and self.selective and not self.bidirectional
+                and self.scan_backend in ("auto", "cpu"))
 
     def step(self, hidden: torch.Tensor, state: MambaState) -> torch.Tensor:
         """One time step. hidden: (batch, d_model); ``state`` is updated in place. Returns (batch, d_model)."""
@@ -141,9 +151,34 @@ class _ScanBranch(nn.Module):
         y, last = selective_scan(x_conv, delta, A, B, C, self.D.float(), z, delta_bias.float(),
                                  delta_softplus=True, initial_state=state.ssm, return_last_state=True,
                                  backend=self.scan_backend)
+        return y, MambaState(conv=self._next_conv_context(state.conv, x), ssm=last)
+
+    def _next_conv_context(self, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The conv's left context for the next chunk: the last d_conv - 1 inputs of (context, x), both
+        (batch, d_inner, ...)."""
         width = self.conv1d.kernel_size[0] - 1
-        conv_ctx = torch.cat([state.conv.to(x.dtype), x], dim=-1)[..., -width:] if width else state.conv
-        return y, MambaState(conv=conv_ctx, ssm=last)
+        return torch.cat([context.to(x.dtype), x], dim=-1)[..., -width:] if width else context
+
+    def forward_time_major(self, xz: torch.Tensor, state: MambaState | None = None):
+        """Inference-only forward on in_proj's output as it comes, xz (batch, seqlen, 2 d_inner) = [x | z],
+        through the numba kernels (conv + SiLU, then the scan fused with dt_proj, softplus, D and the gate): no
+        transposes and no autograd checkpoints. Returns y (batch, seqlen, d_inner) and the new state (None without
+        ``state``). Float32 only; the same function as ``forward``."""
+        from ..ops.scan_cpu import causal_conv1d_silu_time_major, selective_scan_time_major
+
+        batch, seqlen, _ = xz.shape
+        d_inner = self.D.shape[0]
+        width = self.conv1d.kernel_size[0] - 1
+        context = state.conv if state is not None else xz.new_zeros(batch, d_inner, width)
+        u = causal_conv1d_silu_time_major(xz, d_inner, self.conv1d.weight, self.conv1d.bias, context)
+        x_dbl = self.x_proj(u).float()                                             # (batch, seqlen, R + 2N)
+        h0 = state.ssm if state is not None else xz.new_zeros(batch, d_inner, self.d_state)
+        y, last = selective_scan_time_major(u, x_dbl, xz, d_inner, self.dt_proj.weight, self.dt_proj.bias,
+                                            -torch.exp(self.A_log.float()), self.D, h0, out=u)
+        if state is None:
+            return y, None
+        x_tail = xz[:, max(0, seqlen - width):, :d_inner].transpose(1, 2)
+        return y, MambaState(conv=self._next_conv_context(state.conv, x_tail), ssm=last)
 
     def step(self, x, z, state: MambaState):
         """x, z: (batch, d_inner) for one time step; updates ``state`` in place; returns y (batch, d_inner)."""

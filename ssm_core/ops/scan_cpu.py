@@ -12,7 +12,9 @@ import math
 import numba
 import numpy as np
 import torch
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from .scan_reference import expand_groups  # noqa: F401  (kept beside the reference for readers)
 
@@ -259,3 +261,203 @@ def selective_scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     """Numba selective scan; same arguments and results as ``selective_scan_reference``."""
     out, last = _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
     return (out, last) if return_last_state else out
+
+
+# ---- Inference without autograd, time-major layout -------------------------------------------------------------
+# The Mamba block's projections produce (batch, seqlen, channels) tensors. The kernels below read them as they are
+# (no transposes to (batch, dim, seqlen)) and vectorise over a block of channels instead of over dstate: every
+# per-channel operation (softplus, the D skip, the SiLU gate, the dt projection) is then a vector operation, the
+# readout <C_t, h_t> needs no horizontal sum, and no chunk checkpoints are stored. Float32 only.
+
+# Channels per job of the scan: the longest inner loop (fewest per-dstate loop overheads) whose h and A
+# (2 x 256 x 16 floats = 32 KiB at dstate 16) still fit L1; 64 ran 1.6x slower, 16 four times slower.
+_MAX_CHANNEL_BLOCK = 256
+
+
+@intrinsic
+def _int_bits_as_float32(typingctx, bits):
+    """Reinterpret an int32's bits as a float32 (a bitcast LLVM vectorises, unlike math.ldexp)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+@njit(inline="always", fastmath=True)
+def _exp_f32(x):
+    """exp(x) in float32, branch-free (vectorisable): 2^k * p(r) as in ``_decay_into``."""
+    x = min(max(x, _EXP_LO), _EXP_HI)
+    k = np.floor(x * _LOG2E + np.float32(0.5))
+    r = x - k * _LN2_HI - k * _LN2_LO
+    p = _P0 + r * (_P1 + r * (_P2 + r * (_P3 + r * (_P4 + r * (_P5 + r * _P6)))))
+    return p * _int_bits_as_float32((np.int32(k) + np.int32(127)) << np.int32(23))
+
+
+# log1p(e) for e in [0, 1] as 2 atanh(s), s = e / (2 + e) in [0, 1/3]: the odd series up to s^15 leaves a
+# truncation error below 1e-8.
+_ATANH = [np.float32(2.0 / (2 * i + 1)) for i in range(8)]
+_T0, _T1, _T2, _T3, _T4, _T5, _T6, _T7 = _ATANH
+
+
+@njit(inline="always", fastmath=True)
+def _softplus_f32(x):
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), branch-free (vectorisable)."""
+    e = _exp_f32(-abs(x))
+    s = e / (np.float32(2.0) + e)
+    s2 = s * s
+    series = _T0 + s2 * (_T1 + s2 * (_T2 + s2 * (_T3 + s2 * (_T4 + s2 * (_T5 + s2 * (_T6 + s2 * _T7))))))
+    return max(x, np.float32(0.0)) + s * series
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _conv_silu_tm_kernel(xz, context, weight_t, bias, out, time_block):
+    """out[b, t, d] = silu(bias[d] + sum_k weight_t[k, d] x[b, t - K + 1 + k, d]) with x = xz[..., :dim] and the
+    inputs before t = 0 taken from ``context``. xz: (batch, L, >= dim); context: (batch, dim, K - 1);
+    weight_t: (K, dim); bias: (dim,); out: (batch, L, dim)."""
+    batch, L, dim = out.shape
+    K = weight_t.shape[0]
+    n_blocks = (L + time_block - 1) // time_block
+    for job in prange(batch * n_blocks):
+        b = job // n_blocks
+        t0 = (job % n_blocks) * time_block
+        t1 = min(L, t0 + time_block)
+        acc = np.empty(dim, dtype=np.float32)
+        for t in range(t0, t1):
+            acc[:] = bias
+            if t >= K - 1:
+                for k in range(K):
+                    src = xz[b, t - K + 1 + k]
+                    wk = weight_t[k]
+                    for d in range(dim):
+                        acc[d] += wk[d] * src[d]
+            else:  # the first K - 1 steps reach into the previous chunk's inputs
+                for k in range(K):
+                    s = t - K + 1 + k
+                    for d in range(dim):
+                        acc[d] += weight_t[k, d] * (xz[b, s, d] if s >= 0 else context[b, d, K - 1 + s])
+            dst = out[b, t]
+            for d in range(dim):
+                v = acc[d]
+                dst[d] = v / (np.float32(1.0) + _exp_f32(-v))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _scan_tm_kernel(u, x_dbl, z, z_offset, dt_weight_t, dt_bias, A_t, D, h0, out, last_state, channel_block):
+    """One Mamba block's selective scan, forward only, in time-major layout.
+
+    u: (batch, L, dim) the conv output; x_dbl: (batch, L, R + 2N) = [dt_low | B | C] (x_proj's output);
+    z: (batch, L, >= z_offset + dim), the gate at z[..., z_offset:]; dt_weight_t: (R, dim) (dt_proj.weight.T);
+    dt_bias, D: (dim,); A_t: (N, dim); h0, last_state: (batch, dim, N); out: (batch, L, dim), may be ``u`` itself
+    (every u[b, t, d] is read before out[b, t, d] is written, by the same job).
+    Δ = softplus(dt_low @ dt_weight_t + dt_bias), h_t = exp(Δ A) h_{t-1} + Δ B_t u_t,
+    out = (<C_t, h_t> + D u_t) * silu(z_t).
+    """
+    batch, L, dim = u.shape
+    N = A_t.shape[0]
+    R = dt_weight_t.shape[0]
+    n_blocks = (dim + channel_block - 1) // channel_block
+    for job in prange(batch * n_blocks):
+        b = job // n_blocks
+        d0 = (job % n_blocks) * channel_block
+        w = min(dim, d0 + channel_block) - d0
+        h = np.empty((N, w), dtype=np.float32)
+        for n in range(N):
+            for j in range(w):
+                h[n, j] = h0[b, d0 + j, n]
+        A_blk = A_t[:, d0:d0 + w].copy()
+        W_blk = dt_weight_t[:, d0:d0 + w].copy()
+        bias_blk = dt_bias[d0:d0 + w].copy()
+        D_blk = D[d0:d0 + w].copy()
+        dt = np.empty(w, dtype=np.float32)
+        du = np.empty(w, dtype=np.float32)
+        y = np.empty(w, dtype=np.float32)
+        for t in range(L):
+            row = x_dbl[b, t]
+            ut = u[b, t, d0:d0 + w]
+            zt = z[b, t, z_offset + d0:z_offset + d0 + w]
+            dt[:] = bias_blk
+            for r in range(R):
+                c = row[r]
+                Wr = W_blk[r]
+                for j in range(w):
+                    dt[j] += c * Wr[j]
+            for j in range(w):
+                s = _softplus_f32(dt[j])
+                dt[j] = s
+                du[j] = s * ut[j]
+                y[j] = D_blk[j] * ut[j]
+            for n in range(N):
+                Bn = row[R + n]
+                Cn = row[R + N + n]
+                An = A_blk[n]
+                hn = h[n]
+                for j in range(w):
+                    v = _exp_f32(dt[j] * An[j]) * hn[j] + du[j] * Bn
+                    hn[j] = v
+                    y[j] += Cn * v
+            ot = out[b, t, d0:d0 + w]
+            for j in range(w):
+                zz = zt[j]
+                ot[j] = y[j] * zz / (np.float32(1.0) + _exp_f32(-zz))
+        for n in range(N):
+            for j in range(w):
+                last_state[b, d0 + j, n] = h[n, j]
+
+
+def _f32(name: str, t: torch.Tensor, shape: tuple | None = None) -> np.ndarray:
+    """A float32 C-contiguous numpy view of ``t`` (a copy only where needed), checked against ``shape``."""
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"scan_cpu: `{name}` must have shape {shape}; got {tuple(t.shape)}")
+    return t.detach().to(torch.float32).contiguous().numpy()
+
+
+def causal_conv1d_silu_time_major(xz: torch.Tensor, dim: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                                  context: torch.Tensor) -> torch.Tensor:
+    """silu(causal depthwise conv) of x = xz[..., :dim], inference only.
+
+    xz: (batch, seqlen, >= dim) float32 (in_proj's output, read in place); weight: (dim, d_conv); bias: (dim,);
+    context: (batch, dim, d_conv - 1), the inputs before the first step (zeros at a sequence's start).
+    Returns (batch, seqlen, dim) float32.
+    """
+    batch, L, width = xz.shape
+    K = weight.shape[-1]
+    if width < dim or xz.dtype != torch.float32 or not xz.is_contiguous():
+        raise ValueError(f"scan_cpu: `xz` must be contiguous float32 (batch, seqlen, >= {dim}); got "
+                         f"{tuple(xz.shape)} {xz.dtype}")
+    out = np.empty((batch, L, dim), np.float32)
+    bias_np = _f32("bias", bias, (dim,)) if bias is not None else np.zeros(dim, np.float32)
+    time_block = max(1, -(-L // (2 * numba.get_num_threads())))  # a few jobs per thread even at batch 1
+    _conv_silu_tm_kernel(xz.detach().numpy(), _f32("context", context, (batch, dim, K - 1)),
+                         _f32("weight", weight.reshape(dim, K).t()), bias_np, out, time_block)
+    return torch.from_numpy(out)
+
+
+def selective_scan_time_major(u: torch.Tensor, x_dbl: torch.Tensor, z: torch.Tensor, z_offset: int,
+                              dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
+                              initial_state: torch.Tensor, out: torch.Tensor | None = None):
+    """Forward-only selective scan of one Mamba block on time-major tensors (no autograd, float32).
+
+    u: (batch, seqlen, dim); x_dbl: (batch, seqlen, R + 2 dstate) = [dt_low | B | C]; z: (batch, seqlen, >= z_offset
+    + dim), the gate is z[..., z_offset:z_offset + dim]; dt_weight: (dim, R); dt_bias, D: (dim,); A: (dim, dstate);
+    initial_state: (batch, dim, dstate). ``out`` (batch, seqlen, dim) may be ``u`` to reuse its memory.
+    Computes Δ = softplus(dt_low @ dt_weight.T + dt_bias) and then exactly what ``selective_scan`` computes with
+    delta_softplus=True. Returns (out, last_state (batch, dim, dstate)).
+    """
+    batch, L, dim = u.shape
+    N = A.shape[1]
+    R = dt_weight.shape[1]
+    for name, t, width in (("u", u, dim), ("x_dbl", x_dbl, R + 2 * N), ("z", z, z_offset + dim)):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.shape[:2] != (batch, L) or t.shape[2] < width:
+            raise ValueError(f"scan_cpu: `{name}` must be contiguous float32 (batch, seqlen, >= {width}) = "
+                             f"({batch}, {L}, >= {width}); got {tuple(t.shape)} {t.dtype}")
+    out = torch.empty_like(u) if out is None else out
+    last = np.empty((batch, dim, N), np.float32)
+    jobs_per_batch = -(-numba.get_num_threads() // batch)
+    block = min(_MAX_CHANNEL_BLOCK, -(-dim // jobs_per_batch))
+    _scan_tm_kernel(u.detach().numpy(), x_dbl.detach().numpy(), z.detach().numpy(), z_offset,
+                    _f32("dt_weight", dt_weight, (dim, R)).T.copy(), _f32("dt_bias", dt_bias, (dim,)),
+                    _f32("A", A, (dim, N)).T.copy(), _f32("D", D, (dim,)),
+                    _f32("initial_state", initial_state, (batch, dim, N)), out.detach().numpy(), last, block)
+    return out, torch.from_numpy(last)
