@@ -356,7 +356,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                         "65536 on GPU)")
     p.add_argument("--bf16", action="store_true",
                    help="matrix products in bfloat16 (float32 accumulation): 1.4x faster on a CPU with "
-                        "AVX512-BF16; probabilities differ from the float32 run (by ~1e-3 to 1e-2)")
+                        "AVX512-BF16; probabilities move (by 3e-3 for the 7m benchmark model, more where the "
+                        "logits are large)")
     add_device_argument(p)
     p.set_defaults(func=cmd_classify)
     return p

@@ -5,6 +5,8 @@ Three ways to run it, all computing the same function of the sequence:
 - ``forward(x, state)``: one chunk of a longer sequence, carrying ``state`` (conv inputs and SSM state) across
   chunks, so memory does not grow with the total length;
 - ``step(x_t, state)``: one time step (autoregressive generation).
+Without autograd, a float32 CPU model runs the first two through fused numba kernels that read the projections in
+their (batch, seqlen, channels) layout (``_ScanBranch.forward_time_major``); training uses ``selective_scan``.
 """
 from __future__ import annotations
 
