@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 from ssm_core.models.backbone import ResidualBlock, set_fused_step
 from ssm_core.models.config import MambaConfig
 from ssm_core.ops.scan_reference import selective_state_update_reference
-from triton_interpreter import run_under_triton_interpreter
+from triton_interpreter import enter_interpreter_script, run_under_triton_interpreter
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here: run `make test-gpu`")
 
@@ -345,9 +343,7 @@ def test_sashimi_generation_fused_vs_unfused_gpu():
 # ----------------------------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        sys.exit("set TRITON_INTERPRET=1 before running this file as a script (it must precede the Triton import)")
-    torch.set_num_threads(1)
+    enter_interpreter_script()
     for case in INTERPRETER_CASES:
         worst = check_block_step(case, "cpu")
         print(f"ok {case}: max relative error {worst:.2e}", flush=True)

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
-import sys
 from dataclasses import dataclass
 
 import pytest
@@ -24,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ssm_core.ops.scan_reference import (expand_groups, selective_scan_reference,
                                          selective_state_update_reference)
-from triton_interpreter import run_under_triton_interpreter
+from triton_interpreter import enter_interpreter_script, run_under_triton_interpreter
 
 # Relative-norm tolerance by input dtype (float64 inputs make the kernels accumulate in float64).
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
@@ -359,9 +357,7 @@ def test_state_update_in_cuda_graph_equals_full_scan():
 # ----------------------------------------------------------------------------------------------------------------
 
 if __name__ == "__main__":
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        sys.exit("set TRITON_INTERPRET=1 before running this file as a script (it must precede the Triton import)")
-    torch.set_num_threads(1)
+    enter_interpreter_script()
     for case in INTERPRETER_SCAN_CASES:
         errors = check_scan_case(case, "cpu")
         print(f"ok {case}: max relative error {max(errors.values()):.2e}", flush=True)

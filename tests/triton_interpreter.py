@@ -14,3 +14,11 @@ def run_under_triton_interpreter(path: str, timeout: int) -> str:
                           timeout=timeout)
     assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout}\n{proc.stderr[-5000:]}"
     return proc.stdout
+
+
+def enter_interpreter_script() -> None:
+    """The start of a test file's ``__main__`` driver: refuse to run without the interpreter, one thread."""
+    import torch
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        sys.exit("set TRITON_INTERPRET=1 before running this file as a script (it must precede the Triton import)")
+    torch.set_num_threads(1)

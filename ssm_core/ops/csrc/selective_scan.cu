@@ -68,9 +68,13 @@ __device__ __forceinline__ float ex2(float x) {  // the hardware exp2 (MUFU.EX2)
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 __device__ __forceinline__ float softplus_grad(float x) { return x > 20.f ? 1.f : 1.f / (1.f + expf(-x)); }
 
-// Which channels a block owns: d0 = first channel, nvalid = how many exist (the last block of a group may be short).
+// Which channels a block owns: d0 = first channel, nvalid = how many exist (the last block of a group may be short);
+// and this thread's place: channel c of the block (d in the tensor; past nvalid, a clamped stand-in that computes
+// on zeros and writes nothing), lane j of the channel's TPC lanes.
 struct Coords {
     int b, g, d0, nvalid;
+    int c, j, d;
+    bool valid;
 };
 template <int TPC>
 __device__ __forceinline__ Coords block_coords(const Params& p) {
@@ -83,6 +87,10 @@ __device__ __forceinline__ Coords block_coords(const Params& p) {
     c.b = bg / (int)p.n_groups;
     c.d0 = c.g * dpg + dblk * CH;
     c.nvalid = min(CH, dpg - dblk * CH);
+    c.c = threadIdx.x / TPC;
+    c.j = threadIdx.x % TPC;
+    c.valid = c.c < c.nvalid;
+    c.d = c.d0 + (c.valid ? c.c : 0);
     return c;
 }
 
@@ -276,9 +284,8 @@ __global__ void __launch_bounds__(NT) fwd_kernel(Params p) {
     float* s_C = s_B + SC * NP;
 
     const Coords bc = block_coords<TPC>(p);
-    const int c = threadIdx.x / TPC, j = threadIdx.x % TPC;
-    const bool valid = c < bc.nvalid;
-    const int d = bc.d0 + (valid ? c : 0);
+    const int c = bc.c, j = bc.j, d = bc.d;
+    const bool valid = bc.valid;
     const int seg = blockIdx.y;
     const long long L = p.seqlen, N = p.dstate, dim = p.dim;
     const long long row0 = bc.b * dim + bc.d0;                 // first row of u, delta, z, out
@@ -402,9 +409,8 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
     float* s_C = s_dy + CH * ROW;
 
     const Coords bc = block_coords<TPC>(p);
-    const int c = threadIdx.x / TPC, j = threadIdx.x % TPC;
-    const bool valid = c < bc.nvalid;
-    const int d = bc.d0 + (valid ? c : 0);
+    const int c = bc.c, j = bc.j, d = bc.d;
+    const bool valid = bc.valid;
     const int seg = blockIdx.y + 1;
     const long long N = p.dstate;
     const long long bd = bc.b * p.dim + d;
@@ -507,9 +513,8 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 
     const Coords bc = block_coords<TPC>(p);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int c = threadIdx.x / TPC, j = threadIdx.x % TPC;
-    const bool valid = c < bc.nvalid;
-    const int d = bc.d0 + (valid ? c : 0);
+    const int c = bc.c, j = bc.j, d = bc.d;
+    const bool valid = bc.valid;
     const int seg = blockIdx.y;
     const long long L = p.seqlen, N = p.dstate, dim = p.dim;
     const long long row0 = bc.b * dim + bc.d0, bd = bc.b * dim + d;
