@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine: the GPU tests (pytest -m gpu), then the GPU scan benchmark.
-#   bash benchmarks/run_device.sh [arguments for benchmarks/gpu_scan.py, e.g. --no-sweep]
-# Logs and the benchmark JSON go to $OUT when it is set (the device tool brings that folder back), else to
-# benchmarks/results/. mamba-ssm is compared only when MAMBA_SSM_PATH names a source tree whose
-# selective_scan_cuda extension is already built in place: this script never fetches or builds it.
+# The one command for a GPU machine, per workload: its GPU tests, then its benchmark. Each fits one 10-minute
+# device call (the scan with mamba-ssm's build running beside the tests).
+#   bash benchmarks/run_device.sh [scan] [arguments for benchmarks/gpu_scan.py, e.g. --no-sweep]
+#   bash benchmarks/run_device.sh audio [arguments for benchmarks/audio_generation.py, e.g. --sweep]
+#   bash benchmarks/run_device.sh genomics [arguments for benchmarks/genomics_throughput.py gpu]
+#   bash benchmarks/run_device.sh tests   (every test marked gpu: more than one call's 10 minutes)
+# (The synthetic tasks have their own script: benchmarks/synthetic_device.sh.)
+# Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
+# mamba-ssm is compared only when MAMBA_SSM_PATH names a source tree whose selective_scan_cuda extension is built
+# in place: this script never fetches or builds it (see benchmarks/README.md).
 # Exit status: non-zero if the tests or the benchmark failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -12,17 +17,39 @@ PY="${PYTHON:-python3}"
 RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$RESULTS"
 
+workload=scan
+case "${1:-}" in
+    scan|audio|genomics|tests) workload=$1; shift ;;
+esac
+case $workload in
+    scan) tests=(tests/test_scan_cuda.py tests/test_scan_gpu.py) ;;
+    audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
+    genomics) tests=() ;;
+    tests) tests=(tests) ;;
+esac
+
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "gpu",
-torch.cuda.get_device_name() if torch.cuda.is_available() else None)' 2>&1 | tee "$RESULTS/gpu_tests.log"
+torch.cuda.get_device_name() if torch.cuda.is_available() else None)' 2>&1 | tee "$RESULTS/gpu_${workload}.log"
 
-# Test modules that cannot import here (a CPU-only dependency missing on the device) are reported, not fatal:
-# only the tests marked gpu run.
-"$PY" -m pytest -m gpu tests -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
-    | tee -a "$RESULTS/gpu_tests.log"
-tests_rc=${PIPESTATUS[0]}
+tests_rc=0
+if [ ${#tests[@]} -gt 0 ]; then
+    # Test modules that cannot import here (a CPU-only dependency missing on the device) are reported, not fatal.
+    "$PY" -m pytest -m gpu "${tests[@]}" -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
+        | tee -a "$RESULTS/gpu_${workload}.log"
+    tests_rc=${PIPESTATUS[0]}
+fi
 
-"$PY" benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" 2>&1 | tee "$RESULTS/gpu_scan.log"
-bench_rc=${PIPESTATUS[0]}
+bench() {  # bench SCRIPT ARGS...: one benchmark, its output appended to the log; returns its exit status
+    "$PY" "$@" 2>&1 | tee -a "$RESULTS/gpu_${workload}.log"
+    return "${PIPESTATUS[0]}"
+}
+bench_rc=0
+case $workload in
+    scan) bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
+    audio) bench benchmarks/audio_generation.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
+    genomics) bench benchmarks/genomics_throughput.py gpu "$@" || bench_rc=$?
+              [ "$RESULTS" = benchmarks/results ] || cp benchmarks/results/genomics_throughput_gpu_* "$RESULTS/" ;;
+esac
 
-echo "pytest -m gpu exit $tests_rc; benchmark exit $bench_rc"
+echo "$workload: pytest -m gpu exit $tests_rc; benchmark exit $bench_rc"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
