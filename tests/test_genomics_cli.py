@@ -23,6 +23,7 @@ from genomics.models import parameter_count, preset_config
 from genomics.pretrain import StagedWindows, length_schedule, next_base_nll
 from genomics.tokenizer import A, N, PAD, T
 from ssm_core import MambaLMHeadModel
+from fasta_text import write_fasta
 
 SPECIES = ("ape1", "ape2", "ape3", "ape4", "ape5")
 
@@ -36,15 +37,6 @@ def error_line(stderr: str) -> str:
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: "), stderr
     return last
-
-
-def write_fasta(path: Path, records: dict[str, str], width: int = 60) -> Path:
-    with open(path, "w") as f:
-        for name, seq in records.items():
-            f.write(f">{name}\n")
-            for i in range(0, len(seq), width):
-                f.write(seq[i:i + width] + "\n")
-    return path
 
 
 def species_genomes(directory: Path, seed: int = 0, length: int = 40_000) -> Path:

@@ -10,6 +10,7 @@ from genomics.errors import GenomicsInputError
 from genomics.fasta import (FastaWindows, WindowOptions, fasta_stem, gzip_kind, list_fasta_dir, open_fasta,
                             place_window, read_fasta_records)
 from genomics.tokenizer import PAD, decode, encode, reverse_complement
+from fasta_text import write_fasta
 
 
 def make_records(seed=0):
@@ -23,15 +24,6 @@ def make_records(seed=0):
         seq[20:40] = "N"
         records[name] = "".join(seq)
     return records
-
-
-def write_fasta(path, records, width=60, opener=open):
-    with opener(path, "wt") as f:
-        for name, seq in records.items():
-            f.write(f">{name}\n")
-            for i in range(0, len(seq), width):
-                f.write(seq[i: i + width] + "\n")
-    return path
 
 
 def python_reading(path):
