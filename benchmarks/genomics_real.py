@@ -71,6 +71,11 @@ class Settings:
     nb_train_windows: int
     markov_orders: tuple[int, ...]
     lr: float
+    finetune_tokens: int = 0  # when set, each window length's batch is finetune_tokens // window (at least 2)
+    pooling: str = "last"  # the classifier reads the last position (causal) or the mean over the window
+
+    def batch_for(self, window: int) -> int:
+        return max(2, self.finetune_tokens // window) if self.finetune_tokens else self.finetune_batch
 
 
 FULL = Settings(preset="7m", pretrain_seqlen=2**14, pretrain_steps=2000, pretrain_batch=16,
@@ -195,15 +200,18 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
     rows = []
     for window in s.windows:
         run = runs / f"species_w{window}"
+        trained_in = None
         if not (run / "metrics.json").exists():
+            t0 = time.perf_counter()
             args = ["finetune", "--fasta-dir", genomes, "--out", run, "--window", window, "--steps",
-                    s.finetune_steps, "--batch-size", s.finetune_batch, "--lr", s.lr, "--seed", seed,
+                    s.finetune_steps, "--batch-size", s.batch_for(window), "--lr", s.lr, "--seed", seed,
                     "--test-samples", s.test_samples, "--valid-samples", min(512, s.test_samples), "--device", device,
-                    "--set", f"train.eval_every={max(1, s.finetune_steps // 4)}"]
+                    "--pooling", s.pooling, "--set", f"train.eval_every={max(1, s.finetune_steps // 4)}"]
             args += ["--init", init] if init else ["--preset", s.preset]
             if window >= 2**16:
                 args.append("--activation-checkpointing")
             genomics(*args)
+            trained_in = (time.perf_counter() - t0) / 60
         metrics = json.loads((run / "metrics.json").read_text())
         classes = metrics["classes"]
         started = time.perf_counter()
@@ -212,6 +220,7 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
         test_x, test_y = SpeciesWindows(genomes, "test", window, samples=s.test_samples, seed=seed,
                                         classes=classes).arrays()  # the very windows finetune tested on
         row = {"window": window, "mamba": metrics["test_accuracy"], "classes": len(classes),
+               "batch": s.batch_for(window), "finetune_minutes": trained_in,
                "per_class": metrics["per_class_accuracy"]}
         for k in (4, 6):
             row[f"nb_k{k}"] = KmerNaiveBayes(k=k).fit(train_x, train_y).score(test_x, test_y)
@@ -222,14 +231,16 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
     return rows
 
 
-def write_tables(result: dict, stem: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+def write_tables(result: dict, stem: str, results: Path = RESULTS) -> None:
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     s, lines = result["settings"], [f"# Real genomes: {result['mode']} run on {result['device']}", ""]
+    per_step = (f"{s['finetune_tokens']:,} bases (batch = bases / window)" if s.get("finetune_tokens")
+                else f"{s['finetune_batch']} windows")
     lines += [f"Settings: preset {s['preset']}; pretraining {s['pretrain_steps']} steps x {s['pretrain_batch']} "
-              f"windows of {s['pretrain_seqlen']} bp; fine-tuning {s['finetune_steps']} steps x "
-              f"{s['finetune_batch']} windows per length; {s['test_samples']} test windows; naive Bayes trained on "
-              f"{s['nb_train_windows']} windows. Wall time {result['minutes']:.1f} min.", "",
+              f"windows of {s['pretrain_seqlen']} bp; fine-tuning {s['finetune_steps']} steps of {per_step} per "
+              f"length, {s.get('pooling', 'last')} pooling; {s['test_samples']} test windows; naive Bayes trained "
+              f"on {s['nb_train_windows']} windows. Wall time {result['minutes']:.1f} min.", "",
               "## Genomes", "", "| class | records | bp |", "|---|---:|---:|"]
     lines += [f"| {g['class']} | {g['records']} | {g['bp']:,} |" for g in result["genomes"]]
     p = result["pretraining"]
@@ -241,8 +252,8 @@ def write_tables(result: dict, stem: str) -> None:
               "| window | Mamba | 4-mer naive Bayes | 6-mer naive Bayes |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['window']:,} | {100 * r['mamba']:.1f}% | {100 * r['nb_k4']:.1f}% | {100 * r['nb_k6']:.1f}% |"
               for r in result["species"]]
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"saved {RESULTS / stem}.md and .json")
+    (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print(f"saved {results / stem}.md and .json")
 
 
 def main(argv=None) -> int:
@@ -256,6 +267,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-init", action="store_true", help="fine-tune from scratch instead of the human LM")
     parser.add_argument("--runs", type=Path, help="where runs go (default benchmarks/.cache/genomics_real/runs_*)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables go (default %(default)s)")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
     for text in args.overrides:
@@ -282,7 +294,7 @@ def main(argv=None) -> int:
         result = {"mode": mode + (" (CPU smoke run, not the benchmark)" if args.quick else ""), "device": dev,
                   "settings": vars(s), "genomes": described, "pretraining": pretraining, "species": species,
                   "init": str(init) if init else None, "minutes": (time.perf_counter() - started) / 60}
-        write_tables(result, f"genomics_real_{mode}_{s.preset}_{dev}")
+        write_tables(result, f"genomics_real_{mode}_{s.preset}_{dev}", args.results_dir)
 
     save([])
     species_check(genomes, runs, s, device, args.seed, init, save)
