@@ -4,6 +4,9 @@
 #   bash benchmarks/run_device.sh [scan] [arguments for benchmarks/gpu_scan.py, e.g. --no-sweep]
 #   bash benchmarks/run_device.sh audio [arguments for benchmarks/audio_generation.py, e.g. --sweep]
 #   bash benchmarks/run_device.sh genomics [arguments for benchmarks/genomics_throughput.py gpu]
+#   bash benchmarks/run_device.sh genomics-accuracy [--set FIELD=VALUE for both checks]
+#        the real-genome check (carry benchmarks/.cache/genomics_real/sources) and the simulated apes, side by side
+#        on the one GPU, each within 9 minutes (their tables are rewritten after every window length)
 #   bash benchmarks/run_device.sh tests   (every test marked gpu: more than one call's 10 minutes)
 # (The synthetic tasks have their own script: benchmarks/synthetic_device.sh.)
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
@@ -19,12 +22,12 @@ mkdir -p "$RESULTS"
 
 workload=scan
 case "${1:-}" in
-    scan|audio|genomics|tests) workload=$1; shift ;;
+    scan|audio|genomics|genomics-accuracy|tests) workload=$1; shift ;;
 esac
 case $workload in
     scan) tests=(tests/test_scan_cuda.py tests/test_scan_gpu.py) ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
-    genomics) tests=() ;;
+    genomics|genomics-accuracy) tests=() ;;
     tests) tests=(tests) ;;
 esac
 
@@ -49,6 +52,19 @@ case $workload in
     audio) bench benchmarks/audio_generation.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
     genomics) bench benchmarks/genomics_throughput.py gpu "$@" || bench_rc=$?
               [ "$RESULTS" = benchmarks/results ] || cp benchmarks/results/genomics_throughput_gpu_* "$RESULTS/" ;;
+    genomics-accuracy)  # the settings of the 2026-11-23 H100 run (1.4m preset, mean pooling, 1-64 kbp windows)
+        common=(--device cuda --results-dir "$RESULTS" --set preset=1.4m --set windows=1024,4096,16384,65536
+                --set finetune_tokens=131072 --set test_samples=1024 --set nb_train_windows=1024 --set pooling=mean)
+        timeout 540 "$PY" benchmarks/genomics_real.py "${common[@]}" --set pretrain_seqlen=4096 \
+            --set pretrain_steps=300 --set pretrain_batch=16 --set finetune_steps=250 --set markov_orders=2,4,6,8 \
+            --set lr=0.002 "$@" > "$RESULTS/genomics_real.log" 2>&1 &
+        real=$!
+        timeout 540 "$PY" benchmarks/genomics_apes.py "${common[@]}" --set finetune_steps=300 --set lr=0.003 "$@" \
+            > "$RESULTS/genomics_apes.log" 2>&1 &
+        apes=$!
+        wait $real || bench_rc=$?
+        wait $apes || bench_rc=$?
+        grep -ah "window \|order " "$RESULTS"/genomics_real.log "$RESULTS"/genomics_apes.log ;;
 esac
 
 echo "$workload: pytest -m gpu exit $tests_rc; benchmark exit $bench_rc"
