@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from audio.errors import AudioConversionWarning, AudioInputError
+from audio.errors import AudioInputError, AudioNotice
 
 EPILOG_MAKE_DIGITS = """\
 examples:
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_notice(message, category, filename, lineno, file=None, line=None) -> str:
-    if issubclass(category, AudioConversionWarning):
+    if issubclass(category, AudioNotice):
         return f"notice: {message}\n"
     return f"{category.__name__}: {message}\n"
 
