@@ -102,6 +102,12 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                         help="where to run: auto picks CUDA when a GPU is present (default: auto)")
 
 
+def _add_rate_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-rate-mismatch", choices=("resample", "error"), default="resample",
+                        help="an input file not at 16 kHz: resample it (with a notice on stderr) or stop with an "
+                             "error naming it (default: resample)")
+
+
 def _resolve_device(name: str):
     from ssm_core.train.distributed import resolve_device
 
@@ -111,6 +117,7 @@ def _resolve_device(name: str):
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
+    _resolve_device(args.device)  # synthesis runs on the CPU, but --device cuda without a GPU is still an error
     out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force)
     print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s) in SC09 layout to {out}")
     return 0
@@ -119,6 +126,7 @@ def cmd_make_digits(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from audio.manifests import fetch, load_manifest
 
+    _resolve_device(args.device)  # downloads need no device, but --device cuda without a GPU is still an error
     manifest = load_manifest(args.manifest)
     print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
     try:
@@ -137,6 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     exp = waveform_preset(args.preset)
     exp.data.data = str(args.data)
+    exp.data.on_rate_mismatch = args.on_rate_mismatch
     for name in ("window", "valid_samples", "crop"):
         if getattr(args, name) is not None:
             setattr(exp.data, name, getattr(args, name))
@@ -160,9 +169,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     length = int(round(args.seconds * SAMPLE_RATE))
     prompts = None
     if args.prompt:
-        prompts, files = read_prompts(args.prompt, int(round(args.prompt_seconds * SAMPLE_RATE)), c.bits,
-                                      c.quantization)
-        print(f"prompts: {len(files)} file(s), {args.prompt_seconds:g} s each", file=sys.stderr)
+        # unset: 0.5 s, or half of a shorter clip, so that the model always continues the prompt
+        prompt_seconds = args.prompt_seconds if args.prompt_seconds is not None else min(0.5, args.seconds / 2)
+        prompts, files = read_prompts(args.prompt, int(round(prompt_seconds * SAMPLE_RATE)), c.bits,
+                                      c.quantization, on_rate_mismatch=args.on_rate_mismatch)
+        print(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each", file=sys.stderr)
     result = generate(model, args.n, length, batch_size=args.batch_size, prompts=prompts,
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                       cuda_graph=not args.no_cuda_graph, compile=args.compile)
@@ -183,6 +194,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         exp.epochs = args.epochs
     if args.valid_samples is not None:
         exp.data.valid_samples = args.valid_samples
+    exp.data.on_rate_mismatch = args.on_rate_mismatch
     exp = resolve_config(args, exp)
     run_classifier_training(exp, args.out, resume=args.resume, steps_given=args.steps is not None)
     return 0
@@ -277,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
     p.add_argument("--crop", type=int, help="train on one random crop of this many samples per clip (a multiple "
                                             "of 16; 0 = whole clips; tiny preset: 4096)")
+    _add_rate_policy(p)
     add_engine_args(p)
 
     p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
@@ -286,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
     p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")
     p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
-    p.add_argument("--prompt-seconds", type=float, default=0.5, help="seconds of prompt (default: 0.5)")
+    p.add_argument("--prompt-seconds", type=float,
+                   help="seconds of prompt at the start of each clip (default: 0.5, or half of --seconds if less)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default: 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1, off)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
@@ -294,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
     p.add_argument("--compile", action="store_true",
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
+    _add_rate_policy(p)
     _add_device(p)
 
     p = add("train-classifier", cmd_train_classifier, "Train the SC09 ResNeXt classifier the metrics use.",
@@ -305,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="passes over the train split (default: the preset's; --steps "
                                                 "overrides)")
     p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
+    _add_rate_policy(p)
     add_engine_args(p)
 
     p = add("metrics", cmd_metrics, "Score generated clips with the SC09 classifier: FID, IS, mIS, AM.",
