@@ -202,6 +202,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from audio.classifier import load_classifier
+    from audio.datasets import is_labelled_set
     from audio.metrics import evaluate, read_nll_table, select_likelihood_band, select_most_likely
 
     device = _resolve_device(args.device)
@@ -221,9 +222,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             files = names
     elif args.select != "all":
         raise ValueError(f"--select {args.select} needs --nll (each clip's negative log-likelihood)")
-    report = evaluate(args.generated, args.reference, classifier, generated_split=args.generated_split,
+    generated_split = args.generated_split
+    if generated_split is None:  # a labelled set scored against itself compares like with like (FID ~ 0)
+        same = Path(args.generated).resolve() == Path(args.reference).resolve() and is_labelled_set(args.reference)
+        generated_split = args.reference_split if same else "all"
+        if same:
+            print(f"notice: --generated and --reference are the same set: scoring its {generated_split!r} split "
+                  "against itself (--generated-split to choose another)", file=sys.stderr)
+    report = evaluate(args.generated, args.reference, classifier, generated_split=generated_split,
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
-                      device=device)
+                      device=device, on_rate_mismatch=args.on_rate_mismatch)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
@@ -331,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report to this file")
     p.add_argument("--reference-split", default="train", choices=("train", "validation", "test", "all"),
                    help="split of a labelled reference set (default: train, as in the papers)")
-    p.add_argument("--generated-split", default="all", choices=("train", "validation", "test", "all"),
-                   help="split of a labelled generated set (default: all)")
+    p.add_argument("--generated-split", choices=("train", "validation", "test", "all"),
+                   help="split of a labelled generated set (default: all; the --reference-split when --generated "
+                        "is the --reference set itself)")
     p.add_argument("--nll", help="CSV with columns file,nll: each generated clip's negative log-likelihood")
     p.add_argument("--select", default="all", choices=("all", "most-likely", "band"),
                    help="which generated clips to score (needs --nll unless 'all'): 'most-likely' keeps the --n "
@@ -340,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "most likely clips)")
     p.add_argument("--n", type=int, help="number of clips for --select most-likely")
     p.add_argument("--batch-size", type=int, default=64, help="clips per classifier batch (default: 64)")
+    _add_rate_policy(p)
     _add_device(p)
 
     p = add("plot", cmd_plot, "Plot a grid of clips' spectrograms or waveforms to a PNG file.", EPILOG_PLOT)
