@@ -60,8 +60,9 @@ examples:
   python -m audio train --data data/sc09 --out runs/sc09 --resume                # continue after an interruption
 
 --data is a labelled set (SC09 layout: trains on its train split, validates on validation_list.txt) or a
-folder of long recordings cut into --window-sample windows (every 10th window held out). Validation reports the
-NLL in bits per sample. RUN holds config.json, checkpoints/, metrics.csv, plots/, metrics.json and the final
+folder of WAVs (long recordings or clips) cut into --window-sample windows (every 10th window held out; the last
+one when there are fewer). Files not at 16 kHz are resampled with a notice (--on-rate-mismatch error refuses
+them), several channels are mixed down with a notice. Validation reports the NLL in bits per sample. RUN holds config.json, checkpoints/, metrics.csv, plots/, metrics.json and the final
 model.safetensors + model.json, which `generate --checkpoint RUN` loads. Presets: tiny (CPU demo),
 6.1m and 24.3m (the Mamba paper's SC09 models). Engine flags (--lr, --batch-size, --set KEY=VALUE, ...)
 override the preset's recipe, e.g. --set model.quantization=linear (8-bit linear codes instead of mu-law) or
