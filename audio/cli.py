@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from audio.errors import AudioConversionWarning, AudioInputError
+from audio.errors import AudioInputError, AudioNotice
 
 EPILOG_MAKE_DIGITS = """\
 examples:
@@ -60,8 +60,9 @@ examples:
   python -m audio train --data data/sc09 --out runs/sc09 --resume                # continue after an interruption
 
 --data is a labelled set (SC09 layout: trains on its train split, validates on validation_list.txt) or a
-folder of long recordings cut into --window-sample windows (every 10th window held out). Validation reports the
-NLL in bits per sample. RUN holds config.json, checkpoints/, metrics.csv, plots/, metrics.json and the final
+folder of WAVs (long recordings or clips) cut into --window-sample windows (every 10th window held out; the last
+one when there are fewer). Files not at 16 kHz are resampled with a notice (--on-rate-mismatch error refuses
+them), several channels are mixed down with a notice. Validation reports the NLL in bits per sample. RUN holds config.json, checkpoints/, metrics.csv, plots/, metrics.json and the final
 model.safetensors + model.json, which `generate --checkpoint RUN` loads. Presets: tiny (CPU demo),
 6.1m and 24.3m (the Mamba paper's SC09 models). Engine flags (--lr, --batch-size, --set KEY=VALUE, ...)
 override the preset's recipe, e.g. --set model.quantization=linear (8-bit linear codes instead of mu-law) or
@@ -102,6 +103,12 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                         help="where to run: auto picks CUDA when a GPU is present (default: auto)")
 
 
+def _add_rate_policy(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--on-rate-mismatch", choices=("resample", "error"), default="resample",
+                        help="an input file not at 16 kHz: resample it (with a notice on stderr) or stop with an "
+                             "error naming it (default: resample)")
+
+
 def _resolve_device(name: str):
     from ssm_core.train.distributed import resolve_device
 
@@ -111,6 +118,7 @@ def _resolve_device(name: str):
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
+    _resolve_device(args.device)  # synthesis runs on the CPU, but --device cuda without a GPU is still an error
     out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force)
     print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s) in SC09 layout to {out}")
     return 0
@@ -119,6 +127,7 @@ def cmd_make_digits(args: argparse.Namespace) -> int:
 def cmd_fetch(args: argparse.Namespace) -> int:
     from audio.manifests import fetch, load_manifest
 
+    _resolve_device(args.device)  # downloads need no device, but --device cuda without a GPU is still an error
     manifest = load_manifest(args.manifest)
     print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
     try:
@@ -137,6 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     exp = waveform_preset(args.preset)
     exp.data.data = str(args.data)
+    exp.data.on_rate_mismatch = args.on_rate_mismatch
     for name in ("window", "valid_samples", "crop"):
         if getattr(args, name) is not None:
             setattr(exp.data, name, getattr(args, name))
@@ -160,9 +170,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     length = int(round(args.seconds * SAMPLE_RATE))
     prompts = None
     if args.prompt:
-        prompts, files = read_prompts(args.prompt, int(round(args.prompt_seconds * SAMPLE_RATE)), c.bits,
-                                      c.quantization)
-        print(f"prompts: {len(files)} file(s), {args.prompt_seconds:g} s each", file=sys.stderr)
+        # unset: 0.5 s, or half of a shorter clip, so that the model always continues the prompt
+        prompt_seconds = args.prompt_seconds if args.prompt_seconds is not None else min(0.5, args.seconds / 2)
+        prompts, files = read_prompts(args.prompt, int(round(prompt_seconds * SAMPLE_RATE)), c.bits,
+                                      c.quantization, on_rate_mismatch=args.on_rate_mismatch)
+        print(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each", file=sys.stderr)
     result = generate(model, args.n, length, batch_size=args.batch_size, prompts=prompts,
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                       cuda_graph=not args.no_cuda_graph, compile=args.compile)
@@ -183,6 +195,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         exp.epochs = args.epochs
     if args.valid_samples is not None:
         exp.data.valid_samples = args.valid_samples
+    exp.data.on_rate_mismatch = args.on_rate_mismatch
     exp = resolve_config(args, exp)
     run_classifier_training(exp, args.out, resume=args.resume, steps_given=args.steps is not None)
     return 0
@@ -190,6 +203,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from audio.classifier import load_classifier
+    from audio.datasets import is_labelled_set
     from audio.metrics import evaluate, read_nll_table, select_likelihood_band, select_most_likely
 
     device = _resolve_device(args.device)
@@ -209,9 +223,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             files = names
     elif args.select != "all":
         raise ValueError(f"--select {args.select} needs --nll (each clip's negative log-likelihood)")
-    report = evaluate(args.generated, args.reference, classifier, generated_split=args.generated_split,
+    generated_split = args.generated_split
+    if generated_split is None:  # a labelled set scored against itself compares like with like (FID ~ 0)
+        same = Path(args.generated).resolve() == Path(args.reference).resolve() and is_labelled_set(args.reference)
+        generated_split = args.reference_split if same else "all"
+        if same:
+            print(f"notice: --generated and --reference are the same set: scoring its {generated_split!r} split "
+                  "against itself (--generated-split to choose another)", file=sys.stderr)
+    report = evaluate(args.generated, args.reference, classifier, generated_split=generated_split,
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
-                      device=device)
+                      device=device, on_rate_mismatch=args.on_rate_mismatch)
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:
@@ -277,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
     p.add_argument("--crop", type=int, help="train on one random crop of this many samples per clip (a multiple "
                                             "of 16; 0 = whole clips; tiny preset: 4096)")
+    _add_rate_policy(p)
     add_engine_args(p)
 
     p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
@@ -286,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
     p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")
     p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
-    p.add_argument("--prompt-seconds", type=float, default=0.5, help="seconds of prompt (default: 0.5)")
+    p.add_argument("--prompt-seconds", type=float,
+                   help="seconds of prompt at the start of each clip (default: 0.5, or half of --seconds if less)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default: 1)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1, off)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
@@ -294,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
     p.add_argument("--compile", action="store_true",
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
+    _add_rate_policy(p)
     _add_device(p)
 
     p = add("train-classifier", cmd_train_classifier, "Train the SC09 ResNeXt classifier the metrics use.",
@@ -305,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="passes over the train split (default: the preset's; --steps "
                                                 "overrides)")
     p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
+    _add_rate_policy(p)
     add_engine_args(p)
 
     p = add("metrics", cmd_metrics, "Score generated clips with the SC09 classifier: FID, IS, mIS, AM.",
@@ -315,8 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report to this file")
     p.add_argument("--reference-split", default="train", choices=("train", "validation", "test", "all"),
                    help="split of a labelled reference set (default: train, as in the papers)")
-    p.add_argument("--generated-split", default="all", choices=("train", "validation", "test", "all"),
-                   help="split of a labelled generated set (default: all)")
+    p.add_argument("--generated-split", choices=("train", "validation", "test", "all"),
+                   help="split of a labelled generated set (default: all; the --reference-split when --generated "
+                        "is the --reference set itself)")
     p.add_argument("--nll", help="CSV with columns file,nll: each generated clip's negative log-likelihood")
     p.add_argument("--select", default="all", choices=("all", "most-likely", "band"),
                    help="which generated clips to score (needs --nll unless 'all'): 'most-likely' keeps the --n "
@@ -324,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "most likely clips)")
     p.add_argument("--n", type=int, help="number of clips for --select most-likely")
     p.add_argument("--batch-size", type=int, default=64, help="clips per classifier batch (default: 64)")
+    _add_rate_policy(p)
     _add_device(p)
 
     p = add("plot", cmd_plot, "Plot a grid of clips' spectrograms or waveforms to a PNG file.", EPILOG_PLOT)
@@ -339,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line_notice(message, category, filename, lineno, file=None, line=None) -> str:
-    if issubclass(category, AudioConversionWarning):
+    if issubclass(category, AudioNotice):
         return f"notice: {message}\n"
     return f"{category.__name__}: {message}\n"
 

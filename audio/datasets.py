@@ -17,6 +17,7 @@ import bisect
 import hashlib
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -25,8 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from audio.errors import AudioInputError
-from audio.io import SAMPLE_RATE, RateMismatch, audio_info, fix_length, is_audio_file, load_audio, read_segment
+from audio.errors import AudioInputError, AudioNotice
+from audio.io import (SAMPLE_RATE, RateMismatch, audio_info, check_not_silent, check_rate, fix_length, is_audio_file,
+                      load_audio, read_segment)
 from audio.mulaw import quantize
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -135,7 +137,20 @@ def scan_labelled(root: str | os.PathLike) -> tuple[tuple[str, ...], dict[str, l
             else:
                 split = hash_split(rel)
             splits[split].append(Clip(path=f, relpath=rel, label=classes.index(name)))
+    if not use_lists:
+        _fill_empty_held_out(root, splits)
     return classes, splits
+
+
+def _fill_empty_held_out(root: Path, splits: dict[str, list[Clip]]) -> None:
+    """In a small set the name hash can put no file in validation or test; each empty held-out split then
+    takes the last training file (still a function of the file names), so every split a command needs exists."""
+    for split in ("validation", "test"):
+        if not splits[split] and len(splits["train"]) > 1:
+            clip = splits["train"].pop()
+            splits[split].append(clip)
+            warnings.warn(f"{root}: no {SPLIT_LISTS[split]} and no file name hashes into the {split} split; "
+                          f"holding out {clip.relpath} as the {split} split", AudioNotice, stacklevel=3)
 
 
 class _AudioSet(Dataset):
@@ -249,7 +264,8 @@ class LongRecordingWindows(_AudioSet):
 
     Each file yields ``max(1, (n - window) // hop + 1)`` windows of ``window`` samples at ``sample_rate``
     (a file shorter than a window gives one zero-padded window). Windows are read lazily with partial
-    reads, so memory stays flat however long the recordings are. With ``random_offset`` each window is
+    reads, so memory stays flat however long the recordings are. A file at another rate is resampled (with a
+    notice) or refused (``on_rate_mismatch="error"``); a silent file is refused unless ``allow_silence``. With ``random_offset`` each window is
     shifted by a random amount in ``[0, hop)`` (kept inside the file), drawn from ``(seed, epoch, index)``.
     Items are ``(x (window,), -1)``.
     """
@@ -263,6 +279,8 @@ class LongRecordingWindows(_AudioSet):
         bits: int = 8,
         sample_rate: int = SAMPLE_RATE,
         random_offset: bool = False,
+        on_rate_mismatch: RateMismatch = "resample",
+        allow_silence: bool = False,
         transform: Transform | None = None,
         seed: int = 0,
     ):
@@ -277,6 +295,10 @@ class LongRecordingWindows(_AudioSet):
         if not paths:
             raise AudioInputError(f"{self.root}: contains no WAV/FLAC files")
         self.infos = [audio_info(p) for p in paths]
+        for info in self.infos:
+            check_rate(info, sample_rate, on_rate_mismatch)
+            if not allow_silence:
+                check_not_silent(info)
         # Length of each recording in output samples, and the first window index of each file.
         self.lengths = [int(i.frames * sample_rate // i.sample_rate) for i in self.infos]
         counts = [max(1, (n - window) // self.hop + 1) for n in self.lengths]

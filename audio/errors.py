@@ -6,5 +6,10 @@ class AudioInputError(ValueError):
     """Bad audio input: the message names the file (or list file and line) and what is wrong with it."""
 
 
-class AudioConversionWarning(UserWarning):
+class AudioNotice(UserWarning):
+    """Something a user should know about their input that is not an error; the command line prints it as one
+    ``notice:`` line on stderr."""
+
+
+class AudioConversionWarning(AudioNotice):
     """A notice that input audio was converted on load (resampled, or mixed down to mono)."""

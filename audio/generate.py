@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ssm_core.models.backbone import sample_logits
 
-from audio.io import SAMPLE_RATE, fix_length, is_audio_file, load_audio, save_wav
+from audio.io import SAMPLE_RATE, RateMismatch, fix_length, is_audio_file, load_audio, save_wav
 from audio.mulaw import dequantize, quantize
 from audio.sashimi import SashimiModel, SashimiState
 
@@ -170,9 +170,11 @@ def generate(model: SashimiModel, n: int, length: int, *, batch_size: int = 64, 
     return Generated(out, nll, seconds, setup_seconds, n * (length - prompt_len) / seconds)
 
 
-def read_prompts(path: str | os.PathLike, samples: int, bits: int, mode: str) -> tuple[torch.Tensor, list[Path]]:
+def read_prompts(path: str | os.PathLike, samples: int, bits: int, mode: str,
+                 on_rate_mismatch: RateMismatch = "resample") -> tuple[torch.Tensor, list[Path]]:
     """Prompt codes (files, samples) from a WAV/FLAC file or every audio file directly in a folder, each cut or
-    zero-padded to ``samples`` samples at 16 kHz (resampled / mixed down with a notice)."""
+    zero-padded to ``samples`` samples at 16 kHz (mixed down with a notice; resampled with a notice, or refused
+    with ``on_rate_mismatch="error"``)."""
     path = Path(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and is_audio_file(p))
@@ -182,7 +184,7 @@ def read_prompts(path: str | os.PathLike, samples: int, bits: int, mode: str) ->
         files = [path]
     else:
         raise FileNotFoundError(f"{path}: no such prompt file or folder")
-    waves = [fix_length(load_audio(f, SAMPLE_RATE), samples) for f in files]
+    waves = [fix_length(load_audio(f, SAMPLE_RATE, on_rate_mismatch), samples) for f in files]
     return quantize(torch.stack(waves), bits=bits, mode=mode), files
 
 

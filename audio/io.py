@@ -98,7 +98,7 @@ def _to_mono(data: np.ndarray, path: Path, mono: MonoPolicy) -> np.ndarray:
     return data.mean(axis=1)
 
 
-def _check_rate(info: AudioInfo, sample_rate: int, on_rate_mismatch: RateMismatch) -> bool:
+def check_rate(info: AudioInfo, sample_rate: int, on_rate_mismatch: RateMismatch) -> bool:
     """True when the file must be resampled to ``sample_rate``; raises when the caller refuses that."""
     if info.sample_rate == sample_rate:
         return False
@@ -127,14 +127,27 @@ def load_audio(
     clips may legitimately be silent).
     """
     info = audio_info(path)
-    resample = _check_rate(info, sample_rate, on_rate_mismatch)
+    resample = check_rate(info, sample_rate, on_rate_mismatch)
     data = _to_mono(_read_frames(info, 0, info.frames), info.path, mono)
     if not allow_silence and float(np.abs(data).max()) < SILENCE_PEAK:
-        raise AudioInputError(f"{info.path}: the audio is silence only (peak amplitude below {SILENCE_PEAK:g})")
+        raise _silence_error(info)
     wave = torch.from_numpy(np.ascontiguousarray(data))
     if resample:
         wave = AF.resample(wave, info.sample_rate, sample_rate)
     return wave
+
+
+def _silence_error(info: AudioInfo) -> AudioInputError:
+    return AudioInputError(f"{info.path}: the audio is silence only (peak amplitude below {SILENCE_PEAK:g})")
+
+
+def check_not_silent(info: AudioInfo, block: int = 1 << 20) -> None:
+    """Raise AudioInputError when a whole file is below ``SILENCE_PEAK``. Reads ``block`` frames at a time and
+    stops at the first audible block, so a long recording with sound costs one block, not the whole file."""
+    for start in range(0, info.frames, block):
+        if float(np.abs(_read_frames(info, start, block)).max()) >= SILENCE_PEAK:
+            return
+    raise _silence_error(info)
 
 
 def read_segment(

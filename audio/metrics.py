@@ -8,7 +8,8 @@ its quirks, so that numbers are comparable with the SaShiMi and Mamba papers' SC
   ``|mu_g - mu_r|^2 + tr(S_g + S_r - 2 sqrtm(S_r S_g))``, covariances with the unbiased ``N - 1``
   normaliser (``np.cov``); when ``sqrtm`` is not finite both covariances get ``1e-4`` added to the
   diagonal and it is retried. The s4 code keeps a complex ``sqrtm`` result as it is; we take the real part
-  (the imaginary part is numerical noise) so the score is a plain number.
+  (the imaginary part is numerical noise) so the score is a plain number, and clip it at 0 (a set against
+  itself comes out as about -1e-6 from round-off, and a distance is never negative).
 * **IS** -- *quirk*: the clips are shuffled with NumPy seed 0 and split in two halves; s4 then calls
   ``scipy.stats.entropy(half1, mean_of_half2 repeated)`` on ``(clips, classes)`` arrays, and scipy's
   entropy runs over **axis 0, the clip axis**. So for each class ``c`` it is the KL divergence between
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 
 from audio.classifier import ResNeXtClassifier
 from audio.datasets import LabelledAudioSet
+from audio.errors import AudioInputError
 
 MIS_PAIRS = 10_000
 
@@ -66,7 +68,7 @@ def fid(features_ref, features_gen) -> float:
         offset = np.eye(len(sigma_ref)) * 1e-4
         covmean = scipy.linalg.sqrtm((sigma_ref + offset) @ (sigma_gen + offset))
     value = np.sum((mu_gen - mu_ref) ** 2) + np.trace(sigma_gen + sigma_ref - 2 * np.real(covmean))
-    return float(value)
+    return max(float(value), 0.0)
 
 
 def inception_score(probs) -> float:
@@ -206,18 +208,21 @@ def score(reference: Classified, generated: Classified) -> dict[str, float]:
 
 def evaluate(generated: str | os.PathLike, reference: str | os.PathLike, classifier: ResNeXtClassifier, *,
              generated_split: str = "all", reference_split: str = "train", generated_files: Sequence[str] | None = None,
-             batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True) -> dict:
+             batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
+             on_rate_mismatch: str = "resample") -> dict:
     """The metrics report for two directories (flat folders of WAVs or labelled sets).
 
     ``*_split`` choose a split of a labelled set (ignored for flat folders); ``generated_files`` restricts a
-    flat generated folder to the named clips (e.g. from :func:`select_most_likely`). Returns a dict with
+    flat generated folder to the named clips (e.g. from :func:`select_most_likely`); ``on_rate_mismatch``
+    ("resample" or "error") handles files not at the classifier's sample rate. Returns a dict with
     ``fid``, ``is``, ``mis``, ``am``, ``n_generated``, ``n_reference``, and ``reference_accuracy`` /
     ``generated_accuracy`` for labelled sets.
     """
     from audio.datasets import FlatAudioFolder, is_labelled_set, open_audio_set
 
     config = classifier.config
-    common = dict(output="waveform", sample_rate=config.sample_rate, clip_seconds=config.clip_samples / config.sample_rate)
+    common = dict(output="waveform", sample_rate=config.sample_rate, clip_seconds=config.clip_samples / config.sample_rate,
+                  on_rate_mismatch=on_rate_mismatch)
     ref_set = open_audio_set(reference, split=reference_split, **common)
     if generated_files is not None:
         if is_labelled_set(generated):
@@ -225,6 +230,9 @@ def evaluate(generated: str | os.PathLike, reference: str | os.PathLike, classif
         gen_set = FlatAudioFolder(generated, allow_silence=True, files=generated_files, **common)
     else:
         gen_set = open_audio_set(generated, split=generated_split, allow_silence=True, **common)
+    for name, directory, dataset in (("reference", reference, ref_set), ("generated", generated, gen_set)):
+        if len(dataset) < 2:  # a mean and covariance of features need two clips at least
+            raise AudioInputError(f"{directory}: only {len(dataset)} {name} clip; the metrics need at least 2")
     ref = classify(classifier, ref_set, batch_size, device, progress, desc="reference clips")
     gen = classify(classifier, gen_set, batch_size, device, progress, desc="generated clips")
     report: dict = score(ref, gen)

@@ -52,6 +52,7 @@ class WaveformData:
     valid_samples: int = 0          # evaluate on at most this many clips/windows, spread evenly (0 = all)
     crop: int = 0                   # train and validate on one random crop of this many samples per item
                                     # (0, or >= the item length: whole items)
+    on_rate_mismatch: str = "resample"  # a file not at 16 kHz: "resample" (with a notice) or "error"
 
 
 @dataclass
@@ -115,7 +116,7 @@ class WaveformTask(Task):
         if not root.is_dir():
             raise AudioInputError(f"{root}: no such data directory (expected a labelled set or a folder of WAVs)")
         self.labelled = is_labelled_set(root)
-        codes = dict(output=m.quantization, bits=m.bits)
+        codes = dict(output=m.quantization, bits=m.bits, on_rate_mismatch=d.on_rate_mismatch)
         if self.labelled:
             self.train_set = LabelledAudioSet(root, split="train", seed=exp.train.seed, **codes)
             self.valid_set = LabelledAudioSet(root, split="validation", **codes)
@@ -124,11 +125,12 @@ class WaveformTask(Task):
             if d.valid_every < 2:
                 raise ValueError(f"valid_every must be >= 2; got {d.valid_every}")
             windows = LongRecordingWindows(root, d.window, seed=exp.train.seed, **codes)
-            if len(windows) < d.valid_every:
-                raise AudioInputError(f"{root}: only {len(windows)} windows of {d.window} samples; need at least "
-                                      f"{d.valid_every} to hold one out for validation (use a shorter --window)")
-            self.train_set = _EveryNth(windows, d.valid_every, held_out=False)
-            self.valid_set = _EveryNth(windows, d.valid_every, held_out=True)
+            if len(windows) < 2:
+                raise AudioInputError(f"{root}: only {len(windows)} window of {d.window} samples; need at least "
+                                      "2 to hold one out for validation (use a shorter --window)")
+            every = min(d.valid_every, len(windows))  # a small folder still holds out its last window
+            self.train_set = _EveryNth(windows, every, held_out=False)
+            self.valid_set = _EveryNth(windows, every, held_out=True)
             length = d.window
         if d.crop < 0:
             raise ValueError(f"crop must be >= 0; got {d.crop}")
@@ -199,6 +201,7 @@ def run_waveform_training(exp: WaveformExperiment, out: str | Path, resume: bool
 class ClassifierData:
     data: str = ""
     valid_samples: int = 0  # evaluate during training on at most this many validation clips (0 = all)
+    on_rate_mismatch: str = "resample"  # a file not at 16 kHz: "resample" (with a notice) or "error"
 
 
 @dataclass
@@ -228,12 +231,16 @@ class ClassifierTask(Task):
     def __init__(self, exp: ClassifierExperiment):
         self.exp = exp
         root = Path(exp.data.data)
+        if not root.is_dir():
+            raise AudioInputError(f"{root}: no such data directory (expected a labelled set in SC09 layout)")
         if not is_labelled_set(root):
             raise AudioInputError(f"{root}: not a labelled set (expected class subdirectories such as zero/, one/ "
                                   "of WAV/FLAC files)")
-        self.train_set = LabelledAudioSet(root, split="train", output="waveform", seed=exp.train.seed)
-        self.valid_set = LabelledAudioSet(root, split="validation", output="waveform")
-        self.test_set = LabelledAudioSet(root, split="test", output="waveform")
+        rate = exp.data.on_rate_mismatch
+        self.train_set = LabelledAudioSet(root, split="train", output="waveform", on_rate_mismatch=rate,
+                                          seed=exp.train.seed)
+        self.valid_set = LabelledAudioSet(root, split="validation", output="waveform", on_rate_mismatch=rate)
+        self.test_set = LabelledAudioSet(root, split="test", output="waveform", on_rate_mismatch=rate)
         if list(self.train_set.classes) != list(exp.model.classes):
             self.exp.model.classes = list(self.train_set.classes)
 

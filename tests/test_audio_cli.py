@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from audio.cli import main
 from audio.digits import make_digits
+from audio.errors import AudioInputError
 from audio.metrics import read_nll_table
 
 SR = 16000
@@ -91,6 +93,46 @@ def test_train_on_a_folder_of_recordings(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["valid"]["samples"] == 2 * 256
 
 
+def test_a_small_flat_folder_holds_out_its_last_window(tmp_path):
+    from audio.train import WaveformTask, waveform_preset
+
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for k in range(3):  # three one-second clips: three windows, fewer than valid_every
+        sf.write(folder / f"{k}.wav", 0.3 * np.random.default_rng(k).standard_normal(SR), SR, subtype="PCM_16")
+    exp = waveform_preset("tiny")
+    exp.data.data = str(folder)
+    task = WaveformTask(exp)
+    assert (len(task.train_set), len(task.valid_set)) == (2, 1)
+    got, _ = task.valid_set[0]  # the held-out crop comes from the last clip, 2.wav
+    whole, _ = task.valid_set.base.base[2]
+    assert any(torch.equal(got, whole[i:i + len(got)]) for i in range(len(whole) - len(got) + 1))
+    (folder / "0.wav").unlink()
+    (folder / "1.wav").unlink()
+    with pytest.raises(AudioInputError, match="only 1 window of 16000 samples; need at least 2"):
+        WaveformTask(exp)
+
+
+def test_generate_with_a_prompt_and_short_clips_needs_no_prompt_seconds(trained, tmp_path, capsys):
+    prompt = tmp_path / "prompt.wav"
+    sf.write(prompt, 0.5 * np.sin(2 * np.pi * 440 * np.arange(SR) / SR), SR, subtype="PCM_16")
+    out = tmp_path / "cont"
+    assert main(["generate", "--checkpoint", str(trained), "--n", "1", "--seconds", "0.02", "--prompt", str(prompt),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    assert "0.01 s each" in capsys.readouterr().err  # half of the clip, not the 0.5 s default
+    assert sf.info(out / "sample_00000.wav").frames == 320
+
+
+@pytest.mark.parametrize("command", [["make-digits", "--out", "{tmp}/d", "--per-class", "3"],
+                                     ["fetch", "sc09", "--dest", "{tmp}/data"]])
+def test_device_cuda_without_a_gpu_is_an_error_in_every_command(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([a.format(tmp=tmp_path) for a in command] + ["--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "error: --device cuda was requested but no CUDA GPU is available" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # refused before doing anything
+
+
 def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, capsys):
     missing = tmp_path / "nope"
     assert main(["train", "--data", str(missing), "--out", str(tmp_path / "r1"), "--preset", "tiny"]) == 1
@@ -120,6 +162,16 @@ def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, caps
     sf.write(flat / "x.wav", np.zeros(100), SR)
     assert main(["train-classifier", "--data", str(flat), "--out", str(tmp_path / "c"), "--preset", "tiny"]) == 1
     assert str(flat) in capsys.readouterr().err
+    assert main(["train-classifier", "--data", str(missing), "--out", str(tmp_path / "c"), "--preset", "tiny"]) == 1
+    assert f"{missing}: no such data directory" in capsys.readouterr().err
+
+    assert main(["train", "--data", str(flat), "--out", str(tmp_path / "r3"), "--preset", "tiny", "--window", "32",
+                 "--on-rate-mismatch", "error"]) == 1  # x.wav is silent
+    assert f"{flat / 'x.wav'}: the audio is silence only" in capsys.readouterr().err
+    sf.write(flat / "x.wav", np.full(4000, 0.1), 8000)
+    assert main(["train", "--data", str(flat), "--out", str(tmp_path / "r4"), "--preset", "tiny", "--window", "32",
+                 "--on-rate-mismatch", "error"]) == 1
+    assert f"{flat / 'x.wav'}: sample rate is 8000 Hz, 16000 Hz is required" in capsys.readouterr().err
 
     clsdir = tmp_path / "not_a_model"
     clsdir.mkdir()

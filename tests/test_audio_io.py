@@ -10,7 +10,7 @@ import torch
 from audio.datasets import (
     DIGITS, FlatAudioFolder, LabelledAudioSet, LongRecordingWindows, hash_split, open_audio_set, scan_labelled,
 )
-from audio.errors import AudioConversionWarning, AudioInputError
+from audio.errors import AudioConversionWarning, AudioInputError, AudioNotice
 from audio.io import audio_info, load_audio, read_segment, save_wav
 from audio.mulaw import dequantize
 
@@ -166,12 +166,24 @@ def test_hash_split_is_deterministic_and_keeps_speakers_together():
 
 
 def test_labelled_set_without_lists_uses_hash_split(tmp_path):
-    root = make_labelled(tmp_path / "sc", per_class=30, classes=("cat", "dog"), lengths=(800,))
+    root = make_labelled(tmp_path / "sc", per_class=40, classes=("cat", "dog"), lengths=(800,))
     classes, splits = scan_labelled(root)
     assert classes == ("cat", "dog")
     for split, clips in splits.items():
-        assert all(hash_split(c.relpath) == split for c in clips)
-    assert sum(len(c) for c in splits.values()) == 60
+        assert clips and all(hash_split(c.relpath) == split for c in clips)
+    assert sum(len(c) for c in splits.values()) == 80
+
+
+def test_small_set_without_lists_still_has_every_split(tmp_path):
+    # four files whose names all hash into train: each empty held-out split takes the last training file
+    root = make_labelled(tmp_path / "sc", per_class=2, classes=("zero", "one"), lengths=(800,))
+    assert {hash_split(f"x/spk{k}_nohash_0.wav") for k in range(2)} == {"train"}
+    with pytest.warns(AudioNotice, match=r"no validation_list\.txt .* holding out one/spk1_nohash_0\.wav"):
+        classes, splits = scan_labelled(root)
+    assert [c.relpath for c in splits["validation"]] == ["one/spk1_nohash_0.wav"]
+    assert [c.relpath for c in splits["test"]] == ["one/spk0_nohash_0.wav"]
+    assert [c.relpath for c in splits["train"]] == ["zero/spk0_nohash_0.wav", "zero/spk1_nohash_0.wav"]
+    assert scan_labelled(root) == (classes, splits)  # deterministic
 
 
 def test_labelled_set_errors(tmp_path):
@@ -261,3 +273,22 @@ def test_long_recordings_reject_a_truncated_file(tmp_path):
     (tmp_path / "rec" / "cut.wav").write_bytes((tmp_path / "full.wav").read_bytes()[:9000])
     with pytest.raises(AudioInputError, match=r"cut\.wav: truncated"):
         LongRecordingWindows(tmp_path / "rec", window=1000)
+
+
+def test_long_recordings_report_or_refuse_another_rate_and_refuse_silence(tmp_path):
+    write(tmp_path / "rec" / "a.wav", tone(8000, sr=8000), sr=8000)
+    with pytest.warns(AudioConversionWarning, match=r"a\.wav: resampled from 8000 Hz to 16000 Hz"):
+        assert len(LongRecordingWindows(tmp_path / "rec", window=4000)) == 4
+    with pytest.raises(AudioInputError, match=r"a\.wav: sample rate is 8000 Hz, 16000 Hz is required"):
+        LongRecordingWindows(tmp_path / "rec", window=4000, on_rate_mismatch="error")
+    # silence found only in the second block of a file is still found; sound in a later block passes
+    quiet = np.zeros(5000, np.float32)
+    write(tmp_path / "quiet" / "q.wav", quiet)
+    with pytest.raises(AudioInputError, match=r"q\.wav: the audio is silence only"):
+        LongRecordingWindows(tmp_path / "quiet", window=1000)
+    assert len(LongRecordingWindows(tmp_path / "quiet", window=1000, allow_silence=True)) == 5
+    from audio.io import check_not_silent
+
+    quiet[4500] = 0.5
+    write(tmp_path / "late" / "l.wav", quiet)
+    check_not_silent(audio_info(tmp_path / "late" / "l.wav"), block=1000)

@@ -58,6 +58,8 @@ def test_fid_of_shifted_gaussian_is_the_squared_shift():
 def test_fid_of_a_set_against_itself_is_zero():
     x = np.random.default_rng(2).standard_normal((300, 16)) * 5
     assert abs(fid(x, x)) < 1e-6 * np.trace(np.cov(x, rowvar=False))
+    few = np.random.default_rng(3).standard_normal((15, 64))  # singular covariances: round-off below zero
+    assert 0.0 <= fid(few, few) < 1e-4
     with pytest.raises(ValueError, match="feature sizes differ"):
         fid(x, x[:, :3])
     with pytest.raises(ValueError, match="at least 2 clips"):
@@ -307,6 +309,34 @@ def test_metrics_cli_on_tiny_folders(tmp_path, tiny_classifier, capsys):
                                     "most-likely", "--n", "4"], capsys)
     assert status == 0, err
     assert json.loads(out)["n_generated"] == 4
+
+
+def test_metrics_of_a_labelled_set_against_itself_by_default(tmp_path, tiny_classifier, capsys):
+    reference = tone_set(tmp_path / "ref", n_per_class=4)
+    status, out, err = run_metrics(["--generated", str(reference), "--reference", str(reference),
+                                    "--classifier", str(tiny_classifier)], capsys)
+    assert status == 0, err
+    report = json.loads(out)  # stdout is the JSON object alone; the notice is on stderr
+    assert report["n_generated"] == report["n_reference"] == 9 and report["fid"] == pytest.approx(0.0, abs=1e-4)
+    assert report["fid"] >= 0.0 and "notice: --generated and --reference are the same set" in err
+
+
+def test_metrics_refuse_one_clip_or_another_rate_on_request(tmp_path, tiny_classifier, capsys):
+    reference = tone_set(tmp_path / "ref", n_per_class=3)
+    one = tmp_path / "one"
+    one.mkdir()
+    sf.write(str(one / "a.wav"), np.full(SR, 0.1, np.float32), SR)
+    status, out, err = run_metrics(["--generated", str(one), "--reference", str(reference),
+                                    "--classifier", str(tiny_classifier)], capsys)
+    assert status == 1 and out == "" and f"error: {one}: only 1 generated clip; the metrics need at least 2" in err
+    sf.write(str(one / "b.wav"), np.full(SR // 2, 0.1, np.float32), SR // 2)
+    args = ["--generated", str(one), "--reference", str(reference), "--classifier", str(tiny_classifier)]
+    with pytest.warns(UserWarning, match=r"b\.wav: resampled from 8000 Hz to 16000 Hz"):
+        status, out, err = run_metrics(args, capsys)
+    assert status == 0, err
+    assert json.loads(out)["n_generated"] == 2
+    status, out, err = run_metrics(args + ["--on-rate-mismatch", "error"], capsys)
+    assert status == 1 and f"error: {one / 'b.wav'}: sample rate is 8000 Hz, 16000 Hz is required" in err
 
 
 @pytest.mark.parametrize("problem", ["no_classifier", "no_generated", "select_without_nll", "nll_names_missing_clip"])
