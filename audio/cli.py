@@ -234,10 +234,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
                       device=device, on_rate_mismatch=args.on_rate_mismatch)
     text = json.dumps(report, indent=2)
-    print(text)
-    if args.json:
+    if args.json:  # written before printing, so a failed write leaves no JSON on stdout beside exit status 1
+        from ssm_core.train.checkpoint import atomic_write_bytes
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text + "\n")
+        atomic_write_bytes(Path(args.json), (text + "\n").encode())
+    print(text)
     return 0
 
 

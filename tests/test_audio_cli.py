@@ -80,6 +80,12 @@ def test_classifier_then_metrics(digits, tmp_path, capsys):
     result = json.loads(report.read_text())
     assert result["n_generated"] == 10 and result["n_reference"] == 30
     assert np.isfinite(result["fid"]) and result["is"] >= 1.0 - 1e-9
+    capsys.readouterr()
+    blocked = tmp_path / "not_a_directory"
+    blocked.write_text("")
+    assert main(["metrics", "--generated", str(digits), "--generated-split", "test", "--reference", str(digits),
+                 "--classifier", str(cls), "--json", str(blocked / "report.json"), "--device", "cpu"]) != 0
+    assert '"fid"' not in capsys.readouterr().out  # a report that could not be saved is not half-delivered
 
 
 def test_train_on_a_folder_of_recordings(tmp_path):
