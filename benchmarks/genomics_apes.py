@@ -17,7 +17,7 @@ import argparse
 import time
 from pathlib import Path
 
-from genomics_real import CACHE, RESULTS, Settings, device_name, genomics, species_check
+from genomics_real import CACHE, RESULTS, Settings, device_name, genomics, species_check, with_overrides
 
 # The Mamba paper's Figure 6 (real great apes, 5 classes), read off its plot: test accuracy at 2^10 and 2^20.
 PAPER = {"HyenaDNA 1.4M": {1024: 0.28, 1048576: 0.55}, "Mamba 7M": {1024: 0.30, 1048576: 0.81}}
@@ -75,15 +75,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables go (default %(default)s)")
     args = parser.parse_args(argv)
-    s = QUICK if args.quick else DEVICE
-    for text in args.overrides:
-        key, _, value = text.partition("=")
-        if key not in vars(s):
-            parser.error(f"--set {text}: unknown field {key!r}; fields are {sorted(vars(s))}")
-        default = getattr(s, key)
-        parsed = (tuple(type(default[0])(v) for v in value.split(",")) if isinstance(default, tuple)
-                  else type(default)(value))
-        s = Settings(**{**vars(s), key: parsed})
+    s = with_overrides(QUICK if args.quick else DEVICE, args.overrides, parser)
     mode, size = ("quick", args.size or "tiny") if args.quick else ("device", args.size or "small")
     device = "cpu" if args.quick and args.device == "auto" else args.device
     root = CACHE.parent / "genomics_apes"

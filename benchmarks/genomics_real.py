@@ -256,6 +256,22 @@ def write_tables(result: dict, stem: str, results: Path = RESULTS) -> None:
     print(f"saved {results / stem}.md and .json")
 
 
+def with_overrides(s: Settings, overrides: list[str], parser: argparse.ArgumentParser) -> Settings:
+    """`s` with each `--set FIELD=VALUE` applied, the value parsed as the field's type (tuples: comma-separated)."""
+    for text in overrides:
+        key, _, value = text.partition("=")
+        if key not in vars(s):
+            parser.error(f"--set {text}: unknown field {key!r}; fields are {sorted(vars(s))}")
+        default = getattr(s, key)
+        try:
+            parsed = (tuple(int(v) for v in value.split(",") if v) if isinstance(default, tuple)
+                      else type(default)(value))
+        except ValueError:
+            parser.error(f"--set {text}: {value!r} is not a valid {type(default).__name__}")
+        s = Settings(**{**vars(s), key: parsed})
+    return s
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,15 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables go (default %(default)s)")
     args = parser.parse_args(argv)
-    s = QUICK if args.quick else FULL
-    for text in args.overrides:
-        key, _, value = text.partition("=")
-        if key not in vars(s):
-            parser.error(f"--set {text}: unknown field {key!r}; fields are {sorted(vars(s))}")
-        default = getattr(s, key)
-        parsed = (tuple(type(default[0])(v) for v in value.split(",")) if isinstance(default, tuple)
-                  else type(default)(value))
-        s = Settings(**{**vars(s), key: parsed})
+    s = with_overrides(QUICK if args.quick else FULL, args.overrides, parser)
     mode = "quick" if args.quick else "full"
     device = "cpu" if args.quick and args.device == "auto" else args.device
     runs = args.runs or CACHE / f"runs_{mode}_{s.preset}"
