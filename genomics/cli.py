@@ -20,8 +20,9 @@ Byte-level DNA language models with Mamba: simulated and real genomes, pretraini
 prediction, species classification from 1 kbp to 1 Mbp windows.
 
 A species data set is a directory with one FASTA file per class (.fa/.fasta/.fna, plain, .gz (bgzip) or
-.bgz); the file name without its extensions is the class name. FASTA files are read at random positions
-through a .fai index, built next to the file on first use."""
+.bgz); the file name without its FASTA and compression extensions is the class name (Homo_sapiens.fa.gz ->
+Homo_sapiens, E.coli.fa -> E.coli, bonobo.bgz -> bonobo). FASTA files are read at random positions through a
+.fai index, built next to the file on first use."""
 
 EPILOG = """\
 examples:
@@ -156,7 +157,8 @@ examples:
   python -m genomics finetune --fasta-dir data/real_apes --out runs/w1m --preset 7m --window 1048576 \\
       --activation-checkpointing        # the paper's setting: 10 x 1024 steps at batch 64, accumulated
 
-DIR holds one FASTA per class (the file name without extensions is the class name). Each example draws a
+DIR holds one FASTA per class (the file name without its FASTA and compression extensions is the class name:
+Homo_sapiens.fa.gz -> Homo_sapiens, E.coli.fa -> E.coli); other files are skipped and named. Each example draws a
 class uniformly, then a chromosome of its split, then a window. Genomes named like UCSC assemblies are split by
 chromosome (1, 3, 12, 13 validate; 5, 7, 9, 10, 11 test; the rest train), others by contig or by disjoint
 coordinate blocks; the plan per class is printed. Defaults follow the paper: 10 epochs of 1024 steps at batch

@@ -47,11 +47,13 @@ def fasta_stem(path: str | Path) -> str:
 
 
 def is_fasta_path(path: str | Path) -> bool:
-    """Whether the file name ends like a FASTA file (optionally compressed)."""
+    """Whether the file name ends like a FASTA file: a FASTA extension, optionally compressed
+    (``human.fa.gz``), or a compressed name with no other extension (``bonobo.bgz``)."""
     name = Path(path).name.lower()
+    compressed = name.endswith(COMPRESSED_SUFFIXES)
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
-    return name.endswith(FASTA_SUFFIXES)
+    return name.endswith(FASTA_SUFFIXES) or (compressed and "." not in name)
 
 
 def gzip_kind(path: str | Path) -> str | None:
@@ -305,19 +307,33 @@ def read_fasta_records(path: str | Path) -> list[tuple[str, str]]:
 
 
 def list_fasta_dir(directory: str | Path) -> dict[str, Path]:
-    """The FASTA files of a species directory: class name (file name without extensions) -> path, sorted."""
+    """The FASTA files of a species directory: class name -> path, sorted by name.
+
+    The class name is the file name without its FASTA and compression extensions, and only those, so dots
+    inside a name stay: ``Homo_sapiens.fa.gz`` -> ``Homo_sapiens``, ``E.coli.fasta.bgz`` -> ``E.coli``,
+    ``bonobo.bgz`` -> ``bonobo``. Other files (notes, BED files) are skipped and named on stderr; index files
+    (.fai, .gzi) and hidden files silently.
+    """
     directory = Path(directory)
+    if not directory.exists():
+        raise GenomicsInputError(f"{directory}: no such directory")
     if not directory.is_dir():
-        raise GenomicsInputError(f"{directory}: not a directory")
+        raise GenomicsInputError(f"{directory}: not a directory (expected a directory of FASTA files, one per class)")
     classes: dict[str, Path] = {}
+    skipped = []
     for path in sorted(directory.iterdir()):
-        if not path.is_file() or not is_fasta_path(path) or path.name.startswith("."):
+        if path.name.startswith(".") or path.name.endswith((".fai", ".gzi")):
+            continue
+        if not path.is_file() or not is_fasta_path(path):
+            skipped.append(path.name)
             continue
         name = fasta_stem(path)
         if name in classes:
             raise GenomicsInputError(f"{directory}: two FASTA files for class {name!r}: {classes[name].name} "
                                      f"and {path.name}")
         classes[name] = path
+    if skipped:
+        print(f"{directory}: skipped, not FASTA file names: {', '.join(skipped)}", file=sys.stderr)
     if len(classes) < 1:
         raise GenomicsInputError(f"{directory}: no FASTA files (.fa/.fasta/.fna, optionally .gz/.bgz)")
     return classes
