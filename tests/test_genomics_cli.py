@@ -280,11 +280,13 @@ def test_a_checkpoint_file_and_gzip_input_are_accepted(workspace, tmp_path, caps
     packed.write_bytes(gzip.compress(plain.read_bytes()))  # plain gzip: read sequentially
     checkpoint = sorted((workspace["ft"] / "checkpoints").glob("step-*.ckpt"))[-1]
     results = []
-    for source, path in ((workspace["ft"], plain), (checkpoint, packed)):
+    weights = workspace["ft"] / "model.safetensors"  # a run's weights file stands for its run directory
+    for source, path in ((workspace["ft"], plain), (checkpoint, packed), (weights, plain)):
         assert run_cli("classify", "--checkpoint", source, "--fasta", path) == 0
         results.append(read_tsv(capsys.readouterr().out)[0])
-    assert results[0]["predicted"] == results[1]["predicted"]
+    assert results[0]["predicted"] == results[1]["predicted"] == results[2]["predicted"]
     assert math.isclose(float(results[0]["p_human"]), float(results[1]["p_human"]), rel_tol=1e-5)
+    assert results[2] == results[0]
 
 
 def test_plot_lengths(workspace, tmp_path, capsys):
@@ -337,10 +339,18 @@ def test_iupac_codes_mapped_by_default_refused_on_request(workspace, tmp_path, c
 
 def test_other_bad_inputs(workspace, tmp_path, capsys):
     good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
+    foreign = tmp_path / "foreign_run"  # a finetune run's config beside a model.json written by another program
+    foreign.mkdir()
+    (foreign / "config.json").write_text((workspace["ft"] / "config.json").read_text())
+    (foreign / "model.json").write_text('{"format": "something else"}')
+    (foreign / "model.safetensors").write_bytes(b"\0" * 64)
     cases = [
         (["classify", "--checkpoint", workspace["ft"], "--fasta", tmp_path / "missing.fa"], "missing.fa"),
         (["classify", "--checkpoint", tmp_path / "no_run", "--fasta", good], "no_run"),
-        (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "class names"),
+        (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "a pretraining run, which has no classes"),
+        (["classify", "--checkpoint", foreign, "--fasta", good], "cannot load a model from it (KeyError"),
+        (["finetune", "--fasta-dir", workspace["apes"], "--out", tmp_path / "r0", "--init", tmp_path / "no_lm"],
+         "--init"),
         (["finetune", "--fasta-dir", tmp_path / "nowhere", "--out", tmp_path / "r1", "--steps", 1], "nowhere"),
         (["pretrain", "--fasta", tmp_path / "missing.fa", "--out", tmp_path / "r2", "--steps", 1], "missing.fa"),
         (["finetune", "--fasta-dir", workspace["apes"], "--out", workspace["ft"], "--steps", 1],
