@@ -429,6 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.device == "cuda":  # refused up front by every command, before any work, when there is no GPU
+            resolve_device(args.device)
         return args.func(args)
     except SystemExit as stop:  # the training engine's refusals (used RUN, diverged loss) print their own message
         return stop.code if isinstance(stop.code, int) else 1

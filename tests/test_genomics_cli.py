@@ -370,6 +370,19 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     assert "a.fa.gz" in err and "bgzip" in err
 
 
+@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify"])
+def test_device_cuda_without_a_gpu_is_a_clear_error(workspace, tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
+    good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
+    args = {"simulate": ["--out", tmp_path / "sim", "--size", "tiny"],
+            "pretrain": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
+            "finetune": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
+            "classify": ["--checkpoint", workspace["ft"], "--fasta", good]}[command]
+    assert run_cli(command, *args, "--device", "cuda") == 1
+    assert error_line(capsys.readouterr().err) == "error: --device cuda was requested but no CUDA GPU is available"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sim").exists()
+
+
 def test_the_command_exits_non_zero_with_the_message_on_stderr(workspace, tmp_path):
     bad = tmp_path / "hollow.fa"
     bad.write_text(">empty_record\n>next\nACGT\n")
