@@ -94,12 +94,17 @@ def prepare(exp: FinetuneExperiment) -> FinetuneExperiment:
     return replace(exp, model=model, train=train, classes=classes)
 
 
+EPOCH_STEPS = 1024
+
+
 class FinetuneTask(Task):
     shuffle_train = False  # each index is a fresh random window already
 
     def __init__(self, exp: FinetuneExperiment):
         self.exp = exp
-        self.train_set = self._windows("train", exp.train.steps * exp.train.batch_size)
+        # one "epoch" of the paper (1024 steps) of fresh windows, redrawn each epoch: a size that does not depend
+        # on --steps, so a run can be resumed with more steps
+        self.train_set = self._windows("train", EPOCH_STEPS * exp.train.batch_size)
 
     def _windows(self, split: str, samples: int) -> SpeciesWindows:
         d = self.exp.data

@@ -138,7 +138,7 @@ def test_pretrain_and_finetune_write_their_run_directories(workspace):
     for run in (lm, ft):
         for name in ("config.json", "model.safetensors", "model.json", "metrics.csv", "metrics.json"):
             assert (run / name).is_file(), f"{run.name}/{name} missing"
-        assert list((run / "checkpoints").glob("step-*.ckpt"))
+        assert list((run / "checkpoints").glob("step-*.ckpt")) and list((run / "plots").glob("*.png"))
     pre = json.loads((lm / "metrics.json").read_text())
     assert pre["schedule"] == [[0, 16], [2, 32], [4, 64]]  # 8 steps, half of them warming up
     assert 0 < pre["valid"]["bits_per_base"] < 3 and math.isclose(
@@ -154,6 +154,20 @@ def test_pretrain_and_finetune_write_their_run_directories(workspace):
     from ssm_core import load_model
     pretrained, tuned = load_model(lm), load_model(ft)
     assert tuned.config.d_model == pretrained.config.d_model and tuned.config.num_classes == 5
+
+
+def test_finetune_resumes_with_more_steps(workspace, tmp_path, capsys):
+    run = tmp_path / "ft"
+    args = ["finetune", "--fasta-dir", workspace["apes"], "--out", run, "--window", 64, "--batch-size", 2,
+            "--valid-samples", 4, "--test-samples", 4, "--device", "cpu"]
+    assert run_cli(*args, "--steps", 2) == 0
+    assert run_cli(*args, "--steps", 2) == 1  # a used RUN without --resume is refused
+    assert "pass --resume" in error_line(capsys.readouterr().err)
+    assert run_cli(*args, "--steps", 4, "--resume") == 0
+    assert "from step-00000002.ckpt (step 2)" in capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["step-00000002.ckpt",
+                                                                           "step-00000004.ckpt"]
 
 
 def test_pretrain_reads_bed_intervals(workspace, tmp_path):
