@@ -68,6 +68,13 @@ def gzip_kind(path: str | Path) -> str | None:
     return "gzip"
 
 
+def _check_file(path: Path):
+    if path.is_dir():
+        raise GenomicsInputError(f"{path}: a directory, not a FASTA file")
+    if not path.is_file():
+        raise GenomicsInputError(f"{path}: FASTA file not found")
+
+
 def _first_text(path: Path, compressed: bool, nbytes: int = 4096) -> bytes:
     opener = gzip.open if compressed else open
     try:
@@ -112,14 +119,16 @@ class FastaFile:
 
     @staticmethod
     def _resolve(path: Path, decompress_to) -> Path:
-        if not path.is_file():
-            raise GenomicsInputError(f"{path}: FASTA file not found")
+        _check_file(path)
         if path.stat().st_size == 0:
             raise GenomicsInputError(f"{path}: empty file")
         kind = gzip_kind(path)
         head = _first_text(path, compressed=kind is not None).lstrip()
         if not head:
             raise GenomicsInputError(f"{path}: empty file (no sequence data)")
+        if b"\r" in head[:-1] and b"\n" not in head:  # the whole file would read as one header line
+            raise GenomicsInputError(f"{path}: lines end in CR only (classic Mac OS); convert them first, e.g. "
+                                     f"`tr '\\r' '\\n' < {path.name} > {fasta_stem(path)}.unix.fa`")
         if not head.startswith((b">", b";")):
             line = head.split(b"\n", 1)[0][:60]
             raise GenomicsInputError(f"{path}: not a FASTA file (expected a '>' header line, found {line!r})")
@@ -266,8 +275,7 @@ def read_fasta_records(path: str | Path) -> list[tuple[str, str]]:
     is fine here. Names are the header up to the first whitespace, as in the ``.fai``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise GenomicsInputError(f"{path}: FASTA file not found")
+    _check_file(path)
     if path.stat().st_size == 0:
         raise GenomicsInputError(f"{path}: empty file")
     compressed = gzip_kind(path) is not None

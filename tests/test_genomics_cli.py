@@ -326,6 +326,7 @@ BAD_FASTA = {
     "binary.fa": (bytes(range(256)) * 4, "not a FASTA file"),
     "digits.fa": (b">ok\nACGT\n>bad_record\nACGT7ACGT\n", "'bad_record'"),
     "gap_dash.fa": (b">aligned\nACGT--ACGT\n", "'aligned'"),
+    "mac_cr.fa": (b">old\rACGT\rACGT\r", "CR only"),
 }
 
 
@@ -360,6 +361,7 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     (foreign / "model.safetensors").write_bytes(b"\0" * 64)
     cases = [
         (["classify", "--checkpoint", workspace["ft"], "--fasta", tmp_path / "missing.fa"], "missing.fa"),
+        (["classify", "--checkpoint", workspace["ft"], "--fasta", workspace["apes"]], "a directory, not a FASTA"),
         (["classify", "--checkpoint", tmp_path / "no_run", "--fasta", good], "no_run"),
         (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "a pretraining run, which has no classes"),
         (["classify", "--checkpoint", foreign, "--fasta", good], "cannot load a model from it (KeyError"),
