@@ -346,7 +346,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                    help="a `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
     p.add_argument("--fasta", required=True, nargs="+", metavar="FILE", help="FASTA files (plain, .gz, bgzip)")
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: the fine-tuning window)")
-    p.add_argument("--out", metavar="FILE", help="write here instead of stdout (written only on success)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write here instead of stdout (its directory is created; written only on success)")
     p.add_argument("--per-window", action="store_true", help="one row per window, with start and end")
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
     p.add_argument("--iupac", choices=("n", "error"), default="n",
@@ -366,8 +367,14 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from genomics.classify import SpeciesClassifier, to_json, to_tsv
 
+    if args.out:  # checked before a long classification, not after it
+        if Path(args.out).is_dir():
+            raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the file to write")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     classifier = SpeciesClassifier(args.checkpoint, resolve_device(args.device), window=args.window,
                                    chunk=args.chunk, batch_tokens=args.batch_tokens, iupac=args.iupac,
                                    bf16=args.bf16)

@@ -195,7 +195,7 @@ def test_classify_tsv_contract(workspace, tmp_path, capsys):
     query = write_fasta(tmp_path / "query.fa", {"long_one": "ACGT" * 70 + "GATTACA", "short": "ACGTTGCA" * 5,
                                                 "mid": "TTGACCA" * 30})
     other = write_fasta(tmp_path / "other.fa", {"x": "A" * 50 + "C" * 60})
-    out = tmp_path / "results.tsv"
+    out = tmp_path / "new_dir" / "results.tsv"  # the directory is created
     assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, other, "--out", out) == 0
     header = out.read_text().splitlines()[0].split("\t")
     classes = ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
@@ -362,6 +362,7 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     cases = [
         (["classify", "--checkpoint", workspace["ft"], "--fasta", tmp_path / "missing.fa"], "missing.fa"),
         (["classify", "--checkpoint", workspace["ft"], "--fasta", workspace["apes"]], "a directory, not a FASTA"),
+        (["classify", "--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path], "--out"),
         (["classify", "--checkpoint", tmp_path / "no_run", "--fasta", good], "no_run"),
         (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "a pretraining run, which has no classes"),
         (["classify", "--checkpoint", foreign, "--fasta", good], "cannot load a model from it (KeyError"),
