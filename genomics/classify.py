@@ -30,10 +30,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ssm_core import MambaSequenceClassifier
-from ssm_core.train import CheckpointError, load_trained_model, resolve_checkpoint
+from ssm_core.train import CheckpointError, resolve_checkpoint
 
 from genomics.errors import GenomicsInputError
 from genomics.fasta import open_fasta, read_fasta_records
+from genomics.models import load_run_model, run_path
 from genomics.tokenizer import encode
 
 
@@ -93,14 +94,23 @@ def fasta_records(path: str | Path, iupac: str) -> Iterator[tuple[str, int, Call
 
 def run_classes(checkpoint: str | Path) -> tuple[list[str], int | None]:
     """Class names and fine-tuning window of the run a ``--checkpoint`` points into (from its config.json)."""
-    target = resolve_checkpoint(checkpoint)
+    try:
+        target = resolve_checkpoint(run_path(checkpoint))
+    except CheckpointError as err:
+        raise GenomicsInputError(str(err)) from None
     candidates = [target, target.parent] if target.is_dir() else [target.parent.parent, target.parent]
     for directory in candidates:
         config = directory / "config.json"
         if config.is_file():
-            record = json.loads(config.read_text())
-            if record.get("classes"):
+            try:
+                record = json.loads(config.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise GenomicsInputError(f"--checkpoint {checkpoint}: {config} is not valid JSON ({err})") from None
+            if isinstance(record, dict) and record.get("classes"):
                 return list(record["classes"]), record.get("data", {}).get("window")
+            if isinstance(record, dict) and "seqlen" in record.get("data", {}):
+                raise GenomicsInputError(f"--checkpoint {checkpoint}: a pretraining run, which has no classes; "
+                                         f"fine-tune it first (`genomics finetune --init {checkpoint} ...`)")
     raise GenomicsInputError(f"--checkpoint {checkpoint}: no config.json with the class names beside the model "
                              "(expected a `genomics finetune` run directory)")
 
@@ -123,11 +133,8 @@ class SpeciesClassifier:
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
                  chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False):
-        try:
-            self.classes, trained_window = run_classes(checkpoint)
-            self.model = load_trained_model(checkpoint, device)
-        except CheckpointError as err:
-            raise GenomicsInputError(str(err)) from None
+        self.classes, trained_window = run_classes(checkpoint)
+        self.model = load_run_model(checkpoint, device)
         if not isinstance(self.model, MambaSequenceClassifier):
             raise GenomicsInputError(f"--checkpoint {checkpoint} holds a {type(self.model).__name__}, not a "
                                      "species classifier (fine-tune it first with `genomics finetune`)")

@@ -20,8 +20,9 @@ Byte-level DNA language models with Mamba: simulated and real genomes, pretraini
 prediction, species classification from 1 kbp to 1 Mbp windows.
 
 A species data set is a directory with one FASTA file per class (.fa/.fasta/.fna, plain, .gz (bgzip) or
-.bgz); the file name without its extensions is the class name. FASTA files are read at random positions
-through a .fai index, built next to the file on first use."""
+.bgz); the file name without its FASTA and compression extensions is the class name (Homo_sapiens.fa.gz ->
+Homo_sapiens, E.coli.fa -> E.coli, bonobo.bgz -> bonobo). FASTA files are read at random positions through a
+.fai index, built next to the file on first use."""
 
 EPILOG = """\
 examples:
@@ -156,7 +157,8 @@ examples:
   python -m genomics finetune --fasta-dir data/real_apes --out runs/w1m --preset 7m --window 1048576 \\
       --activation-checkpointing        # the paper's setting: 10 x 1024 steps at batch 64, accumulated
 
-DIR holds one FASTA per class (the file name without extensions is the class name). Each example draws a
+DIR holds one FASTA per class (the file name without its FASTA and compression extensions is the class name:
+Homo_sapiens.fa.gz -> Homo_sapiens, E.coli.fa -> E.coli); other files are skipped and named. Each example draws a
 class uniformly, then a chromosome of its split, then a window. Genomes named like UCSC assemblies are split by
 chromosome (1, 3, 12, 13 validate; 5, 7, 9, 10, 11 test; the rest train), others by contig or by disjoint
 coordinate blocks; the plan per class is printed. Defaults follow the paper: 10 epochs of 1024 steps at batch
@@ -344,7 +346,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                    help="a `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
     p.add_argument("--fasta", required=True, nargs="+", metavar="FILE", help="FASTA files (plain, .gz, bgzip)")
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: the fine-tuning window)")
-    p.add_argument("--out", metavar="FILE", help="write here instead of stdout (written only on success)")
+    p.add_argument("--out", metavar="FILE",
+                   help="write here instead of stdout (its directory is created; written only on success)")
     p.add_argument("--per-window", action="store_true", help="one row per window, with start and end")
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
     p.add_argument("--iupac", choices=("n", "error"), default="n",
@@ -364,8 +367,14 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from genomics.classify import SpeciesClassifier, to_json, to_tsv
 
+    if args.out:  # checked before a long classification, not after it
+        if Path(args.out).is_dir():
+            raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the file to write")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     classifier = SpeciesClassifier(args.checkpoint, resolve_device(args.device), window=args.window,
                                    chunk=args.chunk, batch_tokens=args.batch_tokens, iupac=args.iupac,
                                    bf16=args.bf16)
@@ -427,6 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if args.device == "cuda":  # refused up front by every command, before any work, when there is no GPU
+            resolve_device(args.device)
         return args.func(args)
     except SystemExit as stop:  # the training engine's refusals (used RUN, diverged loss) print their own message
         return stop.code if isinstance(stop.code, int) else 1

@@ -173,8 +173,9 @@ class GenomeWindows(Dataset):
         self.split, self.window, self.seed, self.rc_aug, self.epoch = split, int(window), int(seed), rc_aug, 0
         self.fasta = open_fasta(fasta, decompress_to=decompress_to)
         if bed is not None:
-            intervals = [iv for iv in read_bed(bed, require_split=True) if iv.split == split]
-            self.plan = plan_from_bed(intervals, source=str(bed))
+            every = read_bed(bed, require_split=True)
+            self.plan = plan_from_bed(every, source=str(bed))  # all splits, so the printed plan is whole
+            intervals = [iv for iv in every if iv.split == split]
             if not intervals:
                 raise GenomicsInputError(f"{bed}: no intervals in the {split} split")
             self._windows = FastaWindows(self.fasta, intervals, WindowOptions(window, max_shift, rc_aug, iupac),

@@ -47,11 +47,13 @@ def fasta_stem(path: str | Path) -> str:
 
 
 def is_fasta_path(path: str | Path) -> bool:
-    """Whether the file name ends like a FASTA file (optionally compressed)."""
+    """Whether the file name ends like a FASTA file: a FASTA extension, optionally compressed
+    (``human.fa.gz``), or a compressed name with no other extension (``bonobo.bgz``)."""
     name = Path(path).name.lower()
+    compressed = name.endswith(COMPRESSED_SUFFIXES)
     for suffix in COMPRESSED_SUFFIXES:
         name = name.removesuffix(suffix)
-    return name.endswith(FASTA_SUFFIXES)
+    return name.endswith(FASTA_SUFFIXES) or (compressed and "." not in name)
 
 
 def gzip_kind(path: str | Path) -> str | None:
@@ -64,6 +66,13 @@ def gzip_kind(path: str | Path) -> str | None:
     if len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC":
         return "bgzf"
     return "gzip"
+
+
+def _check_file(path: Path):
+    if path.is_dir():
+        raise GenomicsInputError(f"{path}: a directory, not a FASTA file")
+    if not path.is_file():
+        raise GenomicsInputError(f"{path}: FASTA file not found")
 
 
 def _first_text(path: Path, compressed: bool, nbytes: int = 4096) -> bytes:
@@ -110,14 +119,16 @@ class FastaFile:
 
     @staticmethod
     def _resolve(path: Path, decompress_to) -> Path:
-        if not path.is_file():
-            raise GenomicsInputError(f"{path}: FASTA file not found")
+        _check_file(path)
         if path.stat().st_size == 0:
             raise GenomicsInputError(f"{path}: empty file")
         kind = gzip_kind(path)
         head = _first_text(path, compressed=kind is not None).lstrip()
         if not head:
             raise GenomicsInputError(f"{path}: empty file (no sequence data)")
+        if b"\r" in head[:-1] and b"\n" not in head:  # the whole file would read as one header line
+            raise GenomicsInputError(f"{path}: lines end in CR only (classic Mac OS); convert them first, e.g. "
+                                     f"`tr '\\r' '\\n' < {path.name} > {fasta_stem(path)}.unix.fa`")
         if not head.startswith((b">", b";")):
             line = head.split(b"\n", 1)[0][:60]
             raise GenomicsInputError(f"{path}: not a FASTA file (expected a '>' header line, found {line!r})")
@@ -264,8 +275,7 @@ def read_fasta_records(path: str | Path) -> list[tuple[str, str]]:
     is fine here. Names are the header up to the first whitespace, as in the ``.fai``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise GenomicsInputError(f"{path}: FASTA file not found")
+    _check_file(path)
     if path.stat().st_size == 0:
         raise GenomicsInputError(f"{path}: empty file")
     compressed = gzip_kind(path) is not None
@@ -305,19 +315,33 @@ def read_fasta_records(path: str | Path) -> list[tuple[str, str]]:
 
 
 def list_fasta_dir(directory: str | Path) -> dict[str, Path]:
-    """The FASTA files of a species directory: class name (file name without extensions) -> path, sorted."""
+    """The FASTA files of a species directory: class name -> path, sorted by name.
+
+    The class name is the file name without its FASTA and compression extensions, and only those, so dots
+    inside a name stay: ``Homo_sapiens.fa.gz`` -> ``Homo_sapiens``, ``E.coli.fasta.bgz`` -> ``E.coli``,
+    ``bonobo.bgz`` -> ``bonobo``. Other files (notes, BED files) are skipped and named on stderr; index files
+    (.fai, .gzi) and hidden files silently.
+    """
     directory = Path(directory)
+    if not directory.exists():
+        raise GenomicsInputError(f"{directory}: no such directory")
     if not directory.is_dir():
-        raise GenomicsInputError(f"{directory}: not a directory")
+        raise GenomicsInputError(f"{directory}: not a directory (expected a directory of FASTA files, one per class)")
     classes: dict[str, Path] = {}
+    skipped = []
     for path in sorted(directory.iterdir()):
-        if not path.is_file() or not is_fasta_path(path) or path.name.startswith("."):
+        if path.name.startswith(".") or path.name.endswith((".fai", ".gzi")):
+            continue
+        if not path.is_file() or not is_fasta_path(path):
+            skipped.append(path.name)
             continue
         name = fasta_stem(path)
         if name in classes:
             raise GenomicsInputError(f"{directory}: two FASTA files for class {name!r}: {classes[name].name} "
                                      f"and {path.name}")
         classes[name] = path
+    if skipped:
+        print(f"{directory}: skipped, not FASTA file names: {', '.join(skipped)}", file=sys.stderr)
     if len(classes) < 1:
         raise GenomicsInputError(f"{directory}: no FASTA files (.fa/.fasta/.fna, optionally .gz/.bgz)")
     return classes

@@ -26,14 +26,14 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssm_core import MambaConfig, MambaSequenceClassifier
-from ssm_core.train import OptimConfig, Task, TrainConfig, load_trained_model, to_dict, train_from_cli
+from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
 
 from genomics.datasets import SpeciesWindows
 from genomics.errors import GenomicsInputError
-from genomics.models import classifier_config, parameter_count, preset_config
+from genomics.models import classifier_config, load_run_model, parameter_count, preset_config
 
 
 @dataclass
@@ -85,7 +85,7 @@ def prepare(exp: FinetuneExperiment) -> FinetuneExperiment:
                                  f"found {len(classes)}")
     model = replace(exp.model, num_classes=len(classes))
     if exp.init:
-        pretrained = load_trained_model(exp.init).config
+        pretrained = load_run_model(exp.init, flag="--init").config
         model = classifier_config(pretrained, len(classes), exp.model.pooling)
     train = exp.train
     needed = accumulation_for(train.batch_size, d.window, d.max_batch_tokens)
@@ -94,12 +94,17 @@ def prepare(exp: FinetuneExperiment) -> FinetuneExperiment:
     return replace(exp, model=model, train=train, classes=classes)
 
 
+EPOCH_STEPS = 1024
+
+
 class FinetuneTask(Task):
     shuffle_train = False  # each index is a fresh random window already
 
     def __init__(self, exp: FinetuneExperiment):
         self.exp = exp
-        self.train_set = self._windows("train", exp.train.steps * exp.train.batch_size)
+        # one "epoch" of the paper (1024 steps) of fresh windows, redrawn each epoch: a size that does not depend
+        # on --steps, so a run can be resumed with more steps
+        self.train_set = self._windows("train", EPOCH_STEPS * exp.train.batch_size)
 
     def _windows(self, split: str, samples: int) -> SpeciesWindows:
         d = self.exp.data
@@ -113,7 +118,7 @@ class FinetuneTask(Task):
     def build_model(self) -> nn.Module:
         model = MambaSequenceClassifier(self.exp.model)
         if self.exp.init:
-            pretrained = load_trained_model(self.exp.init)
+            pretrained = load_run_model(self.exp.init, flag="--init")
             model.backbone.load_state_dict(pretrained.backbone.state_dict())
         return model
 

@@ -11,8 +11,9 @@ post-processes it into ``DEST/<output>``:
 ``faidx``       build the FASTA index (``.fai``, plus ``.gzi`` for BGZF) so the first run does not have to
 
 When the manifest has no checksum for a file, fetch prints the one it computed, so it can be pinned. A stamp
-``DEST/.fetch/<output>.json`` records the verified source checksum; a later fetch skips files whose stamp
-agrees with the manifest and redoes those whose checksum the manifest now pins differently.
+``DEST/.fetch/<output>.json`` records the verified source checksum and the output's size; a later fetch skips
+files whose stamp agrees with the manifest and whose output still has that size, and redoes the others (a
+checksum the manifest now pins differently, an output truncated or overwritten since).
 """
 from __future__ import annotations
 
@@ -168,7 +169,9 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
         output = dest / entry.output
         stamp_path = _stamp_path(dest, entry)
         stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
-        if output.exists() and stamp and not force and (entry.sha256 is None or stamp.get("sha256") == entry.sha256):
+        # a stamped output whose size changed since (truncated, overwritten) is fetched again, not trusted
+        intact = output.is_file() and stamp and stamp.get("output_size") in (None, output.stat().st_size)
+        if intact and not force and (entry.sha256 is None or stamp.get("sha256") == entry.sha256):
             if not quiet:
                 print(f"{output}: already fetched (sha256 {stamp.get('sha256')})", file=sys.stderr)
             outputs.append(output)
@@ -185,6 +188,6 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
             download_path.unlink(missing_ok=True)
         stamp_path.parent.mkdir(parents=True, exist_ok=True)
         stamp_path.write_text(json.dumps({"url": entry.url, "name": entry.name, "sha256": digest,
-                                          "manifest": manifest.name}, indent=1))
+                                          "output_size": output.stat().st_size, "manifest": manifest.name}, indent=1))
         outputs.append(output)
     return outputs

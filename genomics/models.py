@@ -16,8 +16,13 @@ the classification head adds ``d_model x classes + classes``). ``python -m genom
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+
+import torch
+from torch import nn
 
 from ssm_core import MambaConfig, MambaLMHeadModel, MambaSequenceClassifier
+from ssm_core.train import CheckpointError, load_trained_model
 
 from genomics.errors import GenomicsInputError
 from genomics.tokenizer import VOCAB_SIZE
@@ -54,3 +59,27 @@ def preset_table() -> str:
 def classifier_config(backbone: MambaConfig, num_classes: int, pooling: str) -> MambaConfig:
     """A classifier config with the same backbone as `backbone` (a pretrained LM's config)."""
     return dataclasses.replace(backbone, num_classes=num_classes, pooling=pooling)
+
+
+def run_path(path: str | Path) -> Path:
+    """What a ``--checkpoint``/``--init`` value names: a run's ``model.safetensors`` or ``model.json`` stands for
+    its run directory; anything else is kept as given."""
+    path = Path(path)
+    if path.is_file() and path.name in ("model.safetensors", "model.json"):
+        return path.parent
+    return path
+
+
+def load_run_model(path: str | Path, device: str | torch.device = "cpu", flag: str = "--checkpoint") -> nn.Module:
+    """The model of a run directory or checkpoint file (``ssm_core.train.load_trained_model``), in eval mode.
+
+    Every way a user's file can fail to load (not a run, a truncated checkpoint, a model.json written by another
+    program) becomes one GenomicsInputError naming ``flag`` and the path.
+    """
+    path = run_path(path)
+    try:
+        return load_trained_model(path, device)
+    except CheckpointError as err:
+        raise GenomicsInputError(str(err).replace("--checkpoint", flag, 1)) from None
+    except Exception as err:  # KeyError, ValueError, safetensors' own errors ...: all mean "not a usable model"
+        raise GenomicsInputError(f"{flag} {path}: cannot load a model from it ({type(err).__name__}: {err})") from None

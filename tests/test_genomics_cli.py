@@ -138,7 +138,7 @@ def test_pretrain_and_finetune_write_their_run_directories(workspace):
     for run in (lm, ft):
         for name in ("config.json", "model.safetensors", "model.json", "metrics.csv", "metrics.json"):
             assert (run / name).is_file(), f"{run.name}/{name} missing"
-        assert list((run / "checkpoints").glob("step-*.ckpt"))
+        assert list((run / "checkpoints").glob("step-*.ckpt")) and list((run / "plots").glob("*.png"))
     pre = json.loads((lm / "metrics.json").read_text())
     assert pre["schedule"] == [[0, 16], [2, 32], [4, 64]]  # 8 steps, half of them warming up
     assert 0 < pre["valid"]["bits_per_base"] < 3 and math.isclose(
@@ -154,6 +154,20 @@ def test_pretrain_and_finetune_write_their_run_directories(workspace):
     from ssm_core import load_model
     pretrained, tuned = load_model(lm), load_model(ft)
     assert tuned.config.d_model == pretrained.config.d_model and tuned.config.num_classes == 5
+
+
+def test_finetune_resumes_with_more_steps(workspace, tmp_path, capsys):
+    run = tmp_path / "ft"
+    args = ["finetune", "--fasta-dir", workspace["apes"], "--out", run, "--window", 64, "--batch-size", 2,
+            "--valid-samples", 4, "--test-samples", 4, "--device", "cpu"]
+    assert run_cli(*args, "--steps", 2) == 0
+    assert run_cli(*args, "--steps", 2) == 1  # a used RUN without --resume is refused
+    assert "pass --resume" in error_line(capsys.readouterr().err)
+    assert run_cli(*args, "--steps", 4, "--resume") == 0
+    assert "from step-00000002.ckpt (step 2)" in capsys.readouterr().err
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 4
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["step-00000002.ckpt",
+                                                                           "step-00000004.ckpt"]
 
 
 def test_pretrain_reads_bed_intervals(workspace, tmp_path):
@@ -181,7 +195,7 @@ def test_classify_tsv_contract(workspace, tmp_path, capsys):
     query = write_fasta(tmp_path / "query.fa", {"long_one": "ACGT" * 70 + "GATTACA", "short": "ACGTTGCA" * 5,
                                                 "mid": "TTGACCA" * 30})
     other = write_fasta(tmp_path / "other.fa", {"x": "A" * 50 + "C" * 60})
-    out = tmp_path / "results.tsv"
+    out = tmp_path / "new_dir" / "results.tsv"  # the directory is created
     assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, other, "--out", out) == 0
     header = out.read_text().splitlines()[0].split("\t")
     classes = ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
@@ -280,11 +294,13 @@ def test_a_checkpoint_file_and_gzip_input_are_accepted(workspace, tmp_path, caps
     packed.write_bytes(gzip.compress(plain.read_bytes()))  # plain gzip: read sequentially
     checkpoint = sorted((workspace["ft"] / "checkpoints").glob("step-*.ckpt"))[-1]
     results = []
-    for source, path in ((workspace["ft"], plain), (checkpoint, packed)):
+    weights = workspace["ft"] / "model.safetensors"  # a run's weights file stands for its run directory
+    for source, path in ((workspace["ft"], plain), (checkpoint, packed), (weights, plain)):
         assert run_cli("classify", "--checkpoint", source, "--fasta", path) == 0
         results.append(read_tsv(capsys.readouterr().out)[0])
-    assert results[0]["predicted"] == results[1]["predicted"]
+    assert results[0]["predicted"] == results[1]["predicted"] == results[2]["predicted"]
     assert math.isclose(float(results[0]["p_human"]), float(results[1]["p_human"]), rel_tol=1e-5)
+    assert results[2] == results[0]
 
 
 def test_plot_lengths(workspace, tmp_path, capsys):
@@ -310,6 +326,7 @@ BAD_FASTA = {
     "binary.fa": (bytes(range(256)) * 4, "not a FASTA file"),
     "digits.fa": (b">ok\nACGT\n>bad_record\nACGT7ACGT\n", "'bad_record'"),
     "gap_dash.fa": (b">aligned\nACGT--ACGT\n", "'aligned'"),
+    "mac_cr.fa": (b">old\rACGT\rACGT\r", "CR only"),
 }
 
 
@@ -337,10 +354,20 @@ def test_iupac_codes_mapped_by_default_refused_on_request(workspace, tmp_path, c
 
 def test_other_bad_inputs(workspace, tmp_path, capsys):
     good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
+    foreign = tmp_path / "foreign_run"  # a finetune run's config beside a model.json written by another program
+    foreign.mkdir()
+    (foreign / "config.json").write_text((workspace["ft"] / "config.json").read_text())
+    (foreign / "model.json").write_text('{"format": "something else"}')
+    (foreign / "model.safetensors").write_bytes(b"\0" * 64)
     cases = [
         (["classify", "--checkpoint", workspace["ft"], "--fasta", tmp_path / "missing.fa"], "missing.fa"),
+        (["classify", "--checkpoint", workspace["ft"], "--fasta", workspace["apes"]], "a directory, not a FASTA"),
+        (["classify", "--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path], "--out"),
         (["classify", "--checkpoint", tmp_path / "no_run", "--fasta", good], "no_run"),
-        (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "class names"),
+        (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "a pretraining run, which has no classes"),
+        (["classify", "--checkpoint", foreign, "--fasta", good], "cannot load a model from it (KeyError"),
+        (["finetune", "--fasta-dir", workspace["apes"], "--out", tmp_path / "r0", "--init", tmp_path / "no_lm"],
+         "--init"),
         (["finetune", "--fasta-dir", tmp_path / "nowhere", "--out", tmp_path / "r1", "--steps", 1], "nowhere"),
         (["pretrain", "--fasta", tmp_path / "missing.fa", "--out", tmp_path / "r2", "--steps", 1], "missing.fa"),
         (["finetune", "--fasta-dir", workspace["apes"], "--out", workspace["ft"], "--steps", 1],
@@ -358,6 +385,19 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     assert run_cli("finetune", "--fasta-dir", species, "--out", tmp_path / "r3", "--steps", 1) == 1
     err = capsys.readouterr().err
     assert "a.fa.gz" in err and "bgzip" in err
+
+
+@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify"])
+def test_device_cuda_without_a_gpu_is_a_clear_error(workspace, tmp_path, capsys, monkeypatch, command):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
+    good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
+    args = {"simulate": ["--out", tmp_path / "sim", "--size", "tiny"],
+            "pretrain": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
+            "finetune": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
+            "classify": ["--checkpoint", workspace["ft"], "--fasta", good]}[command]
+    assert run_cli(command, *args, "--device", "cuda") == 1
+    assert error_line(capsys.readouterr().err) == "error: --device cuda was requested but no CUDA GPU is available"
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sim").exists()
 
 
 def test_the_command_exits_non_zero_with_the_message_on_stderr(workspace, tmp_path):

@@ -113,6 +113,8 @@ def test_genome_windows_from_bed(species_dir, tmp_path):
     bed.write_text("chr2\t100\t1100\ttrain\nchr4\t0\t2000\ttrain\nchr1\t500\t900\tvalid\nchr1\t2000\t2100\ttest\n")
     train = GenomeWindows(fasta_path, bed, split="train", window=512, seed=0, max_shift=50, rc_aug=True)
     assert len(train) == 2 and train.plan.strategy == "bed"
+    # the printed plan covers every split of the BED, not just the one this dataset draws from
+    assert [train.plan.bases(s) for s in ("train", "valid", "test")] == [3000, 400, 100]
     assert train[0].shape == (512,) and train[0].dtype == torch.int64
     valid = GenomeWindows(fasta_path, bed, split="valid", window=256)
     fasta = open_fasta(fasta_path, quiet=True)

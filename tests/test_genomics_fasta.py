@@ -189,11 +189,15 @@ def test_read_fasta_records_sequential_reader(tmp_path):
         read_fasta_records(bad)
 
 
-def test_species_directory_listing(tmp_path):
-    for name in ("human.fa", "chimp.fasta.gz", "gorilla.fna.bgz", "notes.txt", "human.fa.fai", "x.bed.gz"):
+def test_species_directory_listing(tmp_path, capsys):
+    for name in ("human.fa", "chimp.fasta.gz", "gorilla.fna.bgz", "notes.txt", "human.fa.fai", "x.bed.gz",
+                 "bonobo.bgz", "E.coli.fa"):
         (tmp_path / name).write_text(">a\nACGT\n")
-    assert list(list_fasta_dir(tmp_path)) == ["chimp", "gorilla", "human"]
+    assert list(list_fasta_dir(tmp_path)) == ["E.coli", "bonobo", "chimp", "gorilla", "human"]
+    assert "skipped, not FASTA file names: notes.txt, x.bed.gz" in capsys.readouterr().err
     assert fasta_stem("hg38.ml.fa.gz") == "hg38.ml" and fasta_stem("bonobo.fa.bgz") == "bonobo"
+    with pytest.raises(GenomicsInputError, match="no such directory"):
+        list_fasta_dir(tmp_path / "absent")
     (tmp_path / "human.fasta").write_text(">a\nACGT\n")
     with pytest.raises(GenomicsInputError, match="two FASTA files for class 'human'"):
         list_fasta_dir(tmp_path)

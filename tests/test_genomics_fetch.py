@@ -64,6 +64,10 @@ def test_fetch_verifies_recompresses_and_indexes(tmp_path, source, monkeypatch):
     monkeypatch.setattr("ssm_core.utils.download.download", lambda *a, **k: calls.append(a))
     assert fetch_manifest(manifest, dest, quiet=True) == outputs  # already fetched: nothing downloaded
     assert calls == []
+    monkeypatch.undo()
+    (dest / "toy.fa.bgz").write_bytes(b"overwritten")  # a damaged output is fetched again, not trusted
+    assert fetch_manifest(manifest, dest, quiet=True) == outputs
+    check_output(dest, source)
 
 
 def test_corrupt_download_is_detected_and_fetched_again(tmp_path, source, capsys):
