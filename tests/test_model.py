@@ -123,6 +123,9 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="model.json"):
         load_model(tmp_path / "empty")
+    (tmp_path / "empty" / "model.json").write_text('{"d_model": 16}')  # some other tool's config
+    with pytest.raises(ValueError, match="not a model config written by save_model"):
+        load_model(tmp_path / "empty")
 
 
 def test_config_validation():

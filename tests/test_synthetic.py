@@ -102,3 +102,10 @@ def test_tiny_selective_copying_learns_and_the_non_selective_ablation_does_not(t
     ablation = _run(tmp_path / "lti", "copying", "--preset", "tiny", "--no-selection", "--steps", "150")
     assert not ablation["selective"]
     assert ablation["accuracy"]["32"] < 0.25, ablation["accuracy"]  # stays near chance
+
+
+def test_bad_engine_flags_are_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["induction", "--out", str(tmp_path / "run"), "--preset", "tiny", "--lr", "-1"])
+    assert stop.value.code == 2 and "OptimConfig.lr must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -44,9 +44,13 @@ def read_model_json(directory: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no model config here (expected {CONFIG} beside {WEIGHTS})")
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
+    missing = [k for k in ("model_class", "config") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(f"{path}: not a model config written by save_model (no {' or '.join(missing)})")
+    return meta
 
 
 def config_differences(expected: dict, found: dict) -> list[str]:

@@ -210,7 +210,11 @@ def main(argv: list[str] | None = None) -> dict:
         exp.data.eval_lens = args.eval_lens
     if args.no_selection:
         exp.model.selective = False
-    exp = resolve_config(args, exp)
+    try:
+        exp = resolve_config(args, exp)
+        resolve_device(exp.train.device)  # --device cuda without a GPU: refused before any work
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
     task = SyntheticTask(exp)
     result = train_from_cli(task, exp, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone measures
