@@ -17,7 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
-from genomics_real import CACHE, RESULTS, Settings, device_name, genomics, species_check, with_overrides
+from genomics_real import (CACHE, RESULTS, Settings, device_name, genomics, plot_species, species_check,
+                           with_overrides)
 
 # The Mamba paper's Figure 6 (real great apes, 5 classes), read off its plot: test accuracy at 2^10 and 2^20.
 PAPER = {"HyenaDNA 1.4M": {1024: 0.28, 1048576: 0.55}, "Mamba 7M": {1024: 0.30, 1048576: 0.81}}
@@ -36,10 +37,11 @@ def write_tables(result: dict, stem: str, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["settings"]
+    init = (f"pretrained for {s['pretrain_steps']} steps of {s['pretrain_batch']} windows of "
+            f"{s['pretrain_seqlen']:,} bp on the five genomes" if s["pretrain_steps"] else "from scratch")
     lines = [f"# Simulated great apes ({result['genome_size']}): {result['mode']} run on {result['device']}", "",
-             f"Settings: preset {s['preset']} " + (f"pretrained for {s['pretrain_steps']} steps of {s['pretrain_batch']} "
-             f"windows of {s['pretrain_seqlen']:,} bp on the five genomes" if s["pretrain_steps"] else "from scratch")
-             + f", {s['pooling']} pooling; {s['finetune_steps']} fine-tuning steps of "
+             f"Settings: preset {s['preset']} {init}, {s.get('pooling', 'last')} pooling; {s['finetune_steps']} "
+             "fine-tuning steps of "
              f"{s['finetune_tokens']:,} bases (batch = bases / window); {s['test_samples']} test windows from the "
              f"held-out chromosomes; naive Bayes trained on {s['nb_train_windows']} windows of the training "
              f"chromosomes. Wall time {result['minutes']:.1f} min.", "",
@@ -58,8 +60,11 @@ def write_tables(result: dict, stem: str, results: Path) -> None:
     lines += ["", "For reference, the Mamba paper's real great-apes figures (Figure 6, read off the plot): "
               + "; ".join(f"{name} {100 * v[1024]:.0f}% at 2^10, {100 * v[1048576]:.0f}% at 2^20"
                           for name, v in PAPER.items()) + "."]
+    plot_species(result["species"], 1 / len(result["classes"]), "Simulated great apes: accuracy vs window",
+                 results / f"{stem}.png")
+    lines += ["", f"![accuracy against window length]({stem}.png)"]
     (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"saved {results / stem}.md and .json")
+    print(f"saved {results / stem}.md, .json and .png")
 
 
 def main(argv=None) -> int:

@@ -231,6 +231,27 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
     return rows
 
 
+def plot_species(rows: list[dict], chance: float, title: str, path: Path) -> None:
+    """Test accuracy against window length: Mamba beside the k-mer naive-Bayes baselines, chance dashed."""
+    import matplotlib.pyplot as plt
+
+    from ssm_core.utils.plots import save_figure
+
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    windows = [r["window"] for r in rows]
+    for key, label, style in (("mamba", "Mamba", "o-"), ("nb_k6", "6-mer naive Bayes", "s--"),
+                              ("nb_k4", "4-mer naive Bayes", "^:")):
+        ax.plot(windows, [100 * r[key] for r in rows], style, label=label)
+    ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set(xscale="log", xlabel="window (bp)", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+    ax.set_xticks(windows, [f"{w:,}" for w in windows])
+    ax.minorticks_off()
+    ax.legend()
+    save_figure(fig, path)
+
+
 def write_tables(result: dict, stem: str, results: Path = RESULTS) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -252,8 +273,11 @@ def write_tables(result: dict, stem: str, results: Path = RESULTS) -> None:
               "| window | Mamba | 4-mer naive Bayes | 6-mer naive Bayes |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['window']:,} | {100 * r['mamba']:.1f}% | {100 * r['nb_k4']:.1f}% | {100 * r['nb_k6']:.1f}% |"
               for r in result["species"]]
+    plot_species(result["species"], 1 / len(result["genomes"]), "Real genomes: species accuracy vs window",
+                 results / f"{stem}.png")
+    lines += ["", f"![accuracy against window length]({stem}.png)"]
     (results / f"{stem}.md").write_text("\n".join(lines) + "\n")
-    print(f"saved {results / stem}.md and .json")
+    print(f"saved {results / stem}.md, .json and .png")
 
 
 def with_overrides(s: Settings, overrides: list[str], parser: argparse.ArgumentParser) -> Settings:
