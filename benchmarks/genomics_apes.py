@@ -14,6 +14,7 @@ Mamba paper's real great-apes figures beside it for reference (they are real gen
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -32,8 +33,6 @@ QUICK = Settings(preset="tiny", pretrain_seqlen=0, pretrain_steps=0, pretrain_ba
 
 
 def write_tables(result: dict, stem: str, results: Path) -> None:
-    import json
-
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     s = result["settings"]

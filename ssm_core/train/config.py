@@ -33,14 +33,14 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
 
     def __post_init__(self) -> None:  # torch's own messages for these come late and name no option
-        checks = {"lr": self.lr > 0, "eps": self.eps > 0, "weight_decay": self.weight_decay >= 0,
-                  "warmup_steps": self.warmup_steps >= 0, "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
-                  "grad_clip": self.grad_clip >= 0, "betas": all(0 <= b < 1 for b in self.betas)}
-        bounds = {"lr": "> 0", "eps": "> 0", "weight_decay": ">= 0", "warmup_steps": ">= 0",
-                  "min_lr_ratio": "in [0, 1]", "grad_clip": ">= 0", "betas": "each in [0, 1)"}
-        for name, ok in checks.items():
+        for name, ok, bound in (("lr", self.lr > 0, "> 0"), ("eps", self.eps > 0, "> 0"),
+                                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                                ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
+                                ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
+                                ("grad_clip", self.grad_clip >= 0, ">= 0"),
+                                ("betas", all(0 <= b < 1 for b in self.betas), "each in [0, 1)")):
             if not ok:
-                raise ValueError(f"OptimConfig.{name} must be {bounds[name]}; got {getattr(self, name)}")
+                raise ValueError(f"OptimConfig.{name} must be {bound}; got {getattr(self, name)}")
 
 
 @dataclass
