@@ -35,11 +35,11 @@ class ResidualBlock(nn.Module):
         return h + y.to(h.dtype), new_state
 
     # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
-    # gradient is wanted (the kernel has no backward) and the batch is small; set False (or use set_fused_step)
-    # for the unfused path of ~10 kernels. Measured on an H100 in SaShiMi generation: batch 1 1.8x faster fused,
-    # batch 64 1.45x slower (benchmarks/results/audio_generation_NVIDIA_H100_80GB_HBM3.json); in between unmeasured.
+    # gradient is wanted (the kernel has no backward); set False (or use set_fused_step) for the unfused path of
+    # ~10 kernels, or lower fused_step_max_batch. One block step on an H100 (benchmarks/audio_generation.py
+    # --sweep), fused vs unfused: 7-15 us vs 25-28 us at batch 1, 11-47 us vs 43-54 us at batch 64.
     fused_step: bool = True
-    fused_step_max_batch: int = 8
+    fused_step_max_batch: int = 1 << 20
 
     def step(self, h: torch.Tensor, state: MambaState) -> torch.Tensor:
         """h: (batch, d_model) residual stream; ``state`` updated in place. Returns the new h (a new tensor)."""

@@ -44,8 +44,10 @@ from .scan_triton import LOG2E, _softplus, _tl_dtype
 # Elements of the largest 3-D broadcast-and-sum temporary per warp of a program (32 per thread). Loads in a loop
 # are not pipelined, so each loop iteration costs about one L2 round trip: the larger the tile, the fewer.
 _TILE_ELEMENTS_PER_WARP = 1024
-# One program reads about this many weight bytes before splitting the block over more programs pays.
+# Interpreted launches: one program reads about this many weight bytes before splitting over more programs pays.
 _BYTES_PER_PROGRAM = 128 * 1024
+# GPU launches: the most programs a block's channels are split over (the sweep's best at widths 64-256).
+_MAX_SPLIT = 16
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class BlockStepConfig:
     rows: int | None = None       # batch rows per program (a power of two)
     split: int | None = None      # programs per row tile, each owning a slice of d_inner (and of d_model)
     fused: bool | None = None     # one launch with grid barriers; None: on CUDA unless interpreted
-    num_warps: int = 4
+    num_warps: int | None = None  # None: 8 on a GPU from d_model 128 up, else 4
 
 
 @dataclass
@@ -332,22 +334,40 @@ def _pow2_floor(n: int) -> int:
     return 1 << (max(1, int(n)).bit_length() - 1)
 
 
+def gpu_launch_shape(batch: int, d_model: int, d_inner: int, sms: int, rows: int | None = None
+                     ) -> tuple[int, int, int]:
+    """(rows, split, num_warps) of a fused launch on a GPU of ``sms`` SMs: see :func:`pick_config`."""
+    programs = _pow2_floor(sms)
+    rows = rows or min(8, triton.next_power_of_2(triton.cdiv(batch * _MAX_SPLIT, programs)))
+    tiles = triton.cdiv(batch, rows)
+    split = max(1, min(_MAX_SPLIT, d_inner, programs // tiles))
+    return rows, _pow2_floor(split), 8 if d_model >= 128 else 4
+
+
 def pick_config(batch: int, d_model: int, d_inner: int, weight_bytes: int, device: torch.device,
                 config: BlockStepConfig | None = None) -> BlockStepConfig:
-    """Fill in a config's ``None`` fields: 8 rows per program at most; ``split`` so that each program reads about
-    ``_BYTES_PER_PROGRAM`` of weights, within the SM count (fused launches need every program resident)."""
+    """Fill in a config's ``None`` fields.
+
+    On a GPU (fused): fill it - about one program per SM (a power of two), each with as small a share of the
+    weights as possible: ``split`` up to 16, then rows per program (at most 8) so that tiles x split fits. The
+    H100 sweep (benchmarks/audio_generation.py --sweep) put this shape at or within 10 % of the best of 7-14
+    shapes for widths 64-256 at batch 1 and 64: e.g. width 64, batch 64: 11.4 us against 64.7 us for the old
+    8 rows x split 1. 8 warps from width 128 up. Elsewhere (the interpreter): 8 rows per program at most, and
+    ``split`` so that each program reads about ``_BYTES_PER_PROGRAM`` of weights."""
     config = config or BlockStepConfig()
-    rows = config.rows or min(triton.next_power_of_2(batch), 8)
+    fused = config.fused if config.fused is not None else (device.type == "cuda" and not _interpreted())
+    if fused and device.type == "cuda":
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        rows, split, num_warps = gpu_launch_shape(batch, d_model, d_inner, sms, config.rows)
+    else:
+        rows = config.rows or min(triton.next_power_of_2(batch), 8)
+        split = min(triton.next_power_of_2(triton.cdiv(weight_bytes, _BYTES_PER_PROGRAM)), d_inner)
+        num_warps = 4
+    split = split if config.split is None else config.split
+    num_warps = num_warps if config.num_warps is None else config.num_warps
     if rows < 1 or rows & (rows - 1):
         raise ValueError(f"BlockStepConfig.rows must be a power of two; got {rows}")
-    fused = config.fused if config.fused is not None else (device.type == "cuda" and not _interpreted())
     tiles = triton.cdiv(batch, rows)
-    split = config.split
-    if split is None:
-        split = min(triton.next_power_of_2(triton.cdiv(weight_bytes, _BYTES_PER_PROGRAM)), d_inner)
-        if fused:
-            sms = torch.cuda.get_device_properties(device).multi_processor_count
-            split = max(1, min(split, _pow2_floor(sms // tiles) if sms >= tiles else 1))
     if split < 1:
         raise ValueError(f"BlockStepConfig.split must be >= 1; got {split}")
     if fused and split > 1 and (device.type != "cuda" or _interpreted()):
@@ -359,7 +379,7 @@ def pick_config(batch: int, d_model: int, d_inner: int, weight_bytes: int, devic
             raise ValueError(f"fused block step: {tiles} row tiles x split {split} programs exceed the {sms} SMs, "
                              "which a launch with grid barriers needs resident at once; lower rows x split or "
                              "use BlockStepConfig(fused=False)")
-    return BlockStepConfig(rows=rows, split=split, fused=fused, num_warps=config.num_warps)
+    return BlockStepConfig(rows=rows, split=split, fused=fused, num_warps=num_warps)
 
 
 def tile_sizes(rows: int, slice_e: int, slice_d: int, d_model: int, d_inner: int, dt_rank: int, d_state: int,
