@@ -4,6 +4,7 @@
     python benchmarks/audio_generation.py --sweep        # also time one block step per launch shape (tuning)
     python benchmarks/audio_generation.py --compile      # also with each block's step fused by torch.compile
     python benchmarks/audio_generation.py --quick        # on the CPU: fewer samples per measurement
+    python benchmarks/audio_generation.py --profile      # also the kernels a step spends its GPU time in
 
 Targets (H100, 16 kHz): with the 6.1m preset, 64 one-second clips in at most 4 s (16x real time in aggregate),
 and batch-1 streaming at most 62.5 us per sample (real time); the same measured for the 24.3m preset. Each
@@ -62,6 +63,23 @@ def measure(model: SashimiModel, clips: int, samples: int, cuda_graph: bool) -> 
             "seconds_per_second_of_audio": round(us_per_step * SAMPLE_RATE / 1e6, 4)}
 
 
+def profile_generation(model: SashimiModel, clips: int, samples: int = 64, top: int = 12) -> dict:
+    """Where a generation step's GPU time goes: torch.profiler over ``samples`` steps (CUDA graphs replayed, as in
+    ``measure``), the ``top`` kernels by total GPU time, each with its calls and microseconds per sample."""
+    from torch.profiler import ProfilerActivity, profile
+    generate(model, clips, 2 * model.config.stride, batch_size=clips, progress=False)  # compile, capture once
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        generate(model, clips, samples, batch_size=clips, progress=False)
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    total = sum(e.self_device_time_total for e in kernels)
+    kernels.sort(key=lambda e: e.self_device_time_total, reverse=True)
+    return {"clips": clips, "samples": samples, "kernels_per_sample": round(sum(e.count for e in kernels) / samples, 1),
+            "gpu_us_per_sample": round(total / samples, 1),
+            "top": [{"kernel": e.key[:120], "calls_per_sample": round(e.count / samples, 2),
+                     "us_per_sample": round(e.self_device_time_total / samples, 2)} for e in kernels[:top]]}
+
+
 def time_block_steps(width: int, batch: int, config, n_blocks: int = 16, replays: int = 30) -> float:
     """Microseconds per block step of ``n_blocks`` chained residual blocks of ``width`` (fp32, d_state 16),
     replayed from one CUDA graph: config None is the unfused step, else the fused kernel with that
@@ -107,7 +125,9 @@ def sweep_block_steps(widths: list[int], budget_s: float) -> dict:
     is what pick_config chose."""
     from ssm_core.ops.block_step_triton import BlockStepConfig, pick_config
     shapes = {1: [(1, s, 4) for s in (1, 2, 4, 8, 16)] + [(1, 4, 8), (1, 16, 8)],
-              64: [(8, 1, 4), (8, 4, 4), (8, 16, 4), (2, 4, 4), (8, 4, 8), (8, 16, 8)]}
+              64: [(1, 1, 4), (1, 2, 4), (2, 1, 4), (2, 2, 4), (4, 1, 4), (4, 2, 4), (4, 4, 4), (8, 1, 4),
+                   (8, 4, 4), (8, 8, 4), (8, 16, 4), (2, 4, 4), (8, 4, 8), (8, 16, 8)]}
+    sms = torch.cuda.get_device_properties(0).multi_processor_count  # a fused launch needs every program resident
     out, started = {"rows": [], "complete": True}, time.perf_counter()
     for width in widths:
         for batch, grid in shapes.items():
@@ -117,6 +137,8 @@ def sweep_block_steps(widths: list[int], budget_s: float) -> dict:
             row = {"width": width, "batch": batch, "unfused_us": round(time_block_steps(width, batch, None), 2),
                    "default": [default.rows, default.split, default.num_warps]}
             for rows, split, warps in sorted(set(grid) | {(default.rows, default.split, default.num_warps)}):
+                if -(-batch // rows) * split > sms:
+                    continue
                 if time.perf_counter() - started > budget_s:
                     out["complete"] = False
                     break
@@ -176,6 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sweep", action="store_true",
                         help="also time one block step per width, batch and launch shape of the fused kernel")
     parser.add_argument("--sweep-seconds", type=float, default=180.0, help="time budget of --sweep (default 180)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also list the GPU kernels a generation step spends its time in (torch.profiler)")
     parser.add_argument("--out-dir", default=str(RESULTS), help="where the JSON goes (default benchmarks/results)")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -223,6 +247,18 @@ def main(argv: list[str] | None = None) -> dict:
                 "batch1_us_per_sample": stream["us_per_step"],
                 "batch1_ratio_to_target": round(stream["us_per_step"] / TARGET_STREAM_US, 3),
                 "meets_batch1_target": stream["us_per_step"] <= TARGET_STREAM_US}
+            if args.profile and device.type == "cuda":
+                try:
+                    r["profile"] = {f"batch{b}": profile_generation(model, b) for b in (64, 1)}
+                except Exception as err:  # a diagnostic: never lose the measurements for it
+                    r["profile"] = {"error": f"{type(err).__name__}: {err}"}
+                for b, p in r["profile"].items():
+                    if b == "error":
+                        print(f"{key}: profile failed: {p}", flush=True)
+                        continue
+                    print(f"{key} {b}: {p['kernels_per_sample']} kernels and {p['gpu_us_per_sample']} us of GPU time "
+                          f"per sample; top: " + "; ".join(f"{k['kernel'][:60]} {k['us_per_sample']} us"
+                                                         for k in p["top"][:6]), flush=True)
             if variant == "unfused" and not args.no_training:  # training does not use the step path
                 r["training"] = measure_training(model, 16 if device.type == "cuda" else 2,
                                                  SAMPLE_RATE if device.type == "cuda" else 1024)

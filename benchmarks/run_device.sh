@@ -7,6 +7,8 @@
 #   bash benchmarks/run_device.sh genomics-accuracy [--set FIELD=VALUE for both checks]
 #        the real-genome check (carry benchmarks/.cache/genomics_real/sources) and the simulated apes, side by side
 #        on the one GPU, each within 9 minutes (their tables are rewritten after every window length)
+#   bash benchmarks/run_device.sh main-job [arguments for python -m suite run, e.g. --size full]
+#        the README's main job on the GPU (default size unless told), its report copied to $RESULTS/main_job_<size>/
 #   bash benchmarks/run_device.sh tests   (every test marked gpu: more than one call's 10 minutes)
 # (The synthetic tasks have their own script: benchmarks/synthetic_device.sh.)
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
@@ -22,12 +24,12 @@ mkdir -p "$RESULTS"
 
 workload=scan
 case "${1:-}" in
-    scan|audio|genomics|genomics-accuracy|tests) workload=$1; shift ;;
+    scan|audio|genomics|genomics-accuracy|main-job|tests) workload=$1; shift ;;
 esac
 case $workload in
     scan) tests=(tests/test_scan_cuda.py tests/test_scan_gpu.py) ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
-    genomics|genomics-accuracy) tests=() ;;
+    genomics|genomics-accuracy|main-job) tests=() ;;
     tests) tests=(tests) ;;
 esac
 
@@ -65,6 +67,19 @@ case $workload in
         wait $real || bench_rc=$?
         wait $apes || bench_rc=$?
         grep -ah "window \|order " "$RESULTS"/genomics_real.log "$RESULTS"/genomics_apes.log ;;
+    main-job)
+        size=default
+        for ((i = 1; i <= $#; i++)); do  # the size, for the folder names only
+            case "${!i}" in --size) j=$((i + 1)); size=${!j} ;; --full|--gpu) size=full ;; esac
+        done
+        run_dir="${RUNS:-/tmp}/main_job_$size"
+        "$PY" -m suite run --device cuda --out "$run_dir" "$@" 2>&1 | tr '\r' '\n' \
+            | grep -av '^ *$' > "$RESULTS/main_job_$size.log"
+        bench_rc=${PIPESTATUS[0]}
+        tail -n 25 "$RESULTS/main_job_$size.log"
+        if [ "$RESULTS" != benchmarks/results ]; then
+            mkdir -p "$RESULTS/main_job_$size" && cp -r "$run_dir/report" "$run_dir/stages.json" "$RESULTS/main_job_$size/"
+        fi ;;
 esac
 
 echo "$workload: pytest -m gpu exit $tests_rc; benchmark exit $bench_rc"
