@@ -39,18 +39,19 @@ def write_tables(result: dict, stem: str, results: Path) -> None:
     init = (f"pretrained for {s['pretrain_steps']} steps of {s['pretrain_batch']} windows of "
             f"{s['pretrain_seqlen']:,} bp on the five genomes" if s["pretrain_steps"] else "from scratch")
     lines = [f"# Simulated great apes ({result['genome_size']}): {result['mode']} run on {result['device']}", "",
-             f"Settings: preset {s['preset']} {init}, {s.get('pooling', 'last')} pooling; {s['finetune_steps']} "
-             "fine-tuning steps of "
+             f"Settings: preset {s['preset']} {init}, {s.get('pooling', 'last')} pooling; up to "
+             f"{s['finetune_steps']} fine-tuning steps (warm-up {s.get('warmup_steps', 100)}"
+             + (f", at most {s['time_limit_min']} min per window" if s.get("time_limit_min") else "") + ") of "
              f"{s['finetune_tokens']:,} bases (batch = bases / window); {s['test_samples']} test windows from the "
              f"held-out chromosomes; naive Bayes trained on {s['nb_train_windows']} windows of the training "
              f"chromosomes. Wall time {result['minutes']:.1f} min.", "",
              "## Test accuracy (5 species, chance 20%)", "",
-             "| window | batch | Mamba | 4-mer naive Bayes | 6-mer naive Bayes | fine-tuning min |",
-             "|---:|---:|---:|---:|---:|---:|"]
+             "| window | batch | steps | Mamba | 4-mer naive Bayes | 6-mer naive Bayes | fine-tuning min |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["species"]:
         minutes = f"{r['finetune_minutes']:.1f}" if r["finetune_minutes"] is not None else "(reused)"
-        lines.append(f"| {r['window']:,} | {r['batch']} | {100 * r['mamba']:.1f}% | {100 * r['nb_k4']:.1f}% | "
-                     f"{100 * r['nb_k6']:.1f}% | {minutes} |")
+        lines.append(f"| {r['window']:,} | {r['batch']} | {r.get('steps', '')} | {100 * r['mamba']:.1f}% | "
+                     f"{100 * r['nb_k4']:.1f}% | {100 * r['nb_k6']:.1f}% | {minutes} |")
     lines += ["", "Per-class test accuracy:", "", "| window | " + " | ".join(result["classes"]) + " |",
               "|---:|" + "---:|" * len(result["classes"])]
     for r in result["species"]:

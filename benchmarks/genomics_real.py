@@ -73,6 +73,8 @@ class Settings:
     lr: float
     finetune_tokens: int = 0  # when set, each window length's batch is finetune_tokens // window (at least 2)
     pooling: str = "last"  # the classifier reads the last position (causal) or the mean over the window
+    warmup_steps: int = 100  # fine-tuning's linear warm-up (the engine's default), then cosine decay
+    time_limit_min: float = 0.0  # when set, each fine-tuning run stops after this many minutes (then tests)
 
     def batch_for(self, window: int) -> int:
         return max(2, self.finetune_tokens // window) if self.finetune_tokens else self.finetune_batch
@@ -206,7 +208,10 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
             args = ["finetune", "--fasta-dir", genomes, "--out", run, "--window", window, "--steps",
                     s.finetune_steps, "--batch-size", s.batch_for(window), "--lr", s.lr, "--seed", seed,
                     "--test-samples", s.test_samples, "--valid-samples", min(512, s.test_samples), "--device", device,
-                    "--pooling", s.pooling, "--set", f"train.eval_every={max(1, s.finetune_steps // 4)}"]
+                    "--pooling", s.pooling, "--set", f"train.eval_every={max(1, s.finetune_steps // 4)}",
+                    "--set", f"train.optim.warmup_steps={s.warmup_steps}"]
+            if s.time_limit_min:
+                args += ["--set", f"train.time_limit_min={s.time_limit_min}"]
             args += ["--init", init] if init else ["--preset", s.preset]
             if window >= 2**16:
                 args.append("--activation-checkpointing")
@@ -220,7 +225,7 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
         test_x, test_y = SpeciesWindows(genomes, "test", window, samples=s.test_samples, seed=seed,
                                         classes=classes).arrays()  # the very windows finetune tested on
         row = {"window": window, "mamba": metrics["test_accuracy"], "classes": len(classes),
-               "batch": s.batch_for(window), "finetune_minutes": trained_in,
+               "batch": s.batch_for(window), "steps": metrics.get("steps"), "finetune_minutes": trained_in,
                "per_class": metrics["per_class_accuracy"]}
         for k in (4, 6):
             row[f"nb_k{k}"] = KmerNaiveBayes(k=k).fit(train_x, train_y).score(test_x, test_y)

@@ -299,7 +299,9 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fasta-dir", required=True, metavar="DIR", help="one FASTA file per class")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (must be new unless --resume)")
     p.add_argument("--init", metavar="RUN_OR_CKPT",
-                   help="initialise the backbone from a pretraining run (its model size is used; --preset ignored)")
+                   help="initialise the backbone from a pretraining run (its model size is used; --preset ignored), "
+                        "or the whole classifier from a fine-tuning run of the same classes (e.g. a shorter "
+                        "window's run, to continue at a longer window)")
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: 1024)")
     p.add_argument("--pooling", choices=("last", "mean"), default="last",
                    help="classify from the last position (default, causal) or the mean of all positions")

@@ -87,11 +87,24 @@ def prepare(exp: FinetuneExperiment) -> FinetuneExperiment:
     if exp.init:
         pretrained = load_run_model(exp.init, flag="--init").config
         model = classifier_config(pretrained, len(classes), exp.model.pooling)
+        if pretrained.num_classes and init_classes(exp.init) != classes:
+            raise GenomicsInputError(f"--init {exp.init}: a classifier of the classes {init_classes(exp.init)}, "
+                                     f"but {d.fasta_dir} holds {classes}; start from a pretraining run instead")
     train = exp.train
     needed = accumulation_for(train.batch_size, d.window, d.max_batch_tokens)
     if needed > train.grad_accum:
         train = replace(train, grad_accum=needed)
     return replace(exp, model=model, train=train, classes=classes)
+
+
+def init_classes(init: str) -> list[str] | None:
+    """The class names of the fine-tuning run ``init`` points into (None for a pretraining run)."""
+    from genomics.classify import run_classes
+
+    try:
+        return run_classes(init)[0]
+    except GenomicsInputError:
+        return None
 
 
 EPOCH_STEPS = 1024
@@ -119,7 +132,10 @@ class FinetuneTask(Task):
         model = MambaSequenceClassifier(self.exp.model)
         if self.exp.init:
             pretrained = load_run_model(self.exp.init, flag="--init")
-            model.backbone.load_state_dict(pretrained.backbone.state_dict())
+            if isinstance(pretrained, MambaSequenceClassifier):  # a classifier of the same classes (prepare checked)
+                model.load_state_dict(pretrained.state_dict())  # e.g. a shorter window's run: continue, head too
+            else:
+                model.backbone.load_state_dict(pretrained.backbone.state_dict())
         return model
 
     def train_dataset(self):

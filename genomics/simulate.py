@@ -121,6 +121,7 @@ class SimConfig:
     indel_ratio: float = 0.1  # small indels per substitution
     lineage_insert_rate: float = 0.0056  # lineage SINE insertions per base per unit branch length
     lineage_family_length: int = 300
+    lineage_family_divergence: float = 0.03  # each branch's subfamily consensus vs its parent's
     assembly_gaps: bool = True
     tree: tuple = TREE
     chromosomes: dict = field(default_factory=lambda: dict(CHROMOSOME_MBP))
@@ -360,7 +361,7 @@ def _branch_families(config: SimConfig, rng: np.random.Generator) -> dict[str, n
     """Each branch's young SINE subfamily: its parent's consensus mutated at 3 % (root: a random one), poly-A tail."""
     families = {"root": _random_bases(config.lineage_family_length, 0.52, rng)}
     for name, parent, _ in config.tree:
-        families[name] = _point_mutations(families[parent], 0.03, rng)
+        families[name] = _point_mutations(families[parent], config.lineage_family_divergence, rng)
     tail = np.zeros(20, dtype=np.uint8)  # A
     return {name: np.concatenate([consensus, tail]) for name, consensus in families.items()}
 
