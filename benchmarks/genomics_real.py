@@ -278,6 +278,7 @@ def write_tables(result: dict, stem: str, results: Path = RESULTS) -> None:
               "| window | Mamba | 4-mer naive Bayes | 6-mer naive Bayes |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['window']:,} | {100 * r['mamba']:.1f}% | {100 * r['nb_k4']:.1f}% | {100 * r['nb_k6']:.1f}% |"
               for r in result["species"]]
+    lines += [f"\n{r['window']:,} bp: {r['note']}" for r in result["species"] if r.get("note")]
     plot_species(result["species"], 1 / len(result["genomes"]), "Real genomes: species accuracy vs window",
                  results / f"{stem}.png")
     lines += ["", f"![accuracy against window length]({stem}.png)"]

@@ -158,6 +158,12 @@ def _opt(flag: str, value) -> list[str]:
     return [] if value is None else [flag, str(value)]
 
 
+def _warmup(steps: int | None) -> list[str]:
+    """A tenth of a short run as warm-up (the engine's 100 steps would swallow most of it); the tool's default
+    for the paper's recipes."""
+    return [] if steps is None else ["--set", f"train.optim.warmup_steps={max(1, steps // 10)}"]
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
@@ -237,7 +243,8 @@ def stage_genomics_pretrain(ctx: Context) -> dict:
     run_training(genomics, ["pretrain", "--fasta-dir", str(ctx.path("genomics", "apes")), "--out", str(run),
                             "--preset", s.lm_preset, "--seqlen", str(s.lm_seqlen),
                             "--warmup-start", str(s.lm_warmup_start), *_opt("--steps", s.lm_steps),
-                            *_opt("--batch-size", s.lm_batch), "--lr", "3e-3", "--device", ctx.device,
+                            *_opt("--batch-size", s.lm_batch), *_warmup(s.lm_steps), "--lr", "3e-3",
+                            "--device", ctx.device,
                             "--set", "data.valid_samples=16"],
                  run, "metrics.json", "genomics-pretrain", s.checkpoint_every)
     valid = read_json(run / "metrics.json")["valid"]
@@ -254,7 +261,7 @@ def stage_genomics_finetune(ctx: Context) -> dict:
         checkpointing = ["--activation-checkpointing"] if window >= 2**17 else []
         run_training(genomics, ["finetune", "--fasta-dir", str(ctx.path("genomics", "apes")), "--out", str(run),
                                 "--init", str(ctx.path("genomics", "lm")), "--window", str(window),
-                                *_opt("--steps", s.ft_steps), *_opt("--batch-size", s.ft_batch),
+                                *_opt("--steps", s.ft_steps), *_opt("--batch-size", s.ft_batch), *_warmup(s.ft_steps),
                                 *(["--lr", "3e-3"] if s.ft_steps else []), "--valid-samples", str(s.ft_valid),
                                 "--test-samples", str(s.ft_test), "--device", ctx.device, *checkpointing],
                      run, "metrics.json", "genomics-finetune", s.checkpoint_every)

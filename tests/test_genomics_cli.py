@@ -170,6 +170,29 @@ def test_finetune_resumes_with_more_steps(workspace, tmp_path, capsys):
                                                                            "step-00000004.ckpt"]
 
 
+def test_finetune_continues_from_a_classifier_run_head_included(workspace, tmp_path, capsys):
+    """--init with a fine-tuning run of the same classes starts from its whole classifier (e.g. a longer window);
+    with other classes it is refused, naming both class lists."""
+    from genomics.models import load_run_model
+
+    run = tmp_path / "longer"
+    assert run_cli("finetune", "--fasta-dir", workspace["apes"], "--out", run, "--init", workspace["ft"],
+                   "--window", 192, "--steps", 1, "--lr", 1e-12, "--batch-size", 2, "--valid-samples", 4,
+                   "--test-samples", 4, "--device", "cpu") == 0
+    before, after = load_run_model(workspace["ft"]).state_dict(), load_run_model(run).state_dict()
+    assert set(before) == set(after) and any(k.startswith("head") for k in after)
+    for key in before:  # lr 1e-12: one step moves nothing visible, so every tensor (the head too) was loaded
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-6, msg=key)
+    fewer = tmp_path / "four_species"
+    fewer.mkdir()
+    for fasta in sorted(workspace["apes"].glob("*.fa"))[:4]:
+        (fewer / fasta.name).write_bytes(fasta.read_bytes())
+    assert run_cli("finetune", "--fasta-dir", fewer, "--out", tmp_path / "other", "--init", workspace["ft"],
+                   "--steps", 1, "--device", "cpu") == 1
+    message = error_line(capsys.readouterr().err)
+    assert "a classifier of the classes" in message and "orangutan" in message
+
+
 def test_pretrain_reads_bed_intervals(workspace, tmp_path):
     bed = tmp_path / "intervals.bed"
     bed.write_text("chr1\t1000\t5000\ttrain\nchr4\t0\t9000\ttrain\nchr2\t2000\t2100\tvalid\n"
