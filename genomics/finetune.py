@@ -87,8 +87,8 @@ def prepare(exp: FinetuneExperiment) -> FinetuneExperiment:
     if exp.init:
         pretrained = load_run_model(exp.init, flag="--init").config
         model = classifier_config(pretrained, len(classes), exp.model.pooling)
-        if pretrained.num_classes and init_classes(exp.init) != classes:
-            raise GenomicsInputError(f"--init {exp.init}: a classifier of the classes {init_classes(exp.init)}, "
+        if pretrained.num_classes and (trained_on := init_classes(exp.init)) != classes:
+            raise GenomicsInputError(f"--init {exp.init}: a classifier of the classes {trained_on}, "
                                      f"but {d.fasta_dir} holds {classes}; start from a pretraining run instead")
     train = exp.train
     needed = accumulation_for(train.batch_size, d.window, d.max_batch_tokens)

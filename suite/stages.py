@@ -159,8 +159,8 @@ def _opt(flag: str, value) -> list[str]:
 
 
 def _warmup(steps: int | None) -> list[str]:
-    """A tenth of a short run as warm-up (the engine's 100 steps would swallow most of it); the tool's default
-    for the paper's recipes."""
+    """A tenth of the run as warm-up (the engine's 100 steps would swallow most of a short one); the tool's own
+    default where the size leaves the steps to it."""
     return [] if steps is None else ["--set", f"train.optim.warmup_steps={max(1, steps // 10)}"]
 
 

@@ -374,7 +374,6 @@ def pick_config(batch: int, d_model: int, d_inner: int, weight_bytes: int, devic
         raise ValueError("fused block step: grid barriers need every program resident on a GPU; without one "
                          "(CPU, TRITON_INTERPRET=1) use split=1 or BlockStepConfig(fused=False)")
     if fused and split > 1 and device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
         if tiles * split > sms:
             raise ValueError(f"fused block step: {tiles} row tiles x split {split} programs exceed the {sms} SMs, "
                              "which a launch with grid barriers needs resident at once; lower rows x split or "
