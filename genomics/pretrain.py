@@ -25,6 +25,7 @@ from torch.utils.data import Dataset
 
 from ssm_core import MambaConfig, MambaLMHeadModel
 from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_cli
+from ssm_core.train import curriculum
 from ssm_core.train.checkpoint import atomic_write_bytes
 
 from genomics.datasets import GenomeWindows
@@ -60,23 +61,13 @@ class PretrainExperiment:
 
 
 def length_schedule(steps: int, seqlen: int, warmup_start: int, warmup_fraction: float) -> list[tuple[int, int]]:
-    """SLW stages as (first step, length), lengths doubling from ``warmup_start`` to ``seqlen``."""
-    if seqlen < 2:
-        raise GenomicsInputError(f"--seqlen must be at least 2, got {seqlen}")
-    lengths = []
-    length = min(warmup_start, seqlen)
-    while length < seqlen:
-        lengths.append(length)
-        length *= 2
-    if lengths and seqlen % lengths[0]:
-        raise GenomicsInputError(f"sequence-length warmup doubles {warmup_start} up to --seqlen; {seqlen} is not "
-                                 f"{warmup_start} times a power of two (choose --warmup-start accordingly or 0)")
-    if not 0 <= warmup_fraction < 1:
-        raise GenomicsInputError(f"warmup fraction must lie in [0, 1), got {warmup_fraction}")
-    per_stage = int(steps * warmup_fraction) // len(lengths) if lengths else 0
-    if per_stage == 0:
-        return [(0, seqlen)]
-    return [(i * per_stage, length) for i, length in enumerate(lengths)] + [(len(lengths) * per_stage, seqlen)]
+    """SLW stages as (first step, length), lengths doubling from ``warmup_start`` to ``seqlen``
+    (:func:`ssm_core.train.curriculum.length_schedule`, its errors named by this command's flags)."""
+    try:
+        return curriculum.length_schedule(steps, seqlen, warmup_start, warmup_fraction)
+    except ValueError as err:
+        raise GenomicsInputError(f"sequence-length warmup (--seqlen {seqlen}, --warmup-start {warmup_start}, "
+                                 f"--warmup-fraction {warmup_fraction}): {err}") from None
 
 
 class StagedWindows(Dataset):
@@ -91,7 +82,7 @@ class StagedWindows(Dataset):
         return len(self.windows)
 
     def length_at(self, step: int) -> int:
-        return [length for first, length in self.schedule if first <= step][-1]
+        return curriculum.length_at(self.schedule, step)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.windows[index].view(-1, self.length_at(index // self.batch_size))
@@ -139,8 +130,7 @@ class PretrainTask(Task):
         self._train_parts = self._windows("train", exp.train.steps * exp.train.batch_size)
 
     def describe(self) -> str:
-        stages = ", ".join(f"{length} bp from step {first}" for first, length in self.schedule)
-        return f"sequence-length schedule: {stages}"
+        return f"sequence-length schedule: {curriculum.describe(self.schedule, 'bp')}"
 
     def _windows(self, split: str, samples: int) -> list[GenomeWindows]:
         """One dataset per genome, sharing ``samples`` windows of length seqlen."""
