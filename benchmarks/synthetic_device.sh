@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The Mamba paper's synthetic tasks (§4.1, appendix E.1) at paper scale on one CUDA GPU.
 #   bash benchmarks/synthetic_device.sh [induction] [copying] [ablation]     (default: all three)
+#   bash benchmarks/synthetic_device.sh copying_curriculum ablation_curriculum induction_state_passing
+#                                     (a length curriculum for copying, with its ablation; state passing for induction)
 # Each run trains through the engine (python -m ssm_core.synthetic ... --preset paper) and writes
 # synthetic_<name>.json (results.json: accuracy by test length) and synthetic_<name>.png (accuracy vs length) to
 # $OUT when set (the device tool brings that folder back), else to benchmarks/results/; one log for all runs.
@@ -11,6 +13,10 @@
 #   COPYING_STEPS / COPYING_MIN       default 400000 steps / 3.5 min
 #   COPYING_LR                        default 1e-3 (the paper's 1e-4 needs its 400K steps)
 #   ABLATION_MIN                      default 1 min (selection off: Δ, B, C not input-dependent)
+#   CURRICULUM_START / CURRICULUM_STEPS   default 256 / 6000: copying_curriculum trains at 256, 512, 1024, 2048 for
+#                                     the first half of the steps, then at 4096 (the paper's 400K steps at 4096 do
+#                                     not fit a call)
+#   LOG                               the log's path (default $RESULTS/synthetic_device.log), for parallel calls
 #   EXTRA_ARGS                        more flags for every run, e.g. "--set train.early_stop.metric=null" to train
 #                                     on after the first 100% validation accuracy (extrapolation keeps improving)
 set -uo pipefail
@@ -19,7 +25,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MINI
 PY="${PYTHON:-python3}"
 RESULTS="${OUT:-benchmarks/results}"
 RUNS="${RUNS:-/tmp/synthetic_runs}"
-LOG="$RESULTS/synthetic_device.log"
+LOG="${LOG:-$RESULTS/synthetic_device.log}"
 mkdir -p "$RESULTS" "$RUNS"
 "$PY" -c 'import torch; print("torch", torch.__version__, "gpu", torch.cuda.get_device_name())' 2>&1 | tee "$LOG"
 
@@ -42,9 +48,21 @@ for what in "${@:-induction copying ablation}"; do
                      --set train.time_limit_min="${INDUCTION_MIN:-3}" ${EXTRA_ARGS:-} ;;
       copying)   run copying copying --preset paper --steps "${COPYING_STEPS:-400000}" --lr "${COPYING_LR:-1e-3}" \
                      --set train.time_limit_min="${COPYING_MIN:-3.5}" ${EXTRA_ARGS:-} ;;
+      copying_curriculum)  # lengths 256 -> 4096 over the first half of the steps (ssm_core.train.curriculum)
+                 run copying_curriculum copying --preset paper --curriculum-start "${CURRICULUM_START:-256}" \
+                     --steps "${CURRICULUM_STEPS:-6000}" --lr "${COPYING_LR:-1e-3}" \
+                     --set train.time_limit_min="${COPYING_MIN:-3.5}" ${EXTRA_ARGS:-} ;;
+      induction_state_passing)  # each training sequence starts from the state another example left
+                 run induction_state_passing induction --preset paper --state-passing \
+                     --steps "${INDUCTION_STEPS:-204800}" --set train.time_limit_min="${INDUCTION_MIN:-3}" \
+                     ${EXTRA_ARGS:-} ;;
+      ablation_curriculum)  # the ablation under the same curriculum and step budget as copying_curriculum
+                 run copying_curriculum_no_selection copying --preset paper --no-selection \
+                     --curriculum-start "${CURRICULUM_START:-256}" --steps "${CURRICULUM_STEPS:-6000}" \
+                     --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${COPYING_MIN:-3.5}" ${EXTRA_ARGS:-} ;;
       ablation)  run copying_no_selection copying --preset paper --no-selection --steps "${COPYING_STEPS:-400000}" \
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${ABLATION_MIN:-1}" ${EXTRA_ARGS:-} ;;
-      *) echo "unknown run $w (expected induction, copying, ablation)" >&2; exit 2 ;;
+      *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum, induction_state_passing)" >&2; exit 2 ;;
     esac
   done
 done

@@ -79,6 +79,42 @@ def test_streamed_answer_logits_equal_the_full_forward(task):
     torch.testing.assert_close(streamed, full, rtol=1e-4, atol=1e-4)
 
 
+def test_a_length_curriculum_gives_each_step_its_stage_length(tmp_path, capsys):
+    exp = preset("copying", "tiny")
+    exp.data.curriculum_start, exp.train.steps, exp.train.batch_size = 8, 40, 4
+    task = SyntheticTask(exp)
+    assert task.schedule() == [(0, 8), (10, 16), (20, 32)]  # half the steps warm up, shared by the 2 short stages
+    data = task.train_dataset()
+    lengths = {i: data[i]["input_ids"].shape[0] for i in (0, 39, 40, 79, 80, 159)}  # items of steps 0, 9, 10, ...
+    assert lengths == {0: 8, 39: 8, 40: 16, 79: 16, 80: 32, 159: 32}
+    assert data[45]["target"].shape == (exp.data.num_tokens,)
+    with pytest.raises(SystemExit) as stop:  # 32 is not 12 times a power of two
+        main(["copying", "--preset", "tiny", "--out", str(tmp_path / "bad"), "--curriculum-start", "12"])
+    assert stop.value.code == 2 and "--curriculum-start 12" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_state_passing_starts_each_sequence_where_another_example_left_off():
+    exp = preset("induction", "tiny")
+    exp.data.state_passing = True
+    task = SyntheticTask(exp)
+    torch.manual_seed(0)
+    model = task.build_model().double()
+    ids = torch.stack([task.dataset(3, 32, seed=1)[i]["input_ids"] for i in range(3)])
+    states = task.passed_states(model, ids)
+    with torch.no_grad():  # example 1 starts from the state example 0 left (the batch rolled by one)
+        _, alone = model(ids[:1], model.allocate_states(1, dtype=torch.float64))
+    for layer, reference in zip(states, alone):
+        torch.testing.assert_close(layer.ssm[1:2], reference.ssm, rtol=1e-10, atol=1e-12)
+        assert not layer.ssm.requires_grad
+    passed = task.answer_logits(model, ids, states=states)
+    fresh = task.answer_logits(model, ids)
+    assert passed.shape == fresh.shape and not torch.allclose(passed, fresh)
+    loss, _ = task.loss(model, {"input_ids": ids, "target": torch.zeros(3, dtype=torch.long)})
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 def _run(tmp_path, *argv):
     results = main([*argv, "--out", str(tmp_path / "run"), "--device", "cpu"])
     assert json.loads((tmp_path / "run" / "results.json").read_text())["accuracy"] == results["accuracy"]

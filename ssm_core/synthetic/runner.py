@@ -2,6 +2,7 @@
 
     python -m ssm_core.synthetic {induction,copying} --out RUN [--preset tiny|paper] [--train-len L]
         [--eval-lens 64,256,...] [--steps N] [--no-selection] [--device auto|cpu|cuda] [engine flags]
+        [--curriculum-start L] [--state-passing]
 
 writes the usual run directory plus RUN/results.json
 ``{"task", "train_len", "accuracy": {"<length>": fraction correct}, "samples": {"<length>": n}, ...}`` and
@@ -18,10 +19,11 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ssm_core import MambaConfig, MambaLMHeadModel
+from ssm_core.train import curriculum
 from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add_engine_args, resolve_config,
                             to_dict, train_from_cli)
 from ssm_core.train.checkpoint import atomic_write_bytes
@@ -29,6 +31,20 @@ from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
 
 from .data import SyntheticDataset
+
+
+class StagedExamples(Dataset):
+    """Training examples under a length curriculum: item ``i`` belongs to optimiser step ``i // batch_size`` (the
+    engine reads an unshuffled dataset in order) and is item ``i`` of that step's length's dataset."""
+
+    def __init__(self, by_length: dict[int, Dataset], batch_size: int, schedule: list[tuple[int, int]]):
+        self.by_length, self.batch_size, self.schedule = by_length, batch_size, schedule
+
+    def __len__(self) -> int:
+        return min(len(d) for d in self.by_length.values())
+
+    def __getitem__(self, index: int):
+        return self.by_length[curriculum.length_at(self.schedule, index // self.batch_size)][index]
 
 
 @dataclass
@@ -43,6 +59,14 @@ class SyntheticData:
     eval_tokens: int = 2**25  # token budget per length (the longest lengths get max(16, budget // length) samples)
     eval_batch_tokens: int = 2**21  # tokens per forward pass during the length sweep
     eval_chunk: int = 2**16  # longer test sequences are read in chunks carrying the state (memory ~ chunk)
+    # length curriculum (ssm_core.train.curriculum): 0 = off, else training starts at this length and doubles up to
+    # train_len over the first curriculum_fraction of the steps
+    curriculum_start: int = 0
+    curriculum_fraction: float = 0.5
+    # state passing (Buitrago & Gu 2025): each training sequence starts from the recurrent state another example of
+    # the batch left (no gradient through it) rather than from zeros, so the model is trained on the kind of state
+    # it meets deep into a long test sequence
+    state_passing: bool = False
 
 
 @dataclass
@@ -109,20 +133,32 @@ class SyntheticTask(Task):
         return SyntheticDataset(d.task, size, seqlen, d.vocab, seed, d.num_tokens)
 
     def train_dataset(self):
-        t = self.exp.train
-        return self.dataset(t.steps * t.batch_size, self.exp.data.train_len, seed=t.seed)
+        t, d = self.exp.train, self.exp.data
+        if not d.curriculum_start:
+            return self.dataset(t.steps * t.batch_size, d.train_len, seed=t.seed)
+        return StagedExamples({length: self.dataset(t.steps * t.batch_size, length, seed=t.seed)
+                               for _, length in self.schedule()}, t.batch_size, self.schedule())
+
+    def schedule(self) -> list[tuple[int, int]]:
+        d, t = self.exp.data, self.exp.train
+        return curriculum.length_schedule(t.steps, d.train_len, d.curriculum_start or d.train_len,
+                                          d.curriculum_fraction)
 
     def valid_dataset(self):
         return self.dataset(self.exp.data.valid_samples, self.exp.data.train_len, seed=self.exp.train.seed + 10**6)
 
-    def answer_logits(self, model: nn.Module, input_ids: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    def answer_logits(self, model: nn.Module, input_ids: torch.Tensor, chunk: int | None = None,
+                      states: list | None = None) -> torch.Tensor:
         """(batch, answers, vocab) logits at the answer positions.
 
         With `chunk` (inference only), a sequence longer than `chunk` is streamed through the backbone chunk by
         chunk with its recurrent state carried over, keeping only the last hidden states: memory then depends on
-        the chunk, not the length (the 2^20-token induction test).
+        the chunk, not the length (the 2^20-token induction test). With `states` (training under state passing),
+        the sequence starts from those recurrent states.
         """
         answers = 1 if self.exp.data.task == "induction" else self.exp.data.num_tokens
+        if states is not None:
+            return model(input_ids, states)[0][:, -answers:, :self.exp.data.vocab].float()
         if chunk is None or input_ids.shape[1] <= chunk:
             return model(input_ids)[:, -answers:, :self.exp.data.vocab].float()
         tail = None
@@ -130,8 +166,17 @@ class SyntheticTask(Task):
             tail = hidden if tail is None else torch.cat([tail, hidden], dim=1)[:, -answers:]
         return model.lm_head(tail[:, -answers:])[..., :self.exp.data.vocab].float()
 
+    def passed_states(self, model: nn.Module, input_ids: torch.Tensor) -> list:
+        """The recurrent states each sequence of the batch starts from under state passing: those left by the
+        previous example of the batch (the batch rolled by one), computed without gradient."""
+        inner = getattr(model, "module", model)  # under DDP
+        with torch.no_grad():
+            _, states = model(input_ids.roll(1, dims=0), inner.allocate_states(input_ids.shape[0], input_ids.device))
+        return states
+
     def loss(self, model, batch):
-        logits = self.answer_logits(model, batch["input_ids"])
+        states = self.passed_states(model, batch["input_ids"]) if self.exp.data.state_passing else None
+        logits = self.answer_logits(model, batch["input_ids"], states=states)
         target = batch["target"].reshape(logits.shape[0], -1)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
         return loss, {"accuracy": (logits.argmax(-1) == target).float().mean()}
@@ -198,6 +243,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", choices=["tiny", "paper"], default="paper")
     parser.add_argument("--train-len", type=int, help="training sequence length")
     parser.add_argument("--eval-lens", type=_lengths, help="comma-separated test lengths, e.g. 64,256,1024")
+    parser.add_argument("--curriculum-start", type=int, metavar="L",
+                        help="train first at length L, doubling up to --train-len over the first half of the steps")
+    parser.add_argument("--state-passing", action="store_true",
+                        help="start each training sequence from the state another example left, not from zeros")
     parser.add_argument("--no-selection", action="store_true",
                         help="the ablation: Δ, B, C not input-dependent (a time-invariant SSM)")
     add_engine_args(parser)
@@ -210,12 +259,22 @@ def main(argv: list[str] | None = None) -> dict:
         exp.data.eval_lens = args.eval_lens
     if args.no_selection:
         exp.model.selective = False
+    if args.curriculum_start:
+        exp.data.curriculum_start = args.curriculum_start
+    if args.state_passing:
+        exp.data.state_passing = True
     try:
         exp = resolve_config(args, exp)
         resolve_device(exp.train.device)  # --device cuda without a GPU: refused before any work
     except (ValueError, RuntimeError) as err:
         parser.error(str(err))
     task = SyntheticTask(exp)
+    try:
+        schedule = task.schedule()
+    except ValueError as err:
+        parser.error(f"--curriculum-start {exp.data.curriculum_start}: {err}")
+    if len(schedule) > 1 and int(os.environ.get("RANK", "0")) == 0:
+        print(f"length curriculum: {curriculum.describe(schedule)}")
     result = train_from_cli(task, exp, args.out, resume=args.resume)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone measures
         return {}
