@@ -88,6 +88,10 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("tiny", "small", "full"), default="small",
                    help="genome size per species: tiny 2 Mbp, small 30 Mbp, full 300 Mbp (default: small)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--signal", choices=("realistic", "strong"),
+                   help="how much sets the species apart: realistic lineage-specific insertions (about one per 30 "
+                        "kbp on the human branch), or strong: 20 times as dense and more diverged, learnable in "
+                        "minutes (default: strong for tiny, realistic for small and full)")
     add_device_argument(p)  # simulation runs on the CPU; accepted for a uniform command line
     p.set_defaults(func=cmd_simulate)
     return p
@@ -99,10 +103,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from genomics.simulate import simulate
 
     started = time.perf_counter()
-    paths = simulate(args.out, args.size, args.seed)
+    paths = simulate(args.out, args.size, args.seed, signal=args.signal)
     for path in paths:
         print(path)
-    print(f"simulated {len(paths)} species ({args.size}, seed {args.seed}) in {time.perf_counter() - started:.1f} s",
+    print(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) in {time.perf_counter() - started:.1f} s",
           file=sys.stderr)
     return 0
 
@@ -305,6 +309,10 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: 1024)")
     p.add_argument("--pooling", choices=("last", "mean"), default="last",
                    help="classify from the last position (default, causal) or the mean of all positions")
+    p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
+                   help="standardise the pooled features with running statistics before the head (default; "
+                        "without it a mean over a long window barely varies between windows and the head learns "
+                        "slowly); --no-standardize for a plain linear head")
     p.add_argument("--test-samples", type=_positive_int, help="test windows classified at the end (default 2048)")
     p.add_argument("--valid-samples", type=_positive_int, help="validation windows (default 512)")
     p.add_argument("--max-batch-tokens", type=_positive_int,
@@ -327,7 +335,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     exp = FinetuneExperiment(init=args.init)
     if args.preset:
         exp.model, exp.preset = preset_config(args.preset, num_classes=2), args.preset
-    exp.model = replace(exp.model, pooling=args.pooling)
+    exp.model = replace(exp.model, pooling=args.pooling, standardize_pooled=args.standardize)
     if args.init:
         exp.preset = "pretrained"
     flags = {"fasta_dir": args.fasta_dir, "window": args.window, "iupac": args.iupac,

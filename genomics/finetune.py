@@ -86,7 +86,9 @@ def prepare(exp: FinetuneExperiment) -> FinetuneExperiment:
     model = replace(exp.model, num_classes=len(classes))
     if exp.init:
         pretrained = load_run_model(exp.init, flag="--init").config
-        model = classifier_config(pretrained, len(classes), exp.model.pooling)
+        # a classifier run keeps its own head (and its standardiser, or none); an LM gets the head asked for
+        standardize = pretrained.standardize_pooled if pretrained.num_classes else exp.model.standardize_pooled
+        model = classifier_config(pretrained, len(classes), exp.model.pooling, standardize)
         if pretrained.num_classes and (trained_on := init_classes(exp.init)) != classes:
             raise GenomicsInputError(f"--init {exp.init}: a classifier of the classes {trained_on}, "
                                      f"but {d.fasta_dir} holds {classes}; start from a pretraining run instead")

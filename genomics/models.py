@@ -34,11 +34,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_config(name: str, *, num_classes: int = 0, pooling: str = "last") -> MambaConfig:
-    """The MambaConfig of preset ``name`` for the DNA vocabulary (an LM without ``num_classes``)."""
+def preset_config(name: str, *, num_classes: int = 0, pooling: str = "last", standardize: bool = True) -> MambaConfig:
+    """The MambaConfig of preset ``name`` for the DNA vocabulary (an LM without ``num_classes``); a classifier's
+    pooled features are standardised before its head unless ``standardize`` is False."""
     if name not in PRESETS:
         raise GenomicsInputError(f"unknown model preset {name!r}; presets are {sorted(PRESETS)}")
-    return MambaConfig(vocab_size=VOCAB_SIZE, num_classes=num_classes, pooling=pooling, **PRESETS[name])
+    return MambaConfig(vocab_size=VOCAB_SIZE, num_classes=num_classes, pooling=pooling,
+                       standardize_pooled=standardize and num_classes > 0, **PRESETS[name])
 
 
 def parameter_count(config: MambaConfig) -> int:
@@ -56,9 +58,9 @@ def preset_table() -> str:
     return "\n".join(lines)
 
 
-def classifier_config(backbone: MambaConfig, num_classes: int, pooling: str) -> MambaConfig:
+def classifier_config(backbone: MambaConfig, num_classes: int, pooling: str, standardize: bool) -> MambaConfig:
     """A classifier config with the same backbone as `backbone` (a pretrained LM's config)."""
-    return dataclasses.replace(backbone, num_classes=num_classes, pooling=pooling)
+    return dataclasses.replace(backbone, num_classes=num_classes, pooling=pooling, standardize_pooled=standardize)
 
 
 def run_path(path: str | Path) -> Path:

@@ -181,8 +181,11 @@ def test_finetune_continues_from_a_classifier_run_head_included(workspace, tmp_p
                    "--test-samples", 4, "--device", "cpu") == 0
     before, after = load_run_model(workspace["ft"]).state_dict(), load_run_model(run).state_dict()
     assert set(before) == set(after) and any(k.startswith("head") for k in after)
-    for key in before:  # lr 1e-12: one step moves nothing visible, so every tensor (the head too) was loaded
-        torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-6, msg=key)
+    # the pooled features' running statistics came along and went on counting (one step of one micro-batch)
+    assert int(after["standardize.batches"]) == int(before["standardize.batches"]) + 1
+    for key in before:  # lr 1e-12: one step moves nothing visible, so every weight (the head too) was loaded
+        if not key.startswith("standardize."):
+            torch.testing.assert_close(after[key], before[key], rtol=0, atol=1e-6, msg=key)
     fewer = tmp_path / "four_species"
     fewer.mkdir()
     for fasta in sorted(workspace["apes"].glob("*.fa"))[:4]:
@@ -191,6 +194,19 @@ def test_finetune_continues_from_a_classifier_run_head_included(workspace, tmp_p
                    "--steps", 1, "--device", "cpu") == 1
     message = error_line(capsys.readouterr().err)
     assert "a classifier of the classes" in message and "orangutan" in message
+
+
+def test_finetune_standardises_pooled_features_unless_told_not_to(workspace, tmp_path):
+    from genomics.models import load_run_model
+
+    common = ["--fasta-dir", workspace["apes"], "--window", 64, "--steps", 1, "--batch-size", 2,
+              "--valid-samples", 4, "--test-samples", 4, "--device", "cpu", "--pooling", "mean"]
+    assert run_cli("finetune", "--out", tmp_path / "std", *common) == 0
+    assert run_cli("finetune", "--out", tmp_path / "plain", *common, "--no-standardize") == 0
+    standardized, plain = load_run_model(tmp_path / "std"), load_run_model(tmp_path / "plain")
+    assert standardized.config.standardize_pooled and standardized.config.pooling == "mean"
+    assert int(standardized.standardize.batches) == 1 and float(standardized.standardize.var.min()) > 0
+    assert not plain.config.standardize_pooled and not any(k.startswith("standardize") for k in plain.state_dict())
 
 
 def test_pretrain_reads_bed_intervals(workspace, tmp_path):

@@ -56,17 +56,47 @@ def test_chunked_mode_equals_full_forward(chunk):
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_classifier_chunked_equals_full(pooling):
+@pytest.mark.parametrize("pooling,standardize", [("last", False), ("mean", False), ("mean", True)])
+def test_classifier_chunked_equals_full(pooling, standardize):
     torch.manual_seed(2)
-    m = MambaSequenceClassifier(MambaConfig(d_model=16, n_layer=2, vocab_size=9, num_classes=5,
-                                            pooling=pooling)).double().eval()
+    m = MambaSequenceClassifier(MambaConfig(d_model=16, n_layer=2, vocab_size=9, num_classes=5, pooling=pooling,
+                                            standardize_pooled=standardize)).double()
+    if standardize:  # statistics from a few training batches, so that the standardiser is not the identity
+        with torch.no_grad():
+            for _ in range(3):
+                m(torch.randint(0, 9, (4, 50)))
+    m.eval()
     x = torch.randint(0, 9, (2, 101))
     torch.testing.assert_close(m.forward_chunked(x, chunk_size=16), m(x), rtol=1e-10, atol=1e-10)
     # padding on the right with a mask gives the logits of the unpadded sequence
     padded = torch.cat([x[:1, :60], torch.zeros(1, 41, dtype=torch.long)], 1)
     mask = torch.arange(101)[None] < 60
     torch.testing.assert_close(m(padded, mask), m(x[:1, :60]), rtol=1e-10, atol=1e-10)
+
+
+def test_running_standardize_uses_running_statistics_never_the_batch_alone():
+    from ssm_core.models.backbone import RunningStandardize
+
+    torch.manual_seed(0)
+    norm = RunningStandardize(3, momentum=0.1).double()
+    first = torch.randn(64, 3, dtype=torch.float64) * torch.tensor([1e-2, 1.0, 50.0]) + torch.tensor([5.0, 0, -2])
+    out = norm(first)  # the first batch sets the statistics: its output is standardised exactly
+    torch.testing.assert_close(out.mean(0), torch.zeros(3, dtype=torch.float64), rtol=0, atol=1e-9)
+    # even a feature that varies by 1e-2 only (a mean over a long window) comes out with unit variance
+    torch.testing.assert_close(out.std(0, unbiased=False), torch.ones(3, dtype=torch.float64), rtol=1e-4, atol=0)
+    # later batches: a cumulative average over the first 1 / momentum batches (here: the mean of two batches)
+    second = torch.randn(64, 3, dtype=torch.float64) + 7
+    norm(second)
+    torch.testing.assert_close(norm.mean, (first.mean(0) + second.mean(0)) / 2, rtol=1e-12, atol=1e-12)
+    # a micro-batch of one window trains without a degenerate variance, and evaluation uses the stored statistics
+    single = norm(torch.ones(1, 3, dtype=torch.float64))
+    assert torch.isfinite(single).all() and float(norm.var.min()) > 0
+    norm.eval()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    stored = (norm.mean.clone(), norm.var.clone())
+    torch.testing.assert_close(norm(x)[2:3], norm(x[2:3]), rtol=0, atol=0)
+    assert torch.equal(norm.mean, stored[0]) and torch.equal(norm.var, stored[1])
+    torch.testing.assert_close(norm(x), (x - stored[0]) / torch.sqrt(stored[1] + norm.eps), rtol=1e-12, atol=0)
 
 
 def test_generate_uses_step_mode_consistently():
@@ -126,6 +156,19 @@ def test_save_load_round_trip_and_mismatch(tmp_path):
     (tmp_path / "empty" / "model.json").write_text('{"d_model": 16}')  # some other tool's config
     with pytest.raises(ValueError, match="not a model config written by save_model"):
         load_model(tmp_path / "empty")
+
+
+def test_a_standardising_classifier_saves_and_loads_its_statistics(tmp_path):
+    torch.manual_seed(4)
+    m = MambaSequenceClassifier(MambaConfig(d_model=16, n_layer=1, vocab_size=9, num_classes=3, pooling="mean",
+                                            standardize_pooled=True))
+    with torch.no_grad():
+        m(torch.randint(0, 9, (6, 40)))  # training mode: the statistics move away from (0, 1)
+    save_model(m.eval(), tmp_path / "run")
+    loaded = load_model(tmp_path / "run").eval()
+    assert loaded.config.standardize_pooled and int(loaded.standardize.batches) == 1
+    x = torch.randint(0, 9, (2, 40))
+    torch.testing.assert_close(loaded(x), m(x), rtol=0, atol=0)
 
 
 def test_config_validation():

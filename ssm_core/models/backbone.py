@@ -200,8 +200,41 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_p: float =
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+class RunningStandardize(nn.Module):
+    """Standardise features with running statistics: (x - mean) / std per feature, no learnt affine.
+
+    Why a classifier needs it: a mean over thousands of positions varies very little from one sequence to the
+    next (the law of large numbers), so the head would need huge weights, grown at Adam's pace of about the
+    learning rate per step, before the logits could differ between sequences; standardised, the pooled features
+    vary by O(1) from the first step. Unlike BatchNorm it never normalises with the statistics of the batch at
+    hand, so it behaves the same at micro-batch 1 (long windows under gradient accumulation), in a chunked
+    forward and in evaluation. In training mode each batch updates the statistics (a cumulative average over the
+    first ``1 / momentum`` batches, an exponential one after), without gradient, before they are applied. ``eps``
+    is small because the variances it guards are: a mean over 2^20 positions varies by 1e-3 or less.
+
+    x (batch, features) -> (batch, features).
+    """
+
+    def __init__(self, features: int, momentum: float = 0.02, eps: float = 1e-8):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("var", torch.ones(features))
+        self.register_buffer("batches", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                rate = max(1.0 / float(self.batches + 1), self.momentum)
+                self.mean.lerp_(x.mean(0).to(self.mean.dtype), rate)
+                self.var.lerp_(((x - self.mean) ** 2).mean(0).to(self.var.dtype), rate)
+                self.batches += 1
+        return (x - self.mean) * torch.rsqrt(self.var + self.eps)
+
+
 class MambaSequenceClassifier(nn.Module):
-    """input_ids (batch, seqlen) -> class logits (batch, num_classes), pooling the last position or the mean."""
+    """input_ids (batch, seqlen) -> class logits (batch, num_classes), pooling the last position or the mean
+    (then, with ``config.standardize_pooled``, standardising the pooled features: :class:`RunningStandardize`)."""
 
     config_class = MambaConfig
 
@@ -211,6 +244,7 @@ class MambaSequenceClassifier(nn.Module):
             raise ValueError("MambaSequenceClassifier needs config.num_classes >= 1")
         self.config = config
         self.backbone = MambaBackbone(config)
+        self.standardize = RunningStandardize(config.d_model) if config.standardize_pooled else nn.Identity()
         self.head = nn.Linear(config.d_model, config.num_classes)
         init_weights(self, config.n_layer)
 
@@ -224,8 +258,12 @@ class MambaSequenceClassifier(nn.Module):
         last = (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(1)  # last real position
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    def classify(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled (batch, d_model) -> logits (batch, num_classes)."""
+        return self.head(self.standardize(pooled))
+
     def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.pool(self.backbone(input_ids), mask))
+        return self.classify(self.pool(self.backbone(input_ids), mask))
 
     @torch.no_grad()
     def forward_chunked(self, input_ids: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
@@ -236,4 +274,4 @@ class MambaSequenceClassifier(nn.Module):
             total = h.sum(1) if total is None else total + h.sum(1)
             last = h[:, -1]
         pooled = last if self.config.pooling == "last" else total / input_ids.shape[1]
-        return self.head(pooled)
+        return self.classify(pooled)

@@ -30,6 +30,7 @@ class MambaConfig:
     tie_embeddings: bool = True
     num_classes: int = 0            # > 0 for the sequence-classification head
     pooling: str = "last"           # "last" (causal models) or "mean"
+    standardize_pooled: bool = False  # classifier: pooled features standardised (running statistics) before the head
     scan_backend: str = "auto"
 
     def __post_init__(self):
