@@ -38,8 +38,12 @@ def write_tables(result: dict, stem: str, results: Path) -> None:
     s = result["settings"]
     init = (f"pretrained for {s['pretrain_steps']} steps of {s['pretrain_batch']} windows of "
             f"{s['pretrain_seqlen']:,} bp on the five genomes" if s["pretrain_steps"] else "from scratch")
-    lines = [f"# Simulated great apes ({result['genome_size']}): {result['mode']} run on {result['device']}", "",
-             f"Settings: preset {s['preset']} {init}, {s.get('pooling', 'last')} pooling; up to "
+    if s.get("chain"):
+        init = f"{init} at the first window, each longer window fine-tuned from the previous window's classifier"
+    lines = [f"# Simulated great apes ({result['genome_size']}, {result.get('signal', 'realistic')} signal): "
+             f"{result['mode']} run on {result['device']}", "",
+             f"Settings: preset {s['preset']} {init}, {s.get('pooling', 'last')} pooling"
+             f"{'' if s.get('standardize') else ' (pooled features not standardised)'}; up to "
              f"{s['finetune_steps']} fine-tuning steps (warm-up {s.get('warmup_steps', 100)}"
              + (f", at most {s['time_limit_min']} min per window" if s.get("time_limit_min") else "") + ") of "
              f"{s['finetune_tokens']:,} bases (batch = bases / window); {s['test_samples']} test windows from the "
@@ -77,6 +81,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a setting, e.g. --set windows=1024,4096 --set finetune_steps=500")
     parser.add_argument("--runs", type=Path, help="where runs go (default benchmarks/.cache/genomics_apes/runs_*)")
+    parser.add_argument("--signal", choices=("realistic", "strong"), default=None,
+                        help="the simulation's species signal (genomics simulate --signal; default: its default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables go (default %(default)s)")
     args = parser.parse_args(argv)
@@ -84,17 +90,20 @@ def main(argv=None) -> int:
     mode, size = ("quick", args.size or "tiny") if args.quick else ("device", args.size or "small")
     device = "cpu" if args.quick and args.device == "auto" else args.device
     root = CACHE.parent / "genomics_apes"
-    genomes, runs = root / f"genomes_{size}_seed{args.seed}", args.runs or root / f"runs_{mode}_{size}_{s.preset}"
-    tag = f"{mode}_{size}_{s.preset}" + ("_pretrained" if s.pretrain_steps else "") + f"_{s.pooling}"
+    signal = args.signal or ("strong" if size == "tiny" else "realistic")
+    size_signal = size + ("" if signal == "realistic" else f"_{signal}")
+    tag = (f"{mode}_{size_signal}_{s.preset}" + ("_pretrained" if s.pretrain_steps else "") + f"_{s.pooling}"
+           + ("" if s.standardize else "_nostd") + ("_chain" if s.chain else ""))
+    genomes, runs = root / f"genomes_{size_signal}_seed{args.seed}", args.runs or root / f"runs_{tag}"
     started = time.perf_counter()
     if not (genomes / "orangutan.fa").exists():
-        genomics("simulate", "--out", genomes, "--size", size, "--seed", args.seed)
+        genomics("simulate", "--out", genomes, "--size", size, "--signal", signal, "--seed", args.seed)
     dev = device_name(device)
     classes = sorted(p.name.split(".")[0] for p in genomes.glob("*.fa"))
 
     def save(species: list[dict]) -> None:
         result = {"mode": mode + (" (CPU smoke run, not the benchmark)" if args.quick else ""), "device": dev,
-                  "genome_size": size, "settings": vars(s), "classes": classes, "species": species,
+                  "genome_size": size, "signal": signal, "settings": vars(s), "classes": classes, "species": species,
                   "paper_real_great_apes": {k: {str(w): a for w, a in v.items()} for k, v in PAPER.items()},
                   "minutes": (time.perf_counter() - started) / 60}
         write_tables(result, f"genomics_apes_{tag}_{dev}", args.results_dir)

@@ -73,8 +73,10 @@ class Settings:
     lr: float
     finetune_tokens: int = 0  # when set, each window length's batch is finetune_tokens // window (at least 2)
     pooling: str = "last"  # the classifier reads the last position (causal) or the mean over the window
+    standardize: bool = True  # pooled features standardised before the head (finetune's default)
     warmup_steps: int = 100  # fine-tuning's linear warm-up (the engine's default), then cosine decay
     time_limit_min: float = 0.0  # when set, each fine-tuning run stops after this many minutes (then tests)
+    chain: bool = False  # each window's classifier starts from the previous (shorter) window's, not from scratch
 
     def batch_for(self, window: int) -> int:
         return max(2, self.finetune_tokens // window) if self.finetune_tokens else self.finetune_batch
@@ -199,7 +201,7 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
     from genomics.baselines import KmerNaiveBayes
     from genomics.datasets import SpeciesWindows
 
-    rows = []
+    rows, previous = [], None
     for window in s.windows:
         run = runs / f"species_w{window}"
         trained_in = None
@@ -208,11 +210,13 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
             args = ["finetune", "--fasta-dir", genomes, "--out", run, "--window", window, "--steps",
                     s.finetune_steps, "--batch-size", s.batch_for(window), "--lr", s.lr, "--seed", seed,
                     "--test-samples", s.test_samples, "--valid-samples", min(512, s.test_samples), "--device", device,
-                    "--pooling", s.pooling, "--set", f"train.eval_every={max(1, s.finetune_steps // 4)}",
+                    "--pooling", s.pooling, *([] if s.standardize else ["--no-standardize"]),
+                    "--set", f"train.eval_every={max(1, s.finetune_steps // 4)}",
                     "--set", f"train.optim.warmup_steps={s.warmup_steps}"]
             if s.time_limit_min:
                 args += ["--set", f"train.time_limit_min={s.time_limit_min}"]
-            args += ["--init", init] if init else ["--preset", s.preset]
+            source = previous if s.chain and previous is not None else init
+            args += ["--init", source] if source else ["--preset", s.preset]
             if window >= 2**16:
                 args.append("--activation-checkpointing")
             genomics(*args)
@@ -233,6 +237,7 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
               f"NB k=6 {100 * row['nb_k6']:.1f}%  (baselines {time.perf_counter() - started:.0f} s)")
         rows.append(row)
         save(rows)
+        previous = run
     return rows
 
 
@@ -294,9 +299,13 @@ def with_overrides(s: Settings, overrides: list[str], parser: argparse.ArgumentP
             parser.error(f"--set {text}: unknown field {key!r}; fields are {sorted(vars(s))}")
         default = getattr(s, key)
         try:
-            parsed = (tuple(int(v) for v in value.split(",") if v) if isinstance(default, tuple)
-                      else type(default)(value))
-        except ValueError:
+            if isinstance(default, bool):  # bool("false") is True: spell the two values out
+                parsed = {"true": True, "1": True, "false": False, "0": False}[value.lower()]
+            elif isinstance(default, tuple):
+                parsed = tuple(int(v) for v in value.split(",") if v)
+            else:
+                parsed = type(default)(value)
+        except (ValueError, KeyError):
             parser.error(f"--set {text}: {value!r} is not a valid {type(default).__name__}")
         s = Settings(**{**vars(s), key: parsed})
     return s

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from genomics.cli import main
+from genomics.errors import GenomicsInputError
 from genomics.datasets import SpeciesWindows
 from genomics.simulate import (SPECIES, N_, SimConfig, _delete, _insert, config_for_size, markov_table,
                                sample_markov, simulate, simulate_genomes)
@@ -33,7 +34,7 @@ def test_pairwise_divergences_match_the_tree(aligned_genomes):
 
 
 def test_composition_repeats_gaps_and_names():
-    genomes = dict(simulate_genomes(config_for_size("tiny"), seed=0))
+    genomes = dict(simulate_genomes(config_for_size("tiny", "realistic"), seed=0))
     assert list(genomes) == ["orangutan", "gorilla", "human", "chimpanzee", "bonobo"]
     assert list(genomes["human"]) == [f"chr{c}" for c in list(range(1, 23)) + ["X"]]
     assert list(genomes["chimpanzee"])[:3] == ["chr1", "chr2A", "chr2B"] and len(genomes["chimpanzee"]) == 24
@@ -51,6 +52,23 @@ def test_composition_repeats_gaps_and_names():
     assert abs(len(human_chr2) - chimp_2) < 0.02 * chimp_2  # the fusion of 2A and 2B
     lengths = {s: sum(len(v) for v in g.values()) for s, g in genomes.items()}
     assert max(lengths.values()) < 1.02 * min(lengths.values())  # indels and insertions are small changes
+
+
+def test_the_strong_signal_is_the_default_for_tiny_only_and_adds_lineage_insertions():
+    realistic, strong = config_for_size("tiny", "realistic"), config_for_size("tiny")
+    assert config_for_size("small") == config_for_size("small", "realistic") != config_for_size("small", "strong")
+    assert strong.lineage_insert_rate == pytest.approx(20 * realistic.lineage_insert_rate)
+    assert strong.lineage_family_divergence > realistic.lineage_family_divergence
+    with pytest.raises(GenomicsInputError, match="signal must be one of"):
+        config_for_size("tiny", "loud")
+
+    def lengths(config):  # lineage insertions are the only source of extra sequence once indels are off
+        config = replace(config, total_length=400_000, indel_ratio=0.0, assembly_gaps=False)
+        return {s: sum(len(v) for v in g.values()) for s, g in simulate_genomes(config, seed=1)}
+
+    few, many = lengths(realistic), lengths(strong)
+    for species in SPECIES:  # every species' path from the root has the same length (ultrametric tree)
+        assert 0.3 * few[species] < many[species] - few[species] < 0.7 * few[species], species
 
 
 def test_markov_chain_matches_its_table():
@@ -95,6 +113,10 @@ def test_cli_writes_five_fasta_files_the_species_dataset_reads(tmp_path, capsys)
     assert main(["simulate", "--out", str(out), "--size", "tiny", "--seed", "2"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{s}.fa" for s in SPECIES)
     assert capsys.readouterr().out.split() == [str(out / f"{s}.fa") for s in SPECIES]
+    assert main(["simulate", "--out", str(tmp_path / "r"), "--size", "tiny", "--seed", "2",
+                 "--signal", "realistic"]) == 0
+    assert "realistic signal" in capsys.readouterr().err
+    assert (tmp_path / "r" / "human.fa").stat().st_size < (out / "human.fa").stat().st_size
     first_line = (out / "bonobo.fa").read_text().split("\n", 1)[0]
     assert first_line == ">chr1 simulated bonobo (seed 2)"
     ds = SpeciesWindows(out, "test", 2048, samples=10)
