@@ -58,9 +58,11 @@ examples:
   python -m genomics fetch path/to/manifest.json --dest data/x
 
 MANIFEST is a name in data_manifests/ (hg38, great_apes) or a JSON file (format: data_manifests/README.md).
-Downloads resume when interrupted and are checked against the manifest's SHA-256 and size: a corrupt
-download is deleted and fetched again, never used. Where the manifest has no checksum, the computed one
-is printed so it can be pinned. Files are then decompressed or recompressed as BGZF and indexed.
+Downloads resume when interrupted and are checked against the manifest's SHA-256 (or MD5) and size, or,
+where none is pinned, against the MD5 the publisher lists (the manifest's checksums_url: UCSC's md5sum.txt for
+the great-ape assemblies): a corrupt download is deleted and fetched again, never used. The SHA-256 of every file
+no pinned SHA-256 verified is printed so it can be pinned. Files are then decompressed or recompressed as BGZF
+and indexed.
 """
 
 

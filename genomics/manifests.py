@@ -1,17 +1,20 @@
 """Data manifests (``data_manifests/*.json``) and ``python -m genomics fetch``.
 
-A manifest names the files of one real data set with their URL, size and SHA-256 when known, licence,
-citation and the post-processing that makes them usable (format: ``data_manifests/README.md``). ``fetch``
-downloads each file into ``DEST/.downloads/`` through :func:`ssm_core.utils.download.download` (resumes a
-partial ``.part`` file, verifies size and SHA-256, deletes and re-fetches a corrupt file, never uses it), then
-post-processes it into ``DEST/<output>``:
+A manifest names the files of one real data set with their URL, size and checksum, licence, citation and the
+post-processing that makes them usable (format: ``data_manifests/README.md``). A checksum is a pinned SHA-256 or
+MD5, or, where none could be pinned, ``checksums_url``: the publisher's own checksum list in ``md5sum`` format
+(UCSC's ``md5sum.txt`` beside every assembly), read at fetch time. ``fetch`` downloads each file into
+``DEST/.downloads/`` through :func:`ssm_core.utils.download.download` (resumes a partial ``.part`` file,
+verifies size and checksum, deletes and re-fetches a corrupt file, never uses it), then post-processes it into
+``DEST/<output>``:
 
 ``decompress``  plain-gzip -> uncompressed file (fastest random access)
 ``bgzip``       plain-gzip -> BGZF (blocked gzip: random access at a third of the disk space)
 ``faidx``       build the FASTA index (``.fai``, plus ``.gzi`` for BGZF) so the first run does not have to
 
-When the manifest has no checksum for a file, fetch prints the one it computed, so it can be pinned. A stamp
-``DEST/.fetch/<output>.json`` records the verified source checksum and the output's size; a later fetch skips
+Fetch prints the SHA-256 of every file no pinned SHA-256 verified, so it can be pinned, and says plainly when
+nothing verified a file. A stamp ``DEST/.fetch/<output>.json`` records the source's SHA-256, what verified it
+and the output's size; a later fetch skips
 files whose stamp agrees with the manifest and whose output still has that size, and redoes the others (a
 checksum the manifest now pins differently, an output truncated or overwritten since).
 """
@@ -37,6 +40,8 @@ class ManifestFile:
     url: str
     output: str  # file name after post-processing (the one to use)
     sha256: str | None = None
+    md5: str | None = None
+    checksums_url: str | None = None  # the publisher's checksum list (md5sum format), used when none is pinned
     size: int | None = None
     post: tuple[str, ...] = ()
     note: str = ""
@@ -94,19 +99,54 @@ def load_manifest(name_or_path: str | Path) -> Manifest:
             raise GenomicsInputError(f"{where}: unknown post-processing step(s) {unknown}; known: {POST_STEPS}")
         if "decompress" in post and "bgzip" in post:
             raise GenomicsInputError(f"{where}: choose one of 'decompress' and 'bgzip'")
-        sha256 = entry.get("sha256")
-        if sha256 is not None and (len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256.lower())):
-            raise GenomicsInputError(f"{where}: sha256 must be 64 hex digits or null, got {sha256!r}")
+        digests = {}
+        for key, digits in (("sha256", 64), ("md5", 32)):
+            value = entry.get(key)
+            if value is not None and not _is_hex(value, digits):
+                raise GenomicsInputError(f"{where}: {key} must be {digits} hex digits or null, got {value!r}")
+            digests[key] = value.lower() if value else None
         output = entry.get("output", entry["filename"])
         if output in outputs or "/" in output or "/" in entry["filename"]:
             raise GenomicsInputError(f"{where}: output {output!r} is repeated or not a plain file name")
         outputs.add(output)
-        files.append(ManifestFile(name=entry["filename"], url=entry["url"], output=output,
-                                  sha256=sha256.lower() if sha256 else None, size=entry.get("size"), post=post,
+        files.append(ManifestFile(name=entry["filename"], url=entry["url"], output=output, **digests,
+                                  checksums_url=entry.get("checksums_url"), size=entry.get("size"), post=post,
                                   note=entry.get("note", "")))
     info = {k: v for k, v in data.items() if k not in ("name", "description", "files")}
     return Manifest(name=data.get("name", path.stem), description=data.get("description", ""),
                     files=tuple(files), path=path, info=info)
+
+
+def _is_hex(value, digits: int) -> bool:
+    return isinstance(value, str) and len(value) == digits and all(c in "0123456789abcdef" for c in value.lower())
+
+
+def published_md5(entry: ManifestFile, dest: Path, quiet: bool = False) -> str:
+    """The MD5 that ``entry.checksums_url`` (lines ``<md5>  [*][./]<file name>``) lists for ``entry.name``.
+
+    The list is small and publishers update it with their files, so it is downloaded afresh each time."""
+    from ssm_core.utils.download import download
+
+    listing = dest / ".downloads" / f"{entry.name}.checksums"
+    listing.unlink(missing_ok=True)
+    download(entry.checksums_url, listing, quiet=True)
+    found = None
+    for number, line in enumerate(listing.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().lstrip("*").removeprefix("./")
+        if not _is_hex(digest, 32) or not name:
+            raise GenomicsInputError(f"{entry.checksums_url}, line {number}: not an md5sum line "
+                                     f"('<32 hex digits>  <file name>'): {line[:80]!r}")
+        if name.rsplit("/", 1)[-1] == entry.name:
+            found = digest.lower()
+    listing.unlink()
+    if found is None:
+        raise GenomicsInputError(f"{entry.checksums_url} lists no checksum for {entry.name}")
+    if not quiet:
+        print(f"{entry.name}: md5 {found} from {entry.checksums_url}", file=sys.stderr)
+    return found
 
 
 def _recompress_bgzf(src: Path, dest: Path):
@@ -179,15 +219,21 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
         download_path = dest / ".downloads" / entry.name
         if force:
             download_path.unlink(missing_ok=True)
-        download(entry.url, download_path, sha256=entry.sha256, size=entry.size, quiet=quiet)
+        md5, verified_by = entry.md5, ("sha256 pinned" if entry.sha256 else "md5 pinned" if entry.md5 else "none")
+        if entry.sha256 is None and md5 is None and entry.checksums_url:
+            md5, verified_by = published_md5(entry, dest, quiet), f"md5 from {entry.checksums_url}"
+        download(entry.url, download_path, sha256=entry.sha256, md5=md5, size=entry.size, quiet=quiet)
         digest = entry.sha256 or sha256sum(download_path)
         if entry.sha256 is None:
-            print(f"{entry.name}: sha256 {digest} (the manifest has none: add it to pin this file)", file=sys.stderr)
+            checked = "nothing verified it" if verified_by == "none" else f"verified by {verified_by}"
+            print(f"{entry.name}: sha256 {digest} ({checked}; add it to the manifest to pin this file)",
+                  file=sys.stderr)
         _post_process(entry, download_path, output, keep_downloads)
         if not keep_downloads:
             download_path.unlink(missing_ok=True)
         stamp_path.parent.mkdir(parents=True, exist_ok=True)
         stamp_path.write_text(json.dumps({"url": entry.url, "name": entry.name, "sha256": digest,
-                                          "output_size": output.stat().st_size, "manifest": manifest.name}, indent=1))
+                                          "verified_by": verified_by, "output_size": output.stat().st_size,
+                                          "manifest": manifest.name}, indent=1))
         outputs.append(output)
     return outputs

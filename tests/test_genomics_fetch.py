@@ -11,7 +11,7 @@ from genomics.errors import GenomicsInputError
 from genomics.fasta import gzip_kind, open_fasta
 from genomics.manifests import fetch_manifest, load_manifest
 from genomics.tokenizer import decode
-from ssm_core.utils.download import ChecksumError, sha256sum
+from ssm_core.utils.download import ChecksumError, md5sum, sha256sum
 
 
 @pytest.fixture
@@ -128,7 +128,8 @@ def test_unknown_checksum_is_printed_and_a_newly_pinned_one_refetches(tmp_path, 
     dest = tmp_path / "data"
     assert main(["fetch", str(manifest), "--dest", str(dest)]) == 0
     err = capsys.readouterr().err
-    assert f"genome.fa.gz: sha256 {sha256sum(source['fasta'])} (the manifest has none" in err
+    assert f"genome.fa.gz: sha256 {sha256sum(source['fasta'])} (nothing verified it" in err
+    assert json.loads((dest / ".fetch" / "toy.fa.json").read_text())["verified_by"] == "none"
     assert gzip_kind(dest / "toy.fa") is None and (dest / "toy.fa.fai").exists()
     (dest / "toy.fa").write_text(">stale\nAC\n")  # a file the stamp no longer vouches for ...
     data = json.loads(manifest.read_text())
@@ -136,6 +137,47 @@ def test_unknown_checksum_is_printed_and_a_newly_pinned_one_refetches(tmp_path, 
     manifest.write_text(json.dumps(data))
     with pytest.raises(ChecksumError):
         fetch_manifest(manifest, dest, quiet=True)
+
+
+def listed_manifest(tmp_path, source, listing: str, **extra):
+    """A manifest of the FASTA with no pinned checksum, verified through the md5sum list ``listing``."""
+    (tmp_path / "src" / "md5sum.txt").write_text(listing)
+    manifest = {"name": "listed", "kind": "genomics", "files": [
+        {"filename": "genome.fa.gz", "url": source["fasta"].as_uri(), "output": "toy.fa", "sha256": None,
+         "checksums_url": (tmp_path / "src" / "md5sum.txt").as_uri(), "post": ["decompress"], **extra}]}
+    path = tmp_path / "listed.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def test_a_file_is_verified_against_the_publishers_md5_list(tmp_path, source, capsys):
+    good = md5sum(source["fasta"])
+    listing = f"{'0' * 32}  other.fa.gz\n{good} *./genome.fa.gz\n\n"  # binary marker and ./ as md5sum writes them
+    dest = tmp_path / "data"
+    assert fetch_manifest(listed_manifest(tmp_path, source, listing), dest) == [dest / "toy.fa"]
+    stamp = json.loads((dest / ".fetch" / "toy.fa.json").read_text())
+    assert stamp["verified_by"] == f"md5 from {(tmp_path / 'src' / 'md5sum.txt').as_uri()}"
+    assert stamp["sha256"] == sha256sum(source["fasta"])
+    assert f"md5 {good} from" in capsys.readouterr().err
+
+
+def test_a_download_that_contradicts_the_md5_list_is_never_used(tmp_path, source):
+    dest = tmp_path / "data"
+    with pytest.raises(ChecksumError, match="md5 .* != expected " + "a" * 32):
+        fetch_manifest(listed_manifest(tmp_path, source, f"{'a' * 32}  genome.fa.gz\n"), dest, quiet=True)
+    assert not (dest / "toy.fa").exists() and not list((dest / ".downloads").glob("genome.fa.gz*"))
+    pinned = listed_manifest(tmp_path, source, f"{md5sum(source['fasta'])}  genome.fa.gz\n", md5="b" * 32)
+    with pytest.raises(ChecksumError):  # a pinned md5 wins over the list, and this one is wrong
+        fetch_manifest(pinned, dest, quiet=True)
+    assert not (dest / "toy.fa").exists()
+
+
+def test_a_checksum_list_without_the_file_or_not_in_md5sum_format_is_named(tmp_path, source):
+    with pytest.raises(GenomicsInputError, match=r"md5sum.txt lists no checksum for genome.fa.gz"):
+        fetch_manifest(listed_manifest(tmp_path, source, f"{'0' * 32}  other.fa.gz\n"), tmp_path / "d1")
+    with pytest.raises(GenomicsInputError, match=r"md5sum.txt, line 2: not an md5sum line"):
+        fetch_manifest(listed_manifest(tmp_path, source, f"{'0' * 32}  a\n<html>oops</html>\n"), tmp_path / "d2")
+    assert not (tmp_path / "d1" / "toy.fa").exists() and not (tmp_path / "d2" / "toy.fa").exists()
 
 
 def test_bad_manifests_are_reported(tmp_path):
@@ -147,6 +189,8 @@ def test_bad_manifests_are_reported(tmp_path):
         ('{"kind": "genomics", "files": [{"url": "file:///a"}]}', r"files\[0\]: missing \['filename'\]"),
         ('{"kind": "genomics", "files": [{"filename": "a", "url": "u", "post": ["unzip"]}]}', "unknown post"),
         ('{"kind": "genomics", "files": [{"filename": "a", "url": "u", "sha256": "abc"}]}', "64 hex digits"),
+        ('{"kind": "genomics", "files": [{"filename": "a", "url": "u", "md5": "' + "g" * 32 + '"}]}',
+         r"files\[0\]: md5 must be 32 hex digits"),
     ]:
         path.write_text(content)
         with pytest.raises(GenomicsInputError, match=message):
@@ -164,3 +208,6 @@ def test_shipped_manifests_load():
     for manifest in (hg38, apes):
         assert manifest.info["licence"] and manifest.info["citation"]
         assert all(f.url.startswith("https://") and (f.sha256 or f.note) for f in manifest.files)
+    # every assembly is verified at fetch time: against UCSC's md5sum.txt beside it, if nothing is pinned
+    for f in apes.files:
+        assert f.sha256 or f.md5 or f.checksums_url == f.url.rsplit("/", 1)[0] + "/md5sum.txt", f.name

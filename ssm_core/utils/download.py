@@ -1,7 +1,7 @@
 """Verified, resumable downloads for the data manifests (shared by `genomics fetch` and `audio fetch`).
 
 A download goes to ``<dest>.part``; an interrupted one resumes from the bytes already there (HTTP Range).
-The finished file is checked against its SHA-256 (and size) before it is renamed into place, so a corrupt
+The finished file is checked against its SHA-256 or MD5 (and size) before it is renamed into place, so a corrupt
 or truncated file is never used: on a mismatch the partial file is deleted and the download starts over.
 ``file://`` URLs are supported so that the logic is testable without a network.
 """
@@ -23,13 +23,31 @@ class ChecksumError(RuntimeError):
     """A downloaded file does not match the checksum or size its manifest declares."""
 
 
-def sha256sum(path: str | os.PathLike, chunk: int = CHUNK) -> str:
-    """Hex SHA-256 of a file, read in chunks (memory stays flat for multi-GB genomes)."""
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = CHUNK) -> str:
+    """Hex digest (``"sha256"``, ``"md5"``, ...) of a file, read in chunks (memory stays flat for multi-GB
+    genomes)."""
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def sha256sum(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha256")
+
+
+def md5sum(path: str | os.PathLike) -> str:
+    """MD5, for publishers that list only that (UCSC's md5sum.txt): it detects corruption, not tampering."""
+    return file_digest(path, "md5")
+
+
+def _mismatch(path: Path, expected: dict[str, str | None]) -> str | None:
+    """``"<algorithm> <got> != expected <want>"`` for the first expected digest the file fails, else None."""
+    for algorithm, want in expected.items():
+        if want is not None and (got := file_digest(path, algorithm)) != want:
+            return f"{algorithm} {got} != expected {want}"
+    return None
 
 
 def _open(url: str, offset: int):
@@ -49,16 +67,17 @@ def _open(url: str, offset: int):
 
 
 def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size: int | None = None,
-             retries: int = 1, quiet: bool = False) -> Path:
+             retries: int = 1, quiet: bool = False, md5: str | None = None) -> Path:
     """Download ``url`` to ``dest``, resuming a previous partial download, and verify it.
 
-    Returns ``dest``. If ``dest`` already exists and matches ``sha256``, nothing is downloaded.
-    Raises :class:`ChecksumError` when the file still mismatches after ``retries`` fresh attempts.
+    Returns ``dest``. If ``dest`` already exists and matches ``sha256`` and ``md5`` (those given), nothing is
+    downloaded. Raises :class:`ChecksumError` when the file still mismatches after ``retries`` fresh attempts.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
+    expected = {"sha256": sha256, "md5": md5}
     if dest.exists():
-        if sha256 is None or sha256sum(dest) == sha256:
+        if _mismatch(dest, expected) is None:
             return dest
         if not quiet:
             print(f"{dest}: checksum mismatch with the manifest; fetching it again")
@@ -79,8 +98,8 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size:
         problem = None
         if size is not None and part.stat().st_size != size:
             problem = f"size {part.stat().st_size} != expected {size}"
-        elif sha256 is not None and (got := sha256sum(part)) != sha256:
-            problem = f"sha256 {got} != expected {sha256}"
+        else:
+            problem = _mismatch(part, expected)
         if problem is None:
             os.replace(part, dest)
             return dest
