@@ -21,8 +21,9 @@ at a size that runs in a few minutes on a laptop CPU:
 5. **plot** test accuracy against window length, beside a k-mer naive-Bayes baseline.
 
 Every step is one command; here each runs in-process through `genomics.cli.main` with exactly the arguments
-you would type after `python -m genomics`. At this tiny size (40 K parameters, a few dozen steps) the model only
-begins to learn: the point is the workflow. The paper-sized runs (`--preset 7m`, windows up to 2^20,
+you would type after `python -m genomics`. At this tiny size (40 K parameters, a hundred steps per window) the
+model learns enough to show accuracy rising with the window, on the simulation's strong signal (the tiny size's
+default: `simulate --signal`). The paper-sized runs (`--preset 7m`, windows up to 2^20,
 10 x 1024 steps) are for a GPU; see `benchmarks/`."""),
     new_code_cell("""\
 import os
@@ -70,14 +71,15 @@ display(Image("runs/lm/plots/metrics.png"))"""),
     new_markdown_cell("""\
 ## 3. Fine-tune species classifiers at two window lengths
 
-`--init runs/lm` starts from the pretrained backbone and adds a classification head on the last position.
-Each run prints the split plan per species, trains, then classifies a fixed set of test windows from the
+`--init runs/lm` starts from the pretrained backbone and adds a classification head; `--pooling mean` averages
+the positions (standardised before the head), which learns faster than reading the last position. The 1024-bp
+run starts from the 256-bp classifier (`--init runs/w256`): longer windows hold fewer windows per step. Each run prints the split plan per species, trains, then classifies a fixed set of test windows from the
 held-out chromosomes: `metrics.json` gets `test_accuracy` and the confusion matrix
 (`confusion_matrix.png`)."""),
     new_code_cell("""\
-for window in (256, 1024):
-    genomics(f"finetune --fasta-dir apes --out runs/w{window} --init runs/lm --window {window} "
-             f"--steps 40 --batch-size 8 --lr 3e-3 --valid-samples 32 --test-samples 200 --device cpu")
+for window, init in ((256, "runs/lm"), (1024, "runs/w256")):
+    genomics(f"finetune --fasta-dir apes --out runs/w{window} --init {init} --window {window} --pooling mean "
+             f"--steps 100 --batch-size 8 --lr 3e-3 --valid-samples 32 --test-samples 200 --device cpu")
 display(Image("runs/w1024/confusion_matrix.png"))"""),
     new_markdown_cell("""\
 ## 4. Classify the records of a FASTA file
@@ -104,8 +106,8 @@ print(Path("calls.tsv").read_text())"""),
 
 `plot-lengths` reads the fine-tuning runs' `metrics.json` and plots test accuracy against window length. Beside
 it, the k-mer naive-Bayes baseline (6-mer counts) on windows from the same splits: with more sequence it
-finds more of the lineage-specific differences. At this tiny training budget the Mamba is still close to
-chance; the GPU benchmark trains the paper's 7M model long enough to see its curve rise."""),
+finds more of the lineage-specific differences, and so does the model. On an H100 the 1.4m preset goes from
+65% at 1 kbp to 100% at 64 kbp on the small genome (`benchmarks/genomics_apes.py`)."""),
     new_code_cell("""\
 genomics("plot-lengths runs/w256 runs/w1024 --out accuracy_vs_length.png")
 display(Image("accuracy_vs_length.png"))
