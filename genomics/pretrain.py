@@ -24,8 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ssm_core import MambaConfig, MambaLMHeadModel
-from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_cli
-from ssm_core.train import curriculum
+from ssm_core.train import OptimConfig, Task, TrainConfig, curriculum, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
 
 from genomics.datasets import GenomeWindows

@@ -23,9 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ssm_core import MambaConfig, MambaLMHeadModel
-from ssm_core.train import curriculum
-from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add_engine_args, resolve_config,
-                            to_dict, train_from_cli)
+from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add_engine_args, curriculum,
+                            resolve_config, to_dict, train_from_cli)
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
