@@ -21,6 +21,8 @@ from pathlib import Path
 from genomics_real import (CACHE, RESULTS, Settings, device_name, genomics, plot_species, species_check,
                            with_overrides)
 
+from genomics.simulate import SIGNALS, default_signal
+
 # The Mamba paper's Figure 6 (real great apes, 5 classes), read off its plot: test accuracy at 2^10 and 2^20.
 PAPER = {"HyenaDNA 1.4M": {1024: 0.28, 1048576: 0.55}, "Mamba 7M": {1024: 0.30, 1048576: 0.81}}
 
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a setting, e.g. --set windows=1024,4096 --set finetune_steps=500")
     parser.add_argument("--runs", type=Path, help="where runs go (default benchmarks/.cache/genomics_apes/runs_*)")
-    parser.add_argument("--signal", choices=("realistic", "strong"), default=None,
+    parser.add_argument("--signal", choices=SIGNALS, default=None,
                         help="the simulation's species signal (genomics simulate --signal; default: its default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the tables go (default %(default)s)")
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
     mode, size = ("quick", args.size or "tiny") if args.quick else ("device", args.size or "small")
     device = "cpu" if args.quick and args.device == "auto" else args.device
     root = CACHE.parent / "genomics_apes"
-    signal = args.signal or ("strong" if size == "tiny" else "realistic")
+    signal = args.signal or default_signal(size)
     size_signal = size + ("" if signal == "realistic" else f"_{signal}")
     tag = (f"{mode}_{size_signal}_{s.preset}" + ("_pretrained" if s.pretrain_steps else "") + f"_{s.pooling}"
            + ("" if s.standardize else "_nostd") + ("_chain" if s.chain else ""))

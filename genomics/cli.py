@@ -83,6 +83,8 @@ def resolve_device(name: str):
 
 
 def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
+    from genomics.simulate import SIGNALS
+
     p = subparsers.add_parser("simulate", help="write the simulated great-apes benchmark (5 FASTA files)",
                               description="Simulate five great-ape genomes evolved from one ancestor.",
                               epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +92,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--size", choices=("tiny", "small", "full"), default="small",
                    help="genome size per species: tiny 2 Mbp, small 30 Mbp, full 300 Mbp (default: small)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--signal", choices=("realistic", "strong"),
+    p.add_argument("--signal", choices=SIGNALS,
                    help="how much sets the species apart: realistic lineage-specific insertions (about one per 30 "
                         "kbp on the human branch), or strong: 20 times as dense and more diverged, learnable in "
                         "minutes (default: strong for tiny, realistic for small and full)")
@@ -108,8 +110,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     paths = simulate(args.out, args.size, args.seed, signal=args.signal)
     for path in paths:
         print(path)
-    print(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) in {time.perf_counter() - started:.1f} s",
-          file=sys.stderr)
+    print(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) in "
+          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
     return 0
 
 

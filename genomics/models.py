@@ -34,13 +34,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def preset_config(name: str, *, num_classes: int = 0, pooling: str = "last", standardize: bool = True) -> MambaConfig:
-    """The MambaConfig of preset ``name`` for the DNA vocabulary (an LM without ``num_classes``); a classifier's
-    pooled features are standardised before its head unless ``standardize`` is False."""
+def preset_config(name: str, *, num_classes: int = 0, pooling: str = "last") -> MambaConfig:
+    """The MambaConfig of preset ``name`` for the DNA vocabulary (an LM without ``num_classes``); a classifier
+    standardises its pooled features before its head (``finetune --no-standardize`` turns that off)."""
     if name not in PRESETS:
         raise GenomicsInputError(f"unknown model preset {name!r}; presets are {sorted(PRESETS)}")
     return MambaConfig(vocab_size=VOCAB_SIZE, num_classes=num_classes, pooling=pooling,
-                       standardize_pooled=standardize and num_classes > 0, **PRESETS[name])
+                       standardize_pooled=num_classes > 0, **PRESETS[name])
 
 
 def parameter_count(config: MambaConfig) -> int:

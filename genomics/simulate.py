@@ -135,24 +135,27 @@ class SimConfig:
 
 
 SIGNALS = ("realistic", "strong")
-# "strong": lineage-specific SINE insertions 20 times as dense (about one per 1.5 kbp on the human branch, one per
-# 4.5 kbp on the chimpanzee and bonobo branches) and each branch's subfamily 10 % from its parent's instead of 3 %
-STRONG = {"lineage_rate_factor": 20.0, "lineage_family_divergence": 0.10}
+
+
+def default_signal(size: str) -> str:
+    """Strong for tiny (minutes of CPU training must show the effect), realistic for the others."""
+    return "strong" if size == "tiny" else "realistic"
 
 
 def config_for_size(size: str, signal: str | None = None) -> SimConfig:
-    """The simulation of a size; ``signal`` (default: strong for tiny, realistic otherwise) sets how dense and
-    how distinct the lineage-specific insertions are."""
+    """The simulation of a size; ``signal`` (default: :func:`default_signal`) sets how dense and how distinct the
+    lineage-specific insertions are."""
     if size not in SIZES:
         raise GenomicsInputError(f"size must be one of {tuple(SIZES)}, got {size!r}")
-    signal = signal or ("strong" if size == "tiny" else "realistic")
+    signal = signal or default_signal(size)
     if signal not in SIGNALS:
         raise GenomicsInputError(f"signal must be one of {SIGNALS}, got {signal!r}")
     if signal == "realistic":
         return SimConfig(total_length=SIZES[size])
-    return SimConfig(total_length=SIZES[size],
-                     lineage_insert_rate=STRONG["lineage_rate_factor"] * SimConfig.lineage_insert_rate,
-                     lineage_family_divergence=STRONG["lineage_family_divergence"])
+    # strong: insertions 20 times as dense (about one per 1.5 kbp on the human branch, one per 4.5 kbp on the
+    # chimpanzee and bonobo branches), each branch's subfamily 10 % from its parent's instead of 3 %
+    return SimConfig(total_length=SIZES[size], lineage_insert_rate=20 * SimConfig.lineage_insert_rate,
+                     lineage_family_divergence=0.10)
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -73,8 +73,8 @@ display(Image("runs/lm/plots/metrics.png"))"""),
 
 `--init runs/lm` starts from the pretrained backbone and adds a classification head; `--pooling mean` averages
 the positions (standardised before the head), which learns faster than reading the last position. The 1024-bp
-run starts from the 256-bp classifier (`--init runs/w256`): longer windows hold fewer windows per step. Each run prints the split plan per species, trains, then classifies a fixed set of test windows from the
-held-out chromosomes: `metrics.json` gets `test_accuracy` and the confusion matrix
+run starts from the 256-bp classifier (`--init runs/w256`): longer windows hold fewer windows per step. Each run prints the split plan per species, trains, then classifies a
+fixed set of test windows from the held-out chromosomes: `metrics.json` gets `test_accuracy` and the confusion matrix
 (`confusion_matrix.png`)."""),
     new_code_cell("""\
 for window, init in ((256, "runs/lm"), (1024, "runs/w256")):

@@ -258,7 +258,7 @@ def stage_genomics_finetune(ctx: Context) -> dict:
 
     s = ctx.sizes
     accuracy = {}
-    init = ctx.path("genomics", "lm")  # the first window starts from the pretrained LM, each next from the last
+    init = ctx.path("genomics", "lm")
     for window in s.windows:
         run = ctx.path("genomics", f"w{window}")
         checkpointing = ["--activation-checkpointing"] if window >= 2**17 else []

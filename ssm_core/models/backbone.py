@@ -225,7 +225,8 @@ class RunningStandardize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             with torch.no_grad():
-                rate = max(1.0 / float(self.batches + 1), self.momentum)
+                # a tensor, not a Python float: reading `batches` back would sync the GPU every step
+                rate = (1.0 / (self.batches + 1)).clamp(min=self.momentum).to(self.mean.dtype)
                 self.mean.lerp_(x.mean(0).to(self.mean.dtype), rate)
                 self.var.lerp_(((x - self.mean) ** 2).mean(0).to(self.var.dtype), rate)
                 self.batches += 1
