@@ -22,9 +22,8 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from audio.datasets import DIGITS, SPLIT_LISTS
-from ssm_core.utils.download import download
+from ssm_core.utils.download import MANIFEST_DIR, download
 
-MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
 POST_PROCESS = ("extract_sc09", "unzip", None)
 
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genomics.errors import GenomicsInputError
+from ssm_core.utils.download import MANIFEST_DIR
 
-MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
 POST_STEPS = ("decompress", "bgzip", "faidx")
 
 

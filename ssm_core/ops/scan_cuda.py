@@ -1,9 +1,11 @@
 """CUDA C++ kernels of the selective scan (``csrc/selective_scan.cu``): the ``gpu`` backend's fast path.
 
-The source is built at first use with PyTorch's JIT extension loader (``torch.utils.cpp_extension.load``: nvcc and
-ninja, the build cached per source hash, a lock for concurrent ranks). The kernels take raw pointers and include
-no PyTorch header, so the build takes ~20 s and is called through ``ctypes``. Where no CUDA compiler is present
-the ``gpu`` backend uses the Triton kernels (``scan_triton.py``) instead; ``available()`` says why.
+The source is compiled at first use with NVRTC, which ships in PyTorch's CUDA wheels, and launched through the
+CUDA driver API (``nvrtc.py``): no CUDA toolkit, ``nvcc`` or host compiler is needed, and nothing is built at
+install time. Each (element type, lanes per channel) pair is compiled on its own when first needed (a few seconds)
+and cached on disk per source hash, GPU architecture and versions. Where the kernels cannot be had (no NVRTC, an
+architecture this NVRTC does not know) the ``gpu`` backend falls back to the Triton kernels (``scan_triton.py``)
+with a warning; ``available()`` says why.
 
 Supported here: fp32, fp16 and bf16 inputs (fp32 accumulation), dstate <= 64. fp64 goes to Triton.
 Design and measurements: ``benchmarks/NOTES_gpu_scan.md`` (version 3).
@@ -12,17 +14,28 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import nvrtc
+
 SOURCE = Path(__file__).with_name("csrc") / "selective_scan.cu"
-_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_TYPE_NAMES = {torch.float32: "float", torch.float16: "__half", torch.bfloat16: "__nv_bfloat16"}
 SC = 64                  # steps per chunk: the interval of the states the forward keeps (SC in the source)
 MAX_DSTATE = 64
-_FWD, _FWD_SEGMENTS, _BWD_SEGMENTS, _BWD, _BWD_CAPPED = 0, 1, 2, 3, 4   # kernel kinds of ssm_scan_launch
+NT = 128                 # threads per block (NT in the source)
+_FWD, _FWD_SEGMENTS, _BWD_SEGMENTS, _BWD, _BWD_CAPPED = 0, 1, 2, 3, 4   # kernel kinds (smem_bytes in the source)
+_KERNEL_NAMES = {        # C++ name of each kind, for one element type T and lanes per channel TPC
+    _FWD: "ssm_scan::fwd_kernel<{T}, {TPC}, false>",
+    _FWD_SEGMENTS: "ssm_scan::fwd_kernel<{T}, {TPC}, true>",
+    _BWD_SEGMENTS: "ssm_scan::bwd_segment_kernel<{T}, {TPC}>",
+    _BWD: "ssm_scan::bwd_kernel<{T}, {TPC}, 3>",
+    _BWD_CAPPED: "ssm_scan::bwd_kernel<{T}, {TPC}, 4>",
+}
+_CARRY, _SMEM, _PARAMS_SIZE = "ssm_scan::carry_kernel", "&ssm_scan_smem_bytes", "&ssm_scan_params_size"
+NVRTC_OPTIONS = ["-std=c++17"]
 # Tensors the kernels read or write in 16-byte vectors when all are 16-byte aligned and seqlen % 8 == 0.
 _VECTORISED = {"u", "delta", "z", "dout", "B", "C", "out", "du", "ddelta", "dz"}
 
@@ -61,51 +74,63 @@ class _Params(ctypes.Structure):
             "dstart")])
 
 
-def _build_dir() -> Path:
-    root = os.environ.get("SSM_CORE_BUILD_DIR") or Path.home() / ".cache" / "ssm_core"
-    return Path(root) / f"scan_cuda_torch{torch.__version__.split('+')[0]}_cuda{torch.version.cuda}"
+def arch(device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"sm_{major}{minor}"
+
+
+class _Kernels:
+    """The compiled program of one (element type, lanes per channel) pair, loaded on one device."""
+
+    def __init__(self, device_index: int, dtype: torch.dtype, tpc: int):
+        names = [n.format(T=_TYPE_NAMES[dtype], TPC=tpc) for n in _KERNEL_NAMES.values()]
+        cubin, lowered = nvrtc.cached_cubin(
+            SOURCE.read_text(), arch(device_index), names + [_CARRY, _SMEM, _PARAMS_SIZE], NVRTC_OPTIONS,
+            label=f"the CUDA scan kernels ({_TYPE_NAMES[dtype]}, dstate <= {16 if tpc == 4 else 64})",
+            filename=SOURCE.name)
+        self.module = nvrtc.Module.load(cubin, device_index)
+        self.device_index = device_index
+        params_size = int.from_bytes(self.module.read_global(lowered[_PARAMS_SIZE]), "little", signed=True)
+        if params_size != ctypes.sizeof(_Params):
+            raise RuntimeError("ssm_core scan_cuda: struct Params in selective_scan.cu and _Params disagree")
+        smem = self.module.read_global(lowered[_SMEM])
+        row = (tpc == 16) * 5
+        self.smem = {kind: int.from_bytes(smem[8 * (row + kind):8 * (row + kind + 1)], "little")
+                     for kind in _KERNEL_NAMES}
+        self.functions = {kind: self.module.function(lowered[name]) for kind, name in zip(_KERNEL_NAMES, names)}
+        self.carry = self.module.function(lowered[_CARRY])
+        for kind, func in self.functions.items():
+            if self.smem[kind] > 48 * 1024:
+                nvrtc.set_attribute(func, nvrtc.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, self.smem[kind])
+        # All of the unified L1/shared memory as shared memory, so that the register-capped backward fits 4 blocks
+        # per SM (the driver's default carveout fitted 3). Not for the others: their blocks share B and C through
+        # L1, and the uncapped backward ran 1.7x slower without that cache (benchmarks/NOTES_gpu_scan.md).
+        nvrtc.set_attribute(self.functions[_BWD_CAPPED], nvrtc.CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                            nvrtc.SHAREDMEM_CARVEOUT_MAX_SHARED)
 
 
 @functools.cache
-def _library() -> ctypes.CDLL:
-    from torch.utils.cpp_extension import load
-    build_dir = _build_dir()
-    build_dir.mkdir(parents=True, exist_ok=True)
-    name = "ssm_core_scan_cuda"
-    load(name=name, sources=[str(SOURCE)], extra_cuda_cflags=["-O3", "-std=c++17"],
-         build_directory=str(build_dir), is_python_module=False, verbose=False)
-    lib = ctypes.CDLL(str(build_dir / f"{name}.so"))
-    lib.ssm_scan_launch.argtypes = [ctypes.POINTER(_Params), ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                    ctypes.c_void_p]
-    lib.ssm_scan_carry.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 4 + [ctypes.c_int, ctypes.c_void_p]
-    lib.ssm_scan_error_string.restype = ctypes.c_char_p
-    lib.ssm_scan_params_size.restype = ctypes.c_longlong
-    if lib.ssm_scan_params_size() != ctypes.sizeof(_Params):
-        raise RuntimeError("ssm_core scan_cuda: struct Params in selective_scan.cu and _Params disagree")
-    return lib
+def _kernels(device_index: int, dtype: torch.dtype, tpc: int) -> _Kernels:
+    return _Kernels(device_index, dtype, tpc)
 
 
 @functools.cache
 def available() -> tuple[bool, str]:
-    """Whether the CUDA kernels are usable here (built and loaded), and if not, why."""
+    """Whether the CUDA kernels are usable here (compiled and loaded), and if not, why."""
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     try:
-        _library()
-    except Exception as e:  # no nvcc/ninja, a compiler error, a driver too old for the toolkit
-        return False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    return True, "built"
+        _kernels(torch.cuda.current_device(), torch.float32, 4)
+    except Exception as e:  # no NVRTC or driver library, an architecture NVRTC does not know, a compile error
+        lines = str(e).strip().splitlines()
+        return False, f"{type(e).__name__}: {lines[0] if lines else ''}"
+    return True, f"compiled with NVRTC {nvrtc.nvrtc_version()} for {arch(torch.cuda.current_device())}"
 
 
 def supports(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> bool:
     """Whether these inputs are within the CUDA kernels' range (else the Triton kernels take them)."""
     return (u.is_cuda and u.dtype != torch.float64 and delta.dtype != torch.float64 and A.dtype != torch.float64
             and B.dtype != torch.float64 and A.shape[1] <= MAX_DSTATE)
-
-
-def _check(code: int) -> None:
-    if code != 0:
-        raise RuntimeError(f"selective_scan (CUDA kernels): {_library().ssm_scan_error_string(code).decode()}")
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -136,11 +161,12 @@ class _Launch:
         self.dstate = A.shape[1]
         self.n_groups = B.shape[1]
         self.tpc = _lanes_per_channel(self.dstate)
-        self.ch = 128 // self.tpc
+        self.ch = NT // self.tpc
         dpg = self.dim // self.n_groups
         self.blocks = self.batch * self.n_groups * -(-dpg // self.ch)
         self.n_chunks = max(1, -(-self.seqlen // SC))
-        self.dtype = _DTYPES[u.dtype]
+        self.device_index = u.device.index if u.device.index is not None else torch.cuda.current_device()
+        self.kernels = _kernels(self.device_index, u.dtype, self.tpc)
         self.stream = torch.cuda.current_stream(u.device).cuda_stream
         self.aligned = True
         self.params = _Params(batch=self.batch, dim=self.dim, seqlen=self.seqlen, dstate=self.dstate,
@@ -158,7 +184,11 @@ class _Launch:
         self.params.n_seg, self.params.seg_chunks = n_seg, per_seg
 
     def kernel(self, kind: int) -> None:
-        _check(_library().ssm_scan_launch(ctypes.byref(self.params), self.dtype, kind, self.tpc, self.stream))
+        # the segment passes skip the last segment (forward) or the first (backward): n_seg - 1 rows of blocks
+        rows = self.params.n_seg - (kind in (_FWD_SEGMENTS, _BWD_SEGMENTS))
+        if self.blocks and rows:
+            nvrtc.launch(self.kernels.functions[kind], (self.blocks, rows, 1), (NT, 1, 1), self.kernels.smem[kind],
+                         self.stream, [self.params], self.device_index)
 
     def segments_pass(self, A, init, backward: bool, device) -> torch.Tensor:
         """Each segment's zero-start pass, then the carry across segments from ``init`` (the initial state, or the
@@ -171,8 +201,13 @@ class _Launch:
         carried = _new_output(*shape, dtype=torch.float32, device=device)
         self.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
         self.kernel(_BWD_SEGMENTS if backward else _FWD_SEGMENTS)
-        _check(_library().ssm_scan_carry(_ptr(A), _ptr(seg_state), _ptr(seg_dtsum), _ptr(init), _ptr(carried),
-                                         self.batch, self.dim, self.dstate, n_seg, int(backward), self.stream))
+        total, threads = self.batch * self.dim * self.dstate, 256
+        if total:
+            args = [ctypes.c_void_p(_ptr(t)) for t in (A, seg_state, seg_dtsum, init, carried)] + [
+                ctypes.c_longlong(v) for v in (self.batch * self.dim, self.dim, self.dstate, n_seg)] + [
+                ctypes.c_int(int(backward))]
+            nvrtc.launch(self.kernels.carry, (-(-total // threads), 1, 1), (threads, 1, 1), 0, self.stream, args,
+                         self.device_index)
         return carried
 
 

@@ -5,10 +5,10 @@ code can switch between the two. Backends:
 
 - ``reference``: plain PyTorch (``scan_reference.py``), float64-capable, the oracle of the tests;
 - ``cpu``: numba kernels (``scan_cpu.py``), parallel over batch x dim, forward and backward;
-- ``gpu``: for CUDA tensors, the CUDA C++ kernels (``scan_cuda.py``, built at first use where nvcc is present)
-  or the Triton kernels (``scan_triton.py``): the environment variable ``SSM_CORE_GPU_SCAN`` = ``auto`` (CUDA
-  kernels where they build and take the inputs, else Triton, with a warning if the build failed), ``cuda`` or
-  ``triton`` chooses;
+- ``gpu``: for CUDA tensors, the CUDA C++ kernels (``scan_cuda.py``, compiled at first use with NVRTC from
+  PyTorch's CUDA wheels: no toolkit needed) or the Triton kernels (``scan_triton.py``): the environment variable
+  ``SSM_CORE_GPU_SCAN`` = ``auto`` (CUDA kernels where they compile and take the inputs, else Triton, with a
+  warning that says why and what it costs), ``cuda`` (the CUDA kernels or an error) or ``triton`` chooses;
 - ``auto``: ``gpu`` for CUDA tensors, ``cpu`` otherwise.
 """
 from __future__ import annotations
@@ -95,10 +95,24 @@ def _gpu_module():
 GPU_KERNELS = ("auto", "cuda", "triton")
 
 
+# What the fallback costs, measured side by side on an H100 (benchmarks/results/gpu_scan_v4.0_*.json).
+TRITON_FALLBACK_COST = "the Triton kernels run the scan's forward+backward about 3x slower than the CUDA kernels"
+
+
+class CudaKernelsUnavailable(RuntimeError):
+    """SSM_CORE_GPU_SCAN=cuda, but the CUDA kernels cannot be had here."""
+
+
+def _no_cuda_kernels_message(why: str) -> str:
+    return (f"the CUDA scan kernels are unavailable ({why}), so {TRITON_FALLBACK_COST}. They need only PyTorch's "
+            "CUDA build (its nvidia-cuda-nvrtc wheel provides NVRTC) and a GPU that NVRTC knows: reinstall torch "
+            "from its CUDA wheels, or upgrade it for a newer GPU.")
+
+
 @functools.cache
 def _warn_no_cuda_kernels(why: str) -> None:
-    warnings.warn(f"selective_scan: the CUDA kernels could not be built ({why}); using the Triton kernels. "
-                  "Set SSM_CORE_GPU_SCAN=triton to silence this.", RuntimeWarning, stacklevel=3)
+    warnings.warn(f"selective_scan: {_no_cuda_kernels_message(why)} Set SSM_CORE_GPU_SCAN=cuda to make this an "
+                  "error, or SSM_CORE_GPU_SCAN=triton to choose Triton silently.", RuntimeWarning, stacklevel=3)
 
 
 def _gpu_scan(u, delta, A, B):
@@ -110,7 +124,7 @@ def _gpu_scan(u, delta, A, B):
         from . import scan_cuda
         ok, why = scan_cuda.available()
         if choice == "cuda" and not ok:
-            raise RuntimeError(f"selective_scan: SSM_CORE_GPU_SCAN=cuda but the CUDA kernels cannot be built: {why}")
+            raise CudaKernelsUnavailable(f"selective_scan: SSM_CORE_GPU_SCAN=cuda, but {_no_cuda_kernels_message(why)}")
         if ok and scan_cuda.supports(u, delta, A, B):
             return scan_cuda.selective_scan_cuda
         if not ok:

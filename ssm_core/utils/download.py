@@ -17,6 +17,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 CHUNK = 1 << 20
+# The data manifests (one JSON per data set; format: data_manifests/README.md) are package data of ssm_core, so
+# `fetch NAME` finds them from an installed wheel as from a checkout.
+MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
 
 
 class ChecksumError(RuntimeError):

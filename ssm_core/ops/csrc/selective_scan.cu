@@ -1,7 +1,9 @@
 // Selective scan (S6) in CUDA C++: forward, backward, and the segment passes that split long sequences.
 //
-// Built at first use by ssm_core/ops/scan_cuda.py (torch.utils.cpp_extension.load) and called through ctypes with
-// raw pointers, so no PyTorch header is compiled (a ~20 s build). Design, byte counts and measurements:
+// Device code only, compiled at first use with NVRTC (the runtime compiler that ships in PyTorch's CUDA wheels) by
+// ssm_core/ops/scan_cuda.py, which also launches the kernels through the CUDA driver API: no CUDA toolkit, host
+// compiler or PyTorch header is needed. Each (element type, lanes per channel) pair is its own small program,
+// instantiated by name (NVRTC name expressions). Design, byte counts and measurements:
 // benchmarks/NOTES_gpu_scan.md ("Version 3").
 //
 // Layout: a block of NT threads owns CH = NT / TPC channels of one (batch, group); a channel's dstate states are
@@ -17,11 +19,9 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <cuda_runtime.h>
-#include <stdint.h>
 
-// Mirrored field by field in scan_cuda.py (_Params): 64-bit integers and pointers only. Outside the anonymous
-// namespace: the extern "C" entry point takes it, and must keep external linkage.
+// Mirrored field by field in scan_cuda.py (_Params): 64-bit integers and pointers only. Passed by value to every
+// kernel; scan_cuda.py checks its size against ssm_scan_params_size.
 struct Params {
     long long batch, dim, seqlen, dstate, n_groups, dim_per_group;
     long long n_seg, seg_chunks, n_chunks, softplus;
@@ -39,7 +39,7 @@ struct Params {
     float *dA, *dB, *dC, *dD, *dbias, *dstart;
 };
 
-namespace {
+namespace ssm_scan {
 
 constexpr int NPT = 4;        // states per thread
 constexpr int NT = 128;       // threads per block
@@ -708,89 +708,26 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Host side
+// What the launcher (scan_cuda.py) reads from the module
 // ---------------------------------------------------------------------------------------------------------------
 
-template <int TPC>
-size_t smem_bytes(int kind) {  // 0 forward, 1 forward segment pass, 2 backward segment pass, 3-4 backward
-    constexpr int CH = NT / TPC, NP = TPC * NPT;
-    size_t floats = 0;
-    if (kind == 0) floats = 2 * CH * ROW + 2 * SC * NP;
-    if (kind == 1) floats = 2 * CH * ROW + 2 * SC * NP;  // C's slot unused
-    if (kind == 2) floats = 2 * CH * ROW + SC * NP;
-    if (kind >= 3) floats = 3 * CH * ROW + 2 * SC * NP + 2 * NW * SUB * NP + CH;
-    return floats * sizeof(float);
+// Dynamic shared memory of each kernel kind: 0 forward, 1 forward segment pass, 2 backward segment pass,
+// 3-4 backward (4: capped at 128 registers).
+__host__ __device__ constexpr unsigned long long smem_bytes(int tpc, int kind) {
+    const int CH = NT / tpc, NP = tpc * NPT;
+    return sizeof(float) * (kind <= 1   ? 2ull * CH * ROW + 2ull * SC * NP
+                            : kind == 2 ? 2ull * CH * ROW + 1ull * SC * NP
+                                        : 3ull * CH * ROW + 2ull * SC * NP + 2ull * NW * SUB * NP + CH);
 }
 
-template <typename K>
-cudaError_t launch(K kernel, dim3 grid, size_t smem, cudaStream_t stream, const Params& p, bool max_shared = false) {
-    if (grid.x == 0 || grid.y == 0) return cudaSuccess;
-    if (smem > 48 * 1024) {
-        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (e != cudaSuccess) return e;
-    }
-    if (max_shared) {
-        // All of the unified L1/shared memory as shared memory, so that the register-capped backward fits 4
-        // blocks per SM (the driver's default carveout fitted 3). Not for the others: their blocks share B and C
-        // through L1, and the uncapped backward ran 1.7x slower without that cache (benchmarks/NOTES_gpu_scan.md).
-        cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                             cudaSharedmemCarveoutMaxShared);
-        if (e != cudaSuccess) return e;
-    }
-    kernel<<<grid, NT, smem, stream>>>(p);
-    return cudaGetLastError();
-}
-
-template <typename T, int TPC>
-cudaError_t run(const Params& p, int kind, cudaStream_t stream) {
-    constexpr int CH = NT / TPC;
-    const unsigned blocks = (unsigned)(p.batch * p.n_groups * ((p.dim_per_group + CH - 1) / CH));
-    const size_t smem = smem_bytes<TPC>(kind);
-    switch (kind) {
-        case 0: return launch(fwd_kernel<T, TPC, false>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
-        case 1: return launch(fwd_kernel<T, TPC, true>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
-        case 2: return launch(bwd_segment_kernel<T, TPC>, dim3(blocks, (unsigned)(p.n_seg - 1)), smem, stream, p);
-        case 3: return launch(bwd_kernel<T, TPC, 3>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p);
-        case 4: return launch(bwd_kernel<T, TPC, 4>, dim3(blocks, (unsigned)p.n_seg), smem, stream, p, true);
-    }
-    return cudaErrorInvalidValue;
-}
-
-template <typename T>
-cudaError_t run_tpc(const Params& p, int kind, int tpc, cudaStream_t stream) {
-    if (tpc == 4) return run<T, 4>(p, kind, stream);
-    if (tpc == 16) return run<T, 16>(p, kind, stream);
-    return cudaErrorInvalidValue;
-}
-
-}  // namespace
+}  // namespace ssm_scan
 
 extern "C" {
-
-// dtype: 0 float32, 1 float16, 2 bfloat16. kind: as smem_bytes (4: the backward capped at 128 registers). tpc: lanes per channel (4: dstate <= 16,
-// 16: dstate <= 64). Returns a cudaError_t code (0 = success).
-int ssm_scan_launch(const Params* p, int dtype, int kind, int tpc, void* stream) {
-    cudaStream_t s = static_cast<cudaStream_t>(stream);
-    switch (dtype) {
-        case 0: return run_tpc<float>(*p, kind, tpc, s);
-        case 1: return run_tpc<__half>(*p, kind, tpc, s);
-        case 2: return run_tpc<__nv_bfloat16>(*p, kind, tpc, s);
-    }
-    return cudaErrorInvalidValue;
-}
-
-int ssm_scan_carry(const float* A, const float* seg_state, const float* seg_dtsum, const float* init, float* out,
-                   long long batch, long long dim, long long dstate, long long n_seg, int reverse, void* stream) {
-    const long long total = batch * dim * dstate;
-    if (total == 0) return cudaSuccess;
-    const int threads = 256;
-    carry_kernel<<<(unsigned)((total + threads - 1) / threads), threads, 0, static_cast<cudaStream_t>(stream)>>>(
-        A, seg_state, seg_dtsum, init, out, batch * dim, dim, dstate, n_seg, reverse);
-    return cudaGetLastError();
-}
-
-const char* ssm_scan_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }
-
-long long ssm_scan_params_size() { return (long long)sizeof(Params); }
-
+// [tpc == 16][kind]
+__constant__ unsigned long long ssm_scan_smem_bytes[2][5] = {
+    {ssm_scan::smem_bytes(4, 0), ssm_scan::smem_bytes(4, 1), ssm_scan::smem_bytes(4, 2), ssm_scan::smem_bytes(4, 3),
+     ssm_scan::smem_bytes(4, 4)},
+    {ssm_scan::smem_bytes(16, 0), ssm_scan::smem_bytes(16, 1), ssm_scan::smem_bytes(16, 2),
+     ssm_scan::smem_bytes(16, 3), ssm_scan::smem_bytes(16, 4)}};
+__constant__ long long ssm_scan_params_size = sizeof(Params);
 }  // extern "C"
