@@ -8,10 +8,14 @@ FlashAttention (torch SDPA, flash backend, 16 heads x 64, causal, bf16, forward+
 65536 with scan dim 2048. Times are ``triton.testing.do_bench`` medians on random, never-zero inputs.
 
     python benchmarks/gpu_scan.py [--mamba-ssm-path DIR] [--shapes lm130m_layer dna_1M] [--tune]
+                                  [--baseline OLD_SCAN_CUDA.py] [--tag v4.0]
 
 mamba-ssm is used only if ``--mamba-ssm-path`` (or ``MAMBA_SSM_PATH``) points at a source tree whose
 ``selective_scan_cuda`` extension was built in place; its package ``__init__`` is not run.
-Results: a table on stdout and JSON in ``benchmarks/results/gpu_scan_<device>_<date>.json``.
+``--baseline FILE`` adds another version of our CUDA kernels (a ``scan_cuda.py`` file whose module defines
+``selective_scan_cuda``, e.g. an older commit's copy) to compare in the same run. The JSON records which
+``ssm_core`` ran (an installed wheel or the checkout), how its CUDA kernels were compiled and how long that took.
+Results: a table on stdout and JSON in ``benchmarks/results/gpu_scan_[<tag>_]<device>_<date>.json``.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import argparse
 import dataclasses
 import datetime
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -160,16 +165,30 @@ def reference_fits(batch, dim, seqlen, dstate, args) -> bool:
     return seqlen <= args.reference_max_seqlen and need <= args.reference_max_gib * 2 ** 30
 
 
+def load_baseline(path: str):
+    """``selective_scan_cuda`` of another version of ``scan_cuda.py`` (its own source file beside it)."""
+    spec = importlib.util.spec_from_file_location("baseline_scan_cuda", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.selective_scan_cuda
+
+
 def scan_impls(args, mamba_fn):
-    """Our CUDA kernels (when they build here), our Triton kernels, mamba-ssm's (when given), the reference."""
-    from ssm_core.ops import scan_cuda
+    """Our CUDA kernels, our Triton kernels, a baseline version (when given), mamba-ssm's (when given), the
+    reference."""
+    import ssm_core
+    from ssm_core.ops import nvrtc, scan_cuda
     from ssm_core.ops.scan_reference import selective_scan_reference
     from ssm_core.ops.scan_triton import ScanConfig, selective_scan_gpu
     cfg = ScanConfig(**json.loads(args.config)) if args.config else ScanConfig()
-    impls, notes = {}, {}
+    impls, notes = {}, {"ssm_core": str(Path(ssm_core.__file__).parent)}
     ok, notes["ours_cuda"] = scan_cuda.available()
+    notes["nvrtc_compile_s"] = dict(nvrtc.compile_seconds)   # empty when the kernels came from the disk cache
     if ok:
         impls["ours_cuda"] = scan_cuda.selective_scan_cuda
+    if args.baseline:
+        impls["baseline_cuda"] = load_baseline(args.baseline)
+        notes["baseline_cuda"] = args.baseline
     impls["ours_triton"] = lambda **kw: selective_scan_gpu(**kw, config=cfg)
     if mamba_fn is not None:
         impls["mamba_ssm"] = mamba_fn
@@ -266,7 +285,7 @@ def print_tables(rows, sweep):
     print("\n" + head + "\n" + "-" * len(head))
     for row in rows:
         mamba = row.get("mamba_ssm", {})
-        for name in ("ours_cuda", "ours_triton", "mamba_ssm", "reference"):
+        for name in ("ours_cuda", "baseline_cuda", "ours_triton", "mamba_ssm", "reference"):
             r = row.get(name)
             if r is None:
                 continue
@@ -314,6 +333,8 @@ def main(argv=None):
     parser.add_argument("--rep-ms", type=int, default=200, help="do_bench measuring time per case")
     parser.add_argument("--reference-max-seqlen", type=int, default=4096)
     parser.add_argument("--reference-max-gib", type=float, default=24.0)
+    parser.add_argument("--baseline", metavar="FILE", help="another scan_cuda.py to time beside ours (see above)")
+    parser.add_argument("--tag", default="", help="a label for the result file's name, e.g. the kernel version")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -330,7 +351,7 @@ def main(argv=None):
         mamba_fn, record["mamba_ssm"] = load_mamba_scan(args.mamba_ssm_path)
         print(f"mamba-ssm: {record['mamba_ssm']}")
         impls, cfg, record["notes"] = scan_impls(args, mamba_fn)
-        print(f"ours_cuda: {record['notes']['ours_cuda']}")
+        print(f"ours_cuda: {record['notes']['ours_cuda']} (ssm_core from {record['notes']['ssm_core']})")
         record["config"] = dataclasses.asdict(cfg)
         bandwidth = copy_bandwidth()
         record["copy_bandwidth_tb_s"] = bandwidth / 1e12
@@ -341,7 +362,8 @@ def main(argv=None):
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-")
-    path = out_dir / f"gpu_scan_{'tune_' if args.tune else ''}{slug}_{datetime.date.today().isoformat()}.json"
+    tag = "".join(f"{t}_" for t in ("tune" if args.tune else "", args.tag) if t)
+    path = out_dir / f"gpu_scan_{tag}{slug}_{datetime.date.today().isoformat()}.json"
     path.write_text(json.dumps(record, indent=1))
     print(f"saved {path}")
 

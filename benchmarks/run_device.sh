@@ -2,6 +2,9 @@
 # The one command for a GPU machine, per workload: its GPU tests, then its benchmark. Each fits one 10-minute
 # device call (the scan with mamba-ssm's build running beside the tests).
 #   bash benchmarks/run_device.sh [scan] [arguments for benchmarks/gpu_scan.py, e.g. --no-sweep]
+#        as a user gets it: the suite built into a wheel and installed in a fresh virtual environment (the image's
+#        torch and Triton visible), run with no nvcc on PATH and no CUDA_HOME, from outside the checkout; then
+#        the first-use compile times (cold and warm cache) and the scan benchmark
 #   bash benchmarks/run_device.sh audio [arguments for benchmarks/audio_generation.py, e.g. --sweep]
 #   bash benchmarks/run_device.sh genomics [arguments for benchmarks/genomics_throughput.py gpu]
 #   bash benchmarks/run_device.sh genomics-accuracy [--set FIELD=VALUE for both checks]
@@ -14,6 +17,7 @@
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
 # mamba-ssm is compared only when MAMBA_SSM_PATH names a source tree whose selective_scan_cuda extension is built
 # in place: this script never fetches or builds it (see benchmarks/README.md).
+# WAIT_FOR_PID, if set, names a process (say a background build of mamba-ssm) the benchmark waits for after the tests.
 # Exit status: non-zero if the tests or the benchmark failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,16 +25,37 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY="${PYTHON:-python3}"
 RESULTS="${OUT:-benchmarks/results}"
 mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)
+TEST_DIR=$PWD/tests
+
+install_wheel() {  # the suite from its wheel into a fresh venv; PY, TEST_DIR and the environment then point there
+    local build=/tmp/ssm_wheel env=/tmp/ssm_wheel_env
+    rm -rf "$build" "$env" && mkdir -p "$build/tests"
+    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build" . || return 1
+    "$PY" -m venv --system-site-packages "$env" && "$env/bin/python" -m pip install -q --no-deps --no-index "$build"/*.whl \
+        || return 1
+    cp tests/*.py "$build/tests/"
+    PY="$env/bin/python" TEST_DIR="$build/tests"
+    unset PYTHONPATH CUDA_HOME CUDA_PATH
+    PATH=$(tr ':' '\n' <<< "$PATH" | grep -v -i cuda | paste -sd:)
+    ! command -v nvcc || { echo "nvcc is still on PATH"; return 1; }
+    (cd /tmp && "$PY" -c 'import ssm_core, ssm_core.ops.scan_cuda as s; print("ssm_core from", ssm_core.__file__);
+assert s.SOURCE.is_file(), s.SOURCE')
+}
 
 workload=scan
 case "${1:-}" in
     scan|audio|genomics|genomics-accuracy|main-job|tests) workload=$1; shift ;;
 esac
 case $workload in
-    scan) tests=(tests/test_scan_cuda.py tests/test_scan_gpu.py) ;;
+    scan) install_wheel > "$RESULTS/gpu_scan_install.log" 2>&1
+          rc=$?
+          cat "$RESULTS/gpu_scan_install.log"
+          [ $rc -eq 0 ] || { echo "scan: installing the wheel failed"; exit 1; }
+          tests=("$TEST_DIR/test_scan_cuda.py" "$TEST_DIR/test_scan_gpu.py") ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
     genomics|genomics-accuracy|main-job) tests=() ;;
-    tests) tests=(tests) ;;
+    tests) tests=("$TEST_DIR") ;;
 esac
 
 "$PY" -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__, "gpu",
@@ -39,8 +64,8 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else None)' 2>&1 | tee
 tests_rc=0
 if [ ${#tests[@]} -gt 0 ]; then
     # Test modules that cannot import here (a CPU-only dependency missing on the device) are reported, not fatal.
-    "$PY" -m pytest -m gpu "${tests[@]}" -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
-        | tee -a "$RESULTS/gpu_${workload}.log"
+    (cd "$TEST_DIR/.." && "$PY" -m pytest -m gpu "${tests[@]}" -q -rs -p no:cacheprovider \
+        --continue-on-collection-errors 2>&1) | tee -a "$RESULTS/gpu_${workload}.log"
     tests_rc=${PIPESTATUS[0]}
 fi
 
@@ -49,8 +74,12 @@ bench() {  # bench SCRIPT ARGS...: one benchmark, its output appended to the log
     return "${PIPESTATUS[0]}"
 }
 bench_rc=0
+if [ -n "${WAIT_FOR_PID:-}" ]; then
+    while kill -0 "$WAIT_FOR_PID" 2>/dev/null; do sleep 5; done
+fi
 case $workload in
-    scan) bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
+    scan) bench benchmarks/scan_first_use.py --out-dir "$RESULTS" || bench_rc=$?
+          bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
     audio) bench benchmarks/audio_generation.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
     genomics) bench benchmarks/genomics_throughput.py gpu "$@" || bench_rc=$?
               [ "$RESULTS" = benchmarks/results ] || cp benchmarks/results/genomics_throughput_gpu_* "$RESULTS/" ;;
