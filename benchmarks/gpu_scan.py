@@ -169,6 +169,7 @@ def load_baseline(path: str):
     """``selective_scan_cuda`` of another version of ``scan_cuda.py`` (its own source file beside it)."""
     spec = importlib.util.spec_from_file_location("baseline_scan_cuda", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module   # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.selective_scan_cuda
 
