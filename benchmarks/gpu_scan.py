@@ -3,7 +3,9 @@
 For each shape (batch, dim, seqlen, dstate) and dtype it times forward (inference: no grad) and forward+backward
 (gradients of every input), with z, delta_bias and softplus as in a Mamba layer, and records the peak memory
 allocated beyond the inputs. The HBM floor is the bytes that must move (inputs read once, outputs written once)
-divided by the device-to-device copy bandwidth measured in the same run. Then a sweep of our scan against
+divided by the device-to-device copy bandwidth measured in the same run; the exp floor is the exponentials it must
+evaluate (``floor_exps``) divided by the hardware exp2 rate measured in the same run (``exp2_rate``): at dstate 16
+the special-function units bound the scan about as tightly as memory does. Then a sweep of our scan against
 FlashAttention (torch SDPA, flash backend, 16 heads x 64, causal, bf16, forward+backward) at batch x seqlen =
 65536 with scan dim 2048. Times are ``triton.testing.do_bench`` medians on random, never-zero inputs.
 
@@ -20,6 +22,7 @@ Results: a table on stdout and JSON in ``benchmarks/results/gpu_scan_[<tag>_]<de
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import datetime
 import importlib
@@ -85,6 +88,51 @@ def copy_bandwidth(nbytes: int = 2 ** 30) -> float:
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
     return 2 * nbytes / (ms * 1e-3)
+
+
+EXP2_SOURCE = r"""
+__device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+extern "C" __global__ void ex2_throughput(float* out, int iters) {
+    float v[8];
+    for (int k = 0; k < 8; ++k) v[k] = -1e-3f * (threadIdx.x + k);
+    for (int i = 0; i < iters; ++i)
+        for (int k = 0; k < 8; ++k) v[k] = ex2(v[k]) - 1.f;   // stays in (-0.5, 0]: no overflow, no denormals
+    float s = 0.f;
+    for (int k = 0; k < 8; ++k) s += v[k];
+    if (s == 123.f) out[0] = s;   // never true; keeps the loop from being optimised away
+}
+"""
+
+
+def exp2_rate() -> float:
+    """The GPU's hardware exp2 (MUFU.EX2) throughput in evaluations per second: 8 independent chains per thread,
+    enough blocks to fill every SM, compiled with the suite's NVRTC path and timed with CUDA events."""
+    from ssm_core.ops import nvrtc
+    device = torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(device)
+    cubin, names = nvrtc.compile_cubin(EXP2_SOURCE, f"sm_{major}{minor}", ["ex2_throughput"], [])
+    module = nvrtc.Module.load(cubin, device)
+    func = module.function(names["ex2_throughput"])
+    blocks, threads, iters = 16 * torch.cuda.get_device_properties(device).multi_processor_count, 256, 4096
+    out = torch.zeros(1, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    args = [ctypes.c_void_p(out.data_ptr()), ctypes.c_int(iters)]
+    run = lambda: nvrtc.launch(func, (blocks, 1, 1), (threads, 1, 1), 0, stream, args, device)  # noqa: E731
+    run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        run()
+    end.record()
+    torch.cuda.synchronize()
+    return 5 * blocks * threads * iters * 8 / (start.elapsed_time(end) * 1e-3)
+
+
+def floor_exps(batch, dim, seqlen, dstate) -> dict:
+    """exp evaluations a scan must make: one exp(Δ·A) per (element, state) forward; the backward needs each again
+    (recomputed, or read back at the cost of storing the (batch, dim, seqlen, dstate) decays)."""
+    n = batch * dim * seqlen * dstate
+    return {"fwd": n, "fwd_bwd": 2 * n}
 
 
 def floor_bytes(batch, dim, seqlen, dstate, dtype) -> dict:
@@ -197,7 +245,7 @@ def scan_impls(args, mamba_fn):
     return impls, cfg, notes
 
 
-def bench_shapes(args, impls, bandwidth) -> list[dict]:
+def bench_shapes(args, impls, bandwidth, exp_rate) -> list[dict]:
     rows = []
     jobs = [(s, d) for s in args.shapes for d in args.dtypes]
     for shape_name, dtype_name in tqdm(jobs, desc="shapes", file=sys.stdout):
@@ -205,13 +253,15 @@ def bench_shapes(args, impls, bandwidth) -> list[dict]:
         dtype = DTYPES[dtype_name]
         inputs = make_inputs(batch, dim, seqlen, dstate, dtype)
         floor = {k: v / bandwidth * 1e3 for k, v in floor_bytes(batch, dim, seqlen, dstate, dtype).items()}
+        exp_floor = {k: v / exp_rate * 1e3 for k, v in floor_exps(batch, dim, seqlen, dstate).items()}
         row = {"shape": shape_name, "dims": [batch, dim, seqlen, dstate], "dtype": dtype_name,
-               "floor_fwd_ms": floor["fwd"], "floor_fwd_bwd_ms": floor["fwd_bwd"]}
+               "floor_fwd_ms": floor["fwd"], "floor_fwd_bwd_ms": floor["fwd_bwd"],
+               "exp_floor_fwd_ms": exp_floor["fwd"], "exp_floor_fwd_bwd_ms": exp_floor["fwd_bwd"]}
         for name, scan in impls.items():
             if name == "reference" and not reference_fits(batch, dim, seqlen, dstate, args):
                 continue
             try:
-                row[name] = measure(scan, inputs, args.rep_ms, per_kernel=name.startswith("ours"))
+                row[name] = measure(scan, inputs, args.rep_ms, per_kernel=name in ("ours_cuda", "ours_triton"))
             except torch.cuda.OutOfMemoryError as e:
                 row[name] = {"error": f"out of memory: {e}".splitlines()[0]}
             torch.cuda.empty_cache()
@@ -281,8 +331,9 @@ def fmt(x, spec=".3f"):
 
 
 def print_tables(rows, sweep):
-    head = (f"{'shape':<13}{'dtype':<6}{'impl':<11}{'fwd ms':>9}{'fwd+bwd':>9}{'floor f':>9}{'floor fb':>9}"
-            f"{'%floor f':>9}{'%floor fb':>10}{'x mamba f':>10}{'x mamba fb':>11}{'peak GiB':>9}")
+    head = (f"{'shape':<13}{'dtype':<6}{'impl':<14}{'fwd ms':>9}{'fwd+bwd':>9}{'floor f':>9}{'floor fb':>9}"
+            f"{'%floor f':>9}{'%floor fb':>10}{'%exp f':>8}{'%exp fb':>8}{'x mamba f':>10}{'x mamba fb':>11}"
+            f"{'peak GiB':>9}")
     print("\n" + head + "\n" + "-" * len(head))
     for row in rows:
         mamba = row.get("mamba_ssm", {})
@@ -291,17 +342,19 @@ def print_tables(rows, sweep):
             if r is None:
                 continue
             if "error" in r:
-                print(f"{row['shape']:<13}{row['dtype']:<6}{name:<11}{r['error']}")
+                print(f"{row['shape']:<13}{row['dtype']:<6}{name:<14}{r['error']}")
                 continue
             sp_f = mamba.get("fwd_ms") / r["fwd_ms"] if "fwd_ms" in mamba else None
             sp_fb = mamba.get("fwd_bwd_ms") / r["fwd_bwd_ms"] if "fwd_bwd_ms" in mamba else None
-            print(f"{row['shape']:<13}{row['dtype']:<6}{name:<11}{fmt(r['fwd_ms']):>9}{fmt(r['fwd_bwd_ms']):>9}"
+            print(f"{row['shape']:<13}{row['dtype']:<6}{name:<14}{fmt(r['fwd_ms']):>9}{fmt(r['fwd_bwd_ms']):>9}"
                   f"{fmt(row['floor_fwd_ms']):>9}{fmt(row['floor_fwd_bwd_ms']):>9}"
                   f"{fmt(100 * row['floor_fwd_ms'] / r['fwd_ms'], '.1f'):>9}"
                   f"{fmt(100 * row['floor_fwd_bwd_ms'] / r['fwd_bwd_ms'], '.1f'):>10}"
+                  f"{fmt(100 * row['exp_floor_fwd_ms'] / r['fwd_ms'], '.1f'):>8}"
+                  f"{fmt(100 * row['exp_floor_fwd_bwd_ms'] / r['fwd_bwd_ms'], '.1f'):>8}"
                   f"{fmt(sp_f, '.2f'):>10}{fmt(sp_fb, '.2f'):>11}{fmt(r['fwd_bwd_peak_extra_gib'], '.2f'):>9}")
     for row in rows:
-        for name in ("ours_cuda", "ours_triton"):
+        for name in ("ours_cuda", "baseline_cuda", "ours_triton"):
             for phase in ("fwd", "fwd_bwd"):
                 kernels = row.get(name, {}).get(f"{phase}_kernels_ms")
                 if kernels:
@@ -357,7 +410,9 @@ def main(argv=None):
         bandwidth = copy_bandwidth()
         record["copy_bandwidth_tb_s"] = bandwidth / 1e12
         print(f"{device}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-        record["shapes"] = bench_shapes(args, impls, bandwidth)
+        record["exp2_per_s"] = exp_rate = exp2_rate()
+        print(f"{device}: hardware exp2 {exp_rate / 1e12:.2f} T/s")
+        record["shapes"] = bench_shapes(args, impls, bandwidth, exp_rate)
         record["attention_sweep"] = [] if args.no_sweep else bench_attention_sweep(args, impls)
         print_tables(record["shapes"], record["attention_sweep"])
     out_dir = Path(args.out_dir)
