@@ -216,13 +216,6 @@ def test_shipped_manifests_load():
 
 # --- issue #17: nothing outside --dest is written or deleted; nothing a user had in it is replaced -----------------
 
-def assert_refused(capsys, rc, *named):
-    err = capsys.readouterr().err
-    assert rc == 1 and "Traceback" not in err
-    last = err.strip().splitlines()[-1]
-    assert last.startswith("error: ") and all(text in last for text in named), last
-
-
 def victim_file(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("mine")
@@ -234,7 +227,7 @@ def victim_file(tmp_path):
     ("output", "C:victim.txt"), ("output", "x\x00y"), ("output", ".fetch"), ("output", ".Downloads"), ("output", 5),
     ("output", None), ("filename", ".."), ("filename", "x\ny"), ("filename", 5),
 ])
-def test_an_unsafe_manifest_name_is_refused_before_any_download(tmp_path, source, capsys, field, value):
+def test_an_unsafe_manifest_name_is_refused_before_any_download(tmp_path, source, assert_refused, field, value):
     victim = victim_file(tmp_path)
     value = str(victim) if value == "ABSOLUTE" else value
     manifest = write_manifest(tmp_path, source)
@@ -243,7 +236,7 @@ def test_an_unsafe_manifest_name_is_refused_before_any_download(tmp_path, source
     manifest.write_text(json.dumps(data))
     dest = tmp_path / "data"
     dest.mkdir()
-    assert_refused(capsys, main(["fetch", str(manifest), "--dest", str(dest)]), str(manifest), "files[1]",
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest)]), str(manifest), "files[1]",
                    f'"{field}"')
     assert not list(dest.iterdir()) and victim.read_text() == "mine"
 
@@ -259,7 +252,7 @@ def test_repeated_file_names_are_refused(tmp_path, source):
 
 @pytest.mark.parametrize("link, to_folder", [(".downloads", True), (".fetch", True), ("sequences.bed", False),
                                              ("toy.fa.bgz.fai", False)])
-def test_a_symlink_in_dest_leading_outside_is_refused(tmp_path, source, capsys, link, to_folder):
+def test_a_symlink_in_dest_leading_outside_is_refused(tmp_path, source, assert_refused, link, to_folder):
     outside = tmp_path / "outside"
     outside.mkdir()
     victim = victim_file(outside)
@@ -268,17 +261,17 @@ def test_a_symlink_in_dest_leading_outside_is_refused(tmp_path, source, capsys, 
     dest.mkdir()
     (dest / link).symlink_to(outside if to_folder else victim)
     rc = main(["fetch", str(manifest), "--dest", str(dest), "--keep-downloads"])
-    assert_refused(capsys, rc, str(manifest), "leads outside")
+    assert_refused(rc, str(manifest), "leads outside")
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"] and victim.read_text() == "mine"
     assert sorted(p.name for p in dest.iterdir()) == [link]
 
 
-def test_a_file_fetch_did_not_make_is_never_replaced(tmp_path, source, capsys):
+def test_a_file_fetch_did_not_make_is_never_replaced(tmp_path, source, assert_refused):
     manifest = write_manifest(tmp_path, source)
     dest = tmp_path / "data"
     dest.mkdir()
     (dest / "sequences.bed").write_text("my own intervals\n")
-    assert_refused(capsys, main(["fetch", str(manifest), "--dest", str(dest)]), str(dest / "sequences.bed"),
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest)]), str(dest / "sequences.bed"),
                    "move it away")
     assert sorted(p.name for p in dest.iterdir()) == ["sequences.bed"]  # nothing downloaded
     assert (dest / "sequences.bed").read_text() == "my own intervals\n"
@@ -288,7 +281,7 @@ def test_a_file_fetch_did_not_make_is_never_replaced(tmp_path, source, capsys):
     data = json.loads(manifest.read_text())  # another manifest naming the same output does not replace it either
     data["name"] = "other"
     manifest.write_text(json.dumps(data))
-    assert_refused(capsys, main(["fetch", str(manifest), "--dest", str(dest), "--force"]),
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest), "--force"]),
                    "fetch of manifest 'toy'")
 
 
@@ -304,13 +297,13 @@ def test_temporary_files_never_take_a_users_name(tmp_path, source):
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 @pytest.mark.parametrize("post, output", [(("decompress",), "toy.fa"), (("bgzip",), "toy.fa.bgz")])
-def test_a_damaged_unverified_gzip_is_a_clear_error(tmp_path, source, capsys, damage, post, output):
+def test_a_damaged_unverified_gzip_is_a_clear_error(tmp_path, source, assert_refused, damage, post, output):
     good = source["fasta"].read_bytes()
     source["fasta"].write_bytes(good[: len(good) // 2] if damage == "truncated"
                                 else good[:20] + bytes(4000) + good[4020:])
     manifest = write_manifest(tmp_path, source, sha_fasta=None, post=post, output=output)
     dest = tmp_path / "data"
-    assert_refused(capsys, main(["fetch", str(manifest), "--dest", str(dest)]), source["fasta"].as_uri(),
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest)]), source["fasta"].as_uri(),
                    "not a complete gzip file")
     # no output, no stamp, no temporary file, and the damaged download is not kept to be reused
     assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == [".downloads", ".fetch"]
