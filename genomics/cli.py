@@ -447,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from ssm_core.train.checkpoint import CheckpointError
     from ssm_core.utils.download import ChecksumError
+    from ssm_core.utils.fetch_paths import UnsafePathError
 
     args = build_parser().parse_args(argv)
     try:
@@ -455,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except SystemExit as stop:  # the training engine's refusals (used RUN, diverged loss) print their own message
         return stop.code if isinstance(stop.code, int) else 1
-    except (GenomicsInputError, ChecksumError, CheckpointError) as err:
+    except (GenomicsInputError, UnsafePathError, ChecksumError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # unreadable/unwritable paths, network failures: the message names the path or URL

@@ -17,6 +17,11 @@ nothing verified a file. A stamp ``DEST/.fetch/<output>.json`` records the sourc
 and the output's size; a later fetch skips
 files whose stamp agrees with the manifest and whose output still has that size, and redoes the others (a
 checksum the manifest now pins differently, an output truncated or overwritten since).
+
+Nothing is written outside ``DEST`` and nothing a user had there is replaced (``ssm_core.utils.fetch_paths``):
+``filename`` and ``output`` must be plain file names, every target must resolve inside ``DEST`` (also through
+symlinks there), and an existing output is replaced only when its stamp says this manifest's fetch made it; all
+of it is checked for every file before the first download.
 """
 from __future__ import annotations
 
@@ -29,8 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genomics.errors import GenomicsInputError
-from ssm_core.utils.download import MANIFEST_DIR
+from ssm_core.utils.download import (MANIFEST_DIR, CorruptFileError, check_url, is_hex, reading_gzip,
+                                     unpinned_notice)
+from ssm_core.utils.fetch_paths import (STAMPS, claim, inside, making, plain_name, read_stamp, replacing,
+                                        write_stamp)
 
+DOWNLOADS = ".downloads"  # DEST/.downloads/<filename>, until post-processed
 POST_STEPS = ("decompress", "bgzip", "faidx")
 
 
@@ -85,7 +94,7 @@ def load_manifest(name_or_path: str | Path) -> Manifest:
     if data.get("kind") != "genomics":
         raise GenomicsInputError(f"{path}: not a genomics manifest (it lacks \"kind\": \"genomics\"; audio "
                                  "manifests are fetched with `python -m audio fetch`)")
-    files, outputs = [], set()
+    files, filenames, outputs = [], set(), set()
     for i, entry in enumerate(data["files"]):
         where = f"{path}, files[{i}]"
         if not isinstance(entry, dict):
@@ -93,6 +102,8 @@ def load_manifest(name_or_path: str | Path) -> Manifest:
         missing = [key for key in ("filename", "url") if not entry.get(key)]
         if missing:
             raise GenomicsInputError(f"{where}: missing {missing}")
+        if not isinstance(entry.get("post", []), list):
+            raise GenomicsInputError(f"{where}: post must be a list of steps, got {entry['post']!r}")
         post = tuple(entry.get("post", ()))
         unknown = [step for step in post if step not in POST_STEPS]
         if unknown:
@@ -102,23 +113,30 @@ def load_manifest(name_or_path: str | Path) -> Manifest:
         digests = {}
         for key, digits in (("sha256", 64), ("md5", 32)):
             value = entry.get(key)
-            if value is not None and not _is_hex(value, digits):
+            if value is not None and not is_hex(value, digits):
                 raise GenomicsInputError(f"{where}: {key} must be {digits} hex digits or null, got {value!r}")
             digests[key] = value.lower() if value else None
-        output = entry.get("output", entry["filename"])
-        if output in outputs or "/" in output or "/" in entry["filename"]:
-            raise GenomicsInputError(f"{where}: output {output!r} is repeated or not a plain file name")
-        outputs.add(output)
-        files.append(ManifestFile(name=entry["filename"], url=entry["url"], output=output, **digests,
-                                  checksums_url=entry.get("checksums_url"), size=entry.get("size"), post=post,
+        try:
+            check_url(entry["url"], f'{where}, "url"')
+            if entry.get("checksums_url") is not None:
+                check_url(entry["checksums_url"], f'{where}, "checksums_url"')
+        except ValueError as exc:
+            raise GenomicsInputError(str(exc)) from None
+        size = entry.get("size")
+        if size is not None and (type(size) is not int or size < 0):
+            raise GenomicsInputError(f"{where}: size must be a number of bytes or null, got {size!r}")
+        filename = plain_name(entry["filename"], f'{where}, "filename"')
+        output = plain_name(entry.get("output", filename), f'{where}, "output"', reserved=(DOWNLOADS, STAMPS))
+        for key, value, seen in (("filename", filename, filenames), ("output", output, outputs)):
+            if value in seen:
+                raise GenomicsInputError(f"{where}: {key} {value!r} is repeated (an earlier file has it)")
+            seen.add(value)
+        files.append(ManifestFile(name=filename, url=entry["url"], output=output, **digests,
+                                  checksums_url=entry.get("checksums_url"), size=size, post=post,
                                   note=entry.get("note", "")))
     info = {k: v for k, v in data.items() if k not in ("name", "description", "files")}
     return Manifest(name=data.get("name", path.stem), description=data.get("description", ""),
                     files=tuple(files), path=path, info=info)
-
-
-def _is_hex(value, digits: int) -> bool:
-    return isinstance(value, str) and len(value) == digits and all(c in "0123456789abcdef" for c in value.lower())
 
 
 def published_md5(entry: ManifestFile, dest: Path, quiet: bool = False) -> str:
@@ -127,21 +145,24 @@ def published_md5(entry: ManifestFile, dest: Path, quiet: bool = False) -> str:
     The list is small and publishers update it with their files, so it is downloaded afresh each time."""
     from ssm_core.utils.download import download
 
-    listing = dest / ".downloads" / f"{entry.name}.checksums"
+    listing = dest / DOWNLOADS / f"{entry.name}.checksums"
     listing.unlink(missing_ok=True)
-    download(entry.checksums_url, listing, quiet=True)
+    try:
+        download(entry.checksums_url, listing, quiet=True)
+        lines = listing.read_text(errors="replace").splitlines()
+    finally:
+        listing.unlink(missing_ok=True)
     found = None
-    for number, line in enumerate(listing.read_text(errors="replace").splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         digest, _, name = line.strip().partition(" ")
         name = name.strip().lstrip("*").removeprefix("./")
-        if not _is_hex(digest, 32) or not name:
+        if not is_hex(digest, 32) or not name:
             raise GenomicsInputError(f"{entry.checksums_url}, line {number}: not an md5sum line "
                                      f"('<32 hex digits>  <file name>'): {line[:80]!r}")
         if name.rsplit("/", 1)[-1] == entry.name:
             found = digest.lower()
-    listing.unlink()
     if found is None:
         raise GenomicsInputError(f"{entry.checksums_url} lists no checksum for {entry.name}")
     if not quiet:
@@ -150,16 +171,16 @@ def published_md5(entry: ManifestFile, dest: Path, quiet: bool = False) -> str:
 
 
 def _recompress_bgzf(src: Path, dest: Path):
-    """Plain gzip (or uncompressed) -> BGZF, streamed, written atomically."""
+    """Plain gzip (or uncompressed) -> BGZF, streamed, written atomically; a truncated or damaged gzip raises
+    :class:`CorruptFileError` naming ``src``."""
     from Bio import bgzf
 
-    tmp = dest.with_name(dest.name + ".tmp")
     with open(src, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    with (gzip.open(src, "rb") if gzipped else open(src, "rb")) as fin, bgzf.BgzfWriter(str(tmp), "wb") as fout:
+    with (replacing(dest) as tmp, reading_gzip(src),
+          (gzip.open(src, "rb") if gzipped else open(src, "rb")) as fin, bgzf.BgzfWriter(str(tmp), "wb") as fout):
         while block := fin.read(1 << 22):
             fout.write(block)
-    os.replace(tmp, dest)
 
 
 def _post_process(entry: ManifestFile, download: Path, output: Path, keep_download: bool):
@@ -175,15 +196,24 @@ def _post_process(entry: ManifestFile, download: Path, output: Path, keep_downlo
         print(f"recompressing {download.name} as BGZF -> {output.name}", file=sys.stderr)
         _recompress_bgzf(download, output)
     elif keep_download:
-        shutil.copyfile(download, output)
+        with replacing(output) as tmp:
+            shutil.copyfile(download, tmp)
     else:
         os.replace(download, output)
     if "faidx" in entry.post:
         open_fasta(output).close()  # builds .fai (and .gzi) next to the output, saying so
 
 
-def _stamp_path(dest: Path, entry: ManifestFile) -> Path:
-    return dest / ".fetch" / f"{entry.output}.json"
+def _check_targets(manifest: Manifest, dest: Path, entry: ManifestFile) -> None:
+    """Refuse, before any download, an entry whose paths lead outside ``dest`` through a symlink there, or whose
+    output exists but was not made by this manifest's fetch."""
+    where = f"{manifest.path}, files[{manifest.files.index(entry)}]"
+    for field, parts in (("filename", (DOWNLOADS, entry.name)), ("filename", (DOWNLOADS, f"{entry.name}.part")),
+                         ("filename", (DOWNLOADS, f"{entry.name}.checksums")), ("output", (entry.output,)),
+                         ("output", (entry.output + ".fai",)), ("output", (entry.output + ".gzi",)),
+                         ("output", (STAMPS, f"{entry.output}.json"))):
+        inside(dest, *parts, where=f'{where}, "{field}"')
+    claim(dest, entry.output, manifest.name, where)
 
 
 def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: list[str] | None = None,
@@ -204,19 +234,21 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
         if not entries:
             raise GenomicsInputError(f"{manifest.path}: none of {sorted(wanted)} is a file of this manifest "
                                      f"(files: {[fasta_stem(e.output) for e in manifest.files]})")
+    for entry in entries:  # every target of every file, before the first download
+        _check_targets(manifest, dest, entry)
     outputs = []
     for entry in entries:
         output = dest / entry.output
-        stamp_path = _stamp_path(dest, entry)
-        stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+        stamp = read_stamp(dest, entry.output)
         # a stamped output whose size changed since (truncated, overwritten) is fetched again, not trusted
-        intact = output.is_file() and stamp and stamp.get("output_size") in (None, output.stat().st_size)
+        intact = (output.is_file() and stamp and not stamp.get("pending")
+                  and stamp.get("output_size") in (None, output.stat().st_size))
         if intact and not force and (entry.sha256 is None or stamp.get("sha256") == entry.sha256):
             if not quiet:
                 print(f"{output}: already fetched (sha256 {stamp.get('sha256')})", file=sys.stderr)
             outputs.append(output)
             continue
-        download_path = dest / ".downloads" / entry.name
+        download_path = dest / DOWNLOADS / entry.name
         if force:
             download_path.unlink(missing_ok=True)
         md5, verified_by = entry.md5, ("sha256 pinned" if entry.sha256 else "md5 pinned" if entry.md5 else "none")
@@ -225,15 +257,17 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
         download(entry.url, download_path, sha256=entry.sha256, md5=md5, size=entry.size, quiet=quiet)
         digest = entry.sha256 or sha256sum(download_path)
         if entry.sha256 is None:
-            checked = "nothing verified it" if verified_by == "none" else f"verified by {verified_by}"
-            print(f"{entry.name}: sha256 {digest} ({checked}; add it to the manifest to pin this file)",
-                  file=sys.stderr)
-        _post_process(entry, download_path, output, keep_downloads)
-        if not keep_downloads:
-            download_path.unlink(missing_ok=True)
-        stamp_path.parent.mkdir(parents=True, exist_ok=True)
-        stamp_path.write_text(json.dumps({"url": entry.url, "name": entry.name, "sha256": digest,
-                                          "verified_by": verified_by, "output_size": output.stat().st_size,
-                                          "manifest": manifest.name}, indent=1))
+            print(unpinned_notice(entry.name, digest, verified_by), file=sys.stderr)
+        with making(dest, entry.output, manifest.name):
+            try:
+                _post_process(entry, download_path, output, keep_downloads)
+            except CorruptFileError as exc:  # the download is damaged: never reuse it
+                download_path.unlink(missing_ok=True)
+                raise CorruptFileError(f"{entry.url}: {exc}; the download was deleted") from None
+            if not keep_downloads:
+                download_path.unlink(missing_ok=True)
+            write_stamp(dest, entry.output, {"url": entry.url, "name": entry.name, "sha256": digest,
+                                             "verified_by": verified_by, "output_size": output.stat().st_size,
+                                             "manifest": manifest.name})
         outputs.append(output)
     return outputs

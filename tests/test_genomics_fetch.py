@@ -1,5 +1,6 @@
 """fetch: file:// downloads, corrupt downloads detected and re-fetched, resume, post-processing, CLI."""
 import gzip
+import io
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from genomics.errors import GenomicsInputError
 from genomics.fasta import gzip_kind, open_fasta
 from genomics.manifests import fetch_manifest, load_manifest
 from genomics.tokenizer import decode
-from ssm_core.utils.download import ChecksumError, md5sum, sha256sum
+from ssm_core.utils.download import ChecksumError, CorruptFileError, md5sum, sha256sum
 
 
 @pytest.fixture
@@ -211,3 +212,137 @@ def test_shipped_manifests_load():
     # every assembly is verified at fetch time: against UCSC's md5sum.txt beside it, if nothing is pinned
     for f in apes.files:
         assert f.sha256 or f.md5 or f.checksums_url == f.url.rsplit("/", 1)[0] + "/md5sum.txt", f.name
+
+
+# --- issue #17: nothing outside --dest is written or deleted; nothing a user had in it is replaced -----------------
+
+def victim_file(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    return victim
+
+
+@pytest.mark.parametrize("field, value", [
+    ("output", ".."), ("output", "."), ("output", ""), ("output", "ABSOLUTE"), ("output", "a\\b"),
+    ("output", "C:victim.txt"), ("output", "x\x00y"), ("output", ".fetch"), ("output", ".Downloads"), ("output", 5),
+    ("output", None), ("filename", ".."), ("filename", "x\ny"), ("filename", 5),
+])
+def test_an_unsafe_manifest_name_is_refused_before_any_download(tmp_path, source, assert_refused, field, value):
+    victim = victim_file(tmp_path)
+    value = str(victim) if value == "ABSOLUTE" else value
+    manifest = write_manifest(tmp_path, source)
+    data = json.loads(manifest.read_text())
+    data["files"][1][field] = value  # the first file is fine: it must not be downloaded either
+    manifest.write_text(json.dumps(data))
+    dest = tmp_path / "data"
+    dest.mkdir()
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest)]), str(manifest), "files[1]",
+                   f'"{field}"')
+    assert not list(dest.iterdir()) and victim.read_text() == "mine"
+
+
+def test_repeated_file_names_are_refused(tmp_path, source):
+    manifest = write_manifest(tmp_path, source)
+    data = json.loads(manifest.read_text())
+    data["files"][1]["filename"] = "genome.fa.gz"
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(GenomicsInputError, match=r"files\[1\]: filename 'genome.fa.gz' is repeated"):
+        load_manifest(manifest)
+
+
+@pytest.mark.parametrize("link, to_folder", [(".downloads", True), (".fetch", True), ("sequences.bed", False),
+                                             ("toy.fa.bgz.fai", False)])
+def test_a_symlink_in_dest_leading_outside_is_refused(tmp_path, source, assert_refused, link, to_folder):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    victim = victim_file(outside)
+    manifest = write_manifest(tmp_path, source)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / link).symlink_to(outside if to_folder else victim)
+    rc = main(["fetch", str(manifest), "--dest", str(dest), "--keep-downloads"])
+    assert_refused(rc, str(manifest), "leads outside")
+    assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"] and victim.read_text() == "mine"
+    assert sorted(p.name for p in dest.iterdir()) == [link]
+
+
+def test_a_file_fetch_did_not_make_is_never_replaced(tmp_path, source, assert_refused):
+    manifest = write_manifest(tmp_path, source)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / "sequences.bed").write_text("my own intervals\n")
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest)]), str(dest / "sequences.bed"),
+                   "move it away")
+    assert sorted(p.name for p in dest.iterdir()) == ["sequences.bed"]  # nothing downloaded
+    assert (dest / "sequences.bed").read_text() == "my own intervals\n"
+    (dest / "sequences.bed").unlink()
+    assert main(["fetch", str(manifest), "--dest", str(dest), "--force"]) == 0
+    check_output(dest, source)
+    data = json.loads(manifest.read_text())  # another manifest naming the same output does not replace it either
+    data["name"] = "other"
+    manifest.write_text(json.dumps(data))
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest), "--force"]),
+                   "fetch of manifest 'toy'")
+
+
+def test_temporary_files_never_take_a_users_name(tmp_path, source):
+    manifest = write_manifest(tmp_path, source, post=("decompress",), output="toy.fa")
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / "toy.fa.tmp").write_text("mine")  # the name the old code wrote its temporary file to
+    fetch_manifest(manifest, dest, quiet=True)
+    assert (dest / "toy.fa.tmp").read_text() == "mine"
+    assert decode(open_fasta(dest / "toy.fa", quiet=True).fetch("chr1", 0, 60)) == source["sequence"][:60]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+@pytest.mark.parametrize("post, output", [(("decompress",), "toy.fa"), (("bgzip",), "toy.fa.bgz")])
+def test_a_damaged_unverified_gzip_is_a_clear_error(tmp_path, source, assert_refused, damage, post, output):
+    good = source["fasta"].read_bytes()
+    source["fasta"].write_bytes(good[: len(good) // 2] if damage == "truncated"
+                                else good[:20] + bytes(4000) + good[4020:])
+    manifest = write_manifest(tmp_path, source, sha_fasta=None, post=post, output=output)
+    dest = tmp_path / "data"
+    assert_refused(main(["fetch", str(manifest), "--dest", str(dest)]), source["fasta"].as_uri(),
+                   "not a complete gzip file")
+    # no output, no stamp, no temporary file, and the damaged download is not kept to be reused
+    assert sorted(str(p.relative_to(dest)) for p in dest.rglob("*")) == [".downloads", ".fetch"]
+    source["fasta"].write_bytes(good)  # the publisher fixes the file: the next fetch downloads it afresh
+    assert main(["fetch", str(manifest), "--dest", str(dest)]) == 0
+    fasta = open_fasta(dest / output, decompress_to=tmp_path / "cache", quiet=True)
+    assert decode(fasta.fetch("chr1", 300_000, 300_500)) == source["sequence"][300_000:300_500]
+
+
+def test_a_transfer_that_ends_early_is_resumed_not_accepted(tmp_path, source, monkeypatch, capsys):
+    manifest = write_manifest(tmp_path, source, sha_fasta=None)  # nothing else would notice the missing bytes
+    real_open = download_module._open
+    good = source["fasta"].read_bytes()
+    offsets = []
+
+    def cut_short(url, offset):  # the server announces the whole file, the connection ends half-way
+        stream, total, resumed = real_open(url, offset)
+        offsets.append(offset)
+        if url.endswith(".gz") and offset == 0:
+            stream = io.BytesIO(stream.read(len(good) // 2))
+        return stream, total, resumed
+
+    monkeypatch.setattr(download_module, "_open", cut_short)
+    fetch_manifest(manifest, tmp_path / "data", only=["toy"])
+    assert offsets == [0, len(good) // 2] and "ended after" in capsys.readouterr().out
+    fasta = open_fasta(tmp_path / "data" / "toy.fa.bgz", quiet=True)
+    assert decode(fasta.fetch("chr1", 399_940, 400_000)) == source["sequence"][-60:]
+
+
+def test_a_transfer_that_keeps_ending_early_is_an_error_and_resumable(tmp_path, source, monkeypatch):
+    manifest = write_manifest(tmp_path, source, sha_fasta=None)
+    real_open = download_module._open
+
+    def always_short(url, offset):
+        stream, total, resumed = real_open(url, offset)
+        return io.BytesIO(stream.read(1000)), total, resumed
+
+    monkeypatch.setattr(download_module, "_open", always_short)
+    with pytest.raises(CorruptFileError, match=r"genome.fa.gz: the transfer ended after 2000 of .* resume"):
+        fetch_manifest(manifest, tmp_path / "data", quiet=True)
+    assert (tmp_path / "data" / ".downloads" / "genome.fa.gz.part").stat().st_size == 2000
+    assert not (tmp_path / "data" / "toy.fa.bgz").exists()

@@ -1,20 +1,29 @@
 """Verified, resumable downloads for the data manifests (shared by `genomics fetch` and `audio fetch`).
 
 A download goes to ``<dest>.part``; an interrupted one resumes from the bytes already there (HTTP Range).
-The finished file is checked against its SHA-256 or MD5 (and size) before it is renamed into place, so a corrupt
-or truncated file is never used: on a mismatch the partial file is deleted and the download starts over.
+The finished file is checked against its SHA-256 or MD5 (and size, and the length the server announced) before it
+is renamed into place, so a corrupt or truncated file is never used: on a mismatch the partial file is deleted and
+the download starts over; a transfer that ends early is resumed. A file that nothing verified (no checksum) and
+that turns out to be damaged when it is unpacked raises :class:`CorruptFileError`, naming it.
 ``file://`` URLs are supported so that the logic is testable without a network.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import urllib.parse
 import urllib.request
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from ssm_core.utils.fetch_paths import replacing
 
 CHUNK = 1 << 20
 # The data manifests (one JSON per data set; format: data_manifests/README.md) are package data of ssm_core, so
@@ -24,6 +33,33 @@ MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
 
 class ChecksumError(RuntimeError):
     """A downloaded file does not match the checksum or size its manifest declares."""
+
+
+class CorruptFileError(ChecksumError):
+    """A file is not what it claims to be: a truncated or damaged gzip or archive, or a transfer that kept ending
+    before the length the server announced. The message names the file (and URL)."""
+
+
+SCHEMES = ("https", "http", "file")
+
+
+def check_url(value, where: str) -> str:
+    """``value`` if it is an ``https://``, ``http://`` or ``file://`` URL, else ValueError naming ``where``."""
+    if not isinstance(value, str) or urllib.parse.urlparse(value).scheme not in SCHEMES:
+        raise ValueError(f"{where}: {value!r} is not an https://, http:// or file:// URL")
+    return value
+
+
+def is_hex(value, digits: int) -> bool:
+    """Whether ``value`` is a hex digest of ``digits`` digits (either case)."""
+    return isinstance(value, str) and len(value) == digits and all(c in "0123456789abcdef" for c in value.lower())
+
+
+def unpinned_notice(name: str, digest: str, verified_by: str) -> str:
+    """The line fetch prints for a file without a pinned SHA-256: its digest, to pin, and what (if anything)
+    verified it; ``verified_by`` is what the fetch stamp records (``"none"`` when nothing did)."""
+    checked = "nothing verified it" if verified_by == "none" else f"verified by {verified_by}"
+    return f"{name}: sha256 {digest} ({checked}; add it to the manifest to pin this file)"
 
 
 def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = CHUNK) -> str:
@@ -93,14 +129,26 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size:
             total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
             desc=dest.name, disable=quiet,
         ) as bar:
-            while block := stream.read(CHUNK):
-                out.write(block)
-                bar.update(len(block))
+            broken = None
+            try:
+                while block := stream.read(CHUNK):
+                    out.write(block)
+                    bar.update(len(block))
+            except http.client.HTTPException as err:  # e.g. IncompleteRead: the bytes so far are resumed from below
+                broken = err
             out.flush()
             os.fsync(out.fileno())
-        problem = None
-        if size is not None and part.stat().st_size != size:
-            problem = f"size {part.stat().st_size} != expected {size}"
+        got = part.stat().st_size
+        if broken is not None or (total is not None and got < total):  # ended early (urllib may say nothing)
+            problem = (f"the transfer broke off after {got} bytes ({type(broken).__name__})" if total is None
+                       else f"the transfer ended after {got} of the {total} bytes the server announced")
+            if not quiet:
+                print(f"{dest.name}: {problem}; " + ("resuming" if attempt < retries else "giving up"))
+            continue
+        if total is not None and got > total:
+            problem = f"{got} bytes, more than the {total} the server announced"
+        elif size is not None and got != size:
+            problem = f"size {got} != expected {size}"
         else:
             problem = _mismatch(part, expected)
         if problem is None:
@@ -109,16 +157,27 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size:
         part.unlink()  # never keep (or resume from) bytes that failed verification
         if not quiet:
             print(f"{dest.name}: {problem}; " + ("retrying from scratch" if attempt < retries else "giving up"))
+    if part.exists():  # only a transfer that ended early keeps its bytes
+        raise CorruptFileError(f"{url} -> {dest}: {problem}; run fetch again to resume from {part}")
     raise ChecksumError(f"{url} -> {dest}: {problem}")
 
 
-def decompress_gzip(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
-    """Decompress a .gz file to ``dest`` atomically (temporary file, then rename)."""
-    import gzip
+GZIP_ERRORS = (EOFError, gzip.BadGzipFile, zlib.error)  # truncated, not gzip, damaged
 
+
+@contextmanager
+def reading_gzip(src: str | os.PathLike) -> Iterator[None]:
+    """Turn the errors of reading a truncated or damaged gzip file ``src`` into :class:`CorruptFileError`."""
+    try:
+        yield
+    except GZIP_ERRORS as err:
+        raise CorruptFileError(f"{src}: not a complete gzip file ({type(err).__name__}: {err})") from None
+
+
+def decompress_gzip(src: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Decompress a .gz file to ``dest`` atomically (a fresh temporary file beside it, then rename; deleted on any
+    failure). A truncated or damaged file raises :class:`CorruptFileError` naming ``src``."""
     dest = Path(dest)
-    tmp = dest.with_name(dest.name + ".tmp")
-    with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+    with replacing(dest) as tmp, reading_gzip(src), gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
         shutil.copyfileobj(fin, fout, CHUNK)
-    os.replace(tmp, dest)
     return dest
