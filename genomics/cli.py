@@ -1,7 +1,7 @@
 """``python -m genomics``: the genomics command line (one function per subcommand).
 
-Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune``, ``classify`` and
-``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
+Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune``, ``classify``, ``embed``
+and ``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
 declares its arguments and a ``cmd_<name>(args) -> int`` function that runs it; a new subcommand adds one of
 each and registers it in :func:`build_parser`. Every subcommand takes ``--device`` (:func:`add_device_argument`,
 resolved by :func:`resolve_device`). Bad input ends with ``error: <message>`` on stderr and exit status 1,
@@ -32,6 +32,7 @@ examples:
   python -m genomics finetune --fasta-dir data/apes --out runs/w4k --init runs/lm --window 4096
   python -m genomics classify --checkpoint runs/w4k --fasta reads.fa --out results.tsv
   samtools fasta x.bam | python -m genomics classify --checkpoint runs/w4k --fasta - --out results.tsv
+  python -m genomics embed --checkpoint runs/w4k --fasta reads.fq.gz --out embeddings.npz
   python -m genomics plot-lengths runs/w1k runs/w4k runs/w16k --out accuracy_vs_length.png
   python -m genomics <command> --help                             # each command's manual
 """
@@ -208,6 +209,23 @@ a classified record that is all N is flagged `no_bases` (with --per-window) and 
 Bad input stops the command with `error: ...` naming the file and record, and nothing is written: a missing,
 empty or non-FASTA/FASTQ file, a truncated FASTQ record, a record with no sequence, a character that is not a
 nucleotide code. IUPAC ambiguity codes (R, Y, K, ...) are read as N by default and refused with --iupac error.
+"""
+
+EPILOG_EMBED = """\
+examples:
+  python -m genomics embed --checkpoint runs/apes_w4k --fasta reads.fq.gz --out reads.npz
+  zcat reads.fq.gz | python -m genomics embed --checkpoint runs/apes_lm --fasta - --out reads.npz --per-window
+
+OUT.npz (numpy.load(OUT, allow_pickle=False)): `records` (names, input order), `lengths`, `embeddings` (float32,
+records x d_model); with --per-window also `window_embeddings`, `window_record` (row index into records) and
+`window_start` (0-based). Windows as in `classify` (default: the fine-tuning window; 1024 for a pretraining run).
+
+A window's embedding is the input of the classifier's head: the final hidden states pooled as the classifier pools
+them (its --pooling), standardised with its running statistics when it has them, so head(embedding) gives the
+window's logits; a pretraining run's final hidden states are mean-pooled. A record's embedding is the mean of its
+windows'. Records are read as given (forward strand). Input as for `classify` (FASTA/FASTQ, gzip, a pipe or -);
+records that say nothing (all N, or fewer bases than classify's default --min-bases) keep their rows and
+are named in a warning.
 """
 
 EPILOG_PLOT_LENGTHS = """\
@@ -433,6 +451,48 @@ def cmd_classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_embed_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("embed", help="embeddings of every record of a FASTA/FASTQ file, as .npz",
+                              description="Embed every record (optionally every window) of a FASTA or FASTQ file "
+                                          "with a pretraining or fine-tuning run's model: the pooled "
+                                          "representation the classifier's head sees.",
+                              epilog=EPILOG_EMBED, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="a `pretrain` or `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
+    p.add_argument("--fasta", required=True, metavar="FILE",
+                   help="FASTA or FASTQ file (plain, gzip, bgzip; recognised from the content); - reads stdin")
+    p.add_argument("--out", required=True, metavar="OUT.npz",
+                   help="the .npz to write (its directory is created; written only on success)")
+    p.add_argument("--per-window", action="store_true",
+                   help="also window_embeddings, window_record and window_start")
+    p.add_argument("--window", type=_positive_int,
+                   help="window length in bases (default: the fine-tuning window; 1024 for a pretraining run)")
+    add_device_argument(p)
+    p.set_defaults(func=cmd_embed)
+    return p
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genomics.classify import describe_flagged
+    from genomics.embed import Embedder
+    from ssm_core.train.checkpoint import atomic_write_bytes
+
+    if Path(args.out).is_dir():  # checked before a long pass, not after it
+        raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the .npz file to write")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    embedder = Embedder(args.checkpoint, resolve_device(args.device), window=args.window)
+    result = embedder.embed_file(args.fasta)
+    if result.flagged:
+        print(f"warning: {describe_flagged([(args.fasta, name, flag) for name, flag in result.flagged])}; "
+              "embedded all the same", file=sys.stderr)
+    atomic_write_bytes(args.out, result.npz_bytes(args.per_window))
+    print(f"embedded {len(result.records)} records ({len(result.window_start)} windows of up to {embedder.window} "
+          f"bases, {result.embeddings.shape[1]} dimensions) -> {args.out}", file=sys.stderr)
+    return 0
+
+
 def add_plot_lengths_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plot-lengths", help="plot test accuracy against window length across runs",
                               description="Plot the test accuracy of fine-tuning runs against their window "
@@ -467,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(subparsers)
     add_finetune_parser(subparsers)
     add_classify_parser(subparsers)
+    add_embed_parser(subparsers)
     add_plot_lengths_parser(subparsers)
     return parser
 

@@ -497,6 +497,53 @@ def test_classify_writes_nothing_beside_its_input(workspace, tmp_path, capsys):
     assert sorted(os.listdir(inputs)) == before
 
 
+def test_embed_writes_the_input_of_the_classifiers_head(workspace, tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    query = write_fasta(tmp_path / "q.fa", {"long": random_dna(rng, 250), "read": random_dna(rng, 80),
+                                            "third": random_dna(rng, 96)})
+    out = tmp_path / "new_dir" / "emb.npz"
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", out) == 0
+    with np.load(out, allow_pickle=False) as npz:
+        plain = dict(npz)
+    assert set(plain) == {"records", "lengths", "embeddings"}
+    assert plain["records"].tolist() == ["long", "read", "third"] and plain["lengths"].tolist() == [250, 80, 96]
+    assert plain["embeddings"].dtype == np.float32 and plain["embeddings"].shape == (3, 48)
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", out, "--per-window") == 0
+    with np.load(out, allow_pickle=False) as npz:
+        data = dict(npz)
+    assert set(data) == {"records", "lengths", "embeddings", "window_embeddings", "window_record", "window_start"}
+    assert data["window_record"].tolist() == [0, 0, 0, 1, 2] and data["window_start"].tolist() == [0, 96, 154, 0, 0]
+    assert data["window_embeddings"].dtype == np.float32 and data["window_embeddings"].shape == (5, 48)
+    np.testing.assert_array_equal(data["embeddings"], plain["embeddings"])
+    np.testing.assert_allclose(data["embeddings"][0], data["window_embeddings"][:3].mean(0), rtol=1e-5, atol=1e-6)
+    # the classifier's head turns the window embeddings into classify's window probabilities
+    model = load_run_model(workspace["ft"])
+    with torch.no_grad():
+        head = torch.softmax(model.head(torch.from_numpy(data["window_embeddings"])), -1).numpy()
+    capsys.readouterr()
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--per-window", "--strand",
+                   "forward") == 0
+    windows = read_tsv(capsys.readouterr().out)
+    np.testing.assert_allclose(head, [probabilities(w) for w in windows], rtol=1e-4, atol=1e-6)
+
+
+def test_embed_a_pretraining_run_from_stdin_mean_pools_its_hidden_states(workspace, tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(10)
+    reads = {"a": random_dna(rng, 300), "gap": "N" * 40}
+    fake_stdin(monkeypatch, fastq(reads))
+    out = tmp_path / "lm.npz"
+    assert run_cli("embed", "--checkpoint", workspace["lm"], "--fasta", "-", "--out", out) == 0
+    assert "'gap' in <stdin> (no A/C/G/T base)" in capsys.readouterr().err
+    with np.load(out, allow_pickle=False) as npz:
+        data = dict(npz)
+    assert data["records"].tolist() == ["a", "gap"] and data["embeddings"].shape == (2, 48)
+    from genomics.tokenizer import encode
+    model = load_run_model(workspace["lm"])
+    with torch.no_grad():  # a 1024-base window holds each record whole
+        want = model.backbone(torch.from_numpy(encode(reads["a"]).astype(np.int64))[None]).mean(1)[0].numpy()
+    np.testing.assert_allclose(data["embeddings"][0], want, rtol=1e-4, atol=1e-5)
+
+
 def test_plot_lengths(workspace, tmp_path, capsys):
     second = tmp_path / "ft2"
     assert run_cli("finetune", "--fasta-dir", workspace["apes"], "--out", second, "--window", 48, "--steps", 2,
@@ -561,6 +608,10 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
         (["classify", "--checkpoint", tmp_path / "no_run", "--fasta", good], "no_run"),
         (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "a pretraining run, which has no classes"),
         (["classify", "--checkpoint", workspace["ft"], "--fasta", "-", good, "-"], "given more than once"),
+        (["embed", "--checkpoint", workspace["ft"], "--fasta", tmp_path / "missing.fq", "--out", tmp_path / "e.npz"],
+         "missing.fq: FASTA/FASTQ file not found"),
+        (["embed", "--checkpoint", tmp_path / "no_run", "--fasta", good, "--out", tmp_path / "e.npz"], "no_run"),
+        (["embed", "--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path], "--out"),
         (["classify", "--checkpoint", foreign, "--fasta", good],
          "not a model config written by save_model (no model_class or config)"),
         (["finetune", "--fasta-dir", workspace["apes"], "--out", tmp_path / "r0", "--init", tmp_path / "no_lm"],
@@ -584,14 +635,15 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     assert "a.fa.gz" in err and "bgzip" in err
 
 
-@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify"])
+@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify", "embed"])
 def test_device_cuda_without_a_gpu_is_a_clear_error(workspace, tmp_path, capsys, monkeypatch, command):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
     good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
     args = {"simulate": ["--out", tmp_path / "sim", "--size", "tiny"],
             "pretrain": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
             "finetune": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
-            "classify": ["--checkpoint", workspace["ft"], "--fasta", good]}[command]
+            "classify": ["--checkpoint", workspace["ft"], "--fasta", good],
+            "embed": ["--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path / "run" / "e.npz"]}[command]
     assert run_cli(command, *args, "--device", "cuda") == 1
     assert error_line(capsys.readouterr().err) == "error: --device cuda was requested but no CUDA GPU is available"
     assert not (tmp_path / "run").exists() and not (tmp_path / "sim").exists()
