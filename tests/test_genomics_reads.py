@@ -76,19 +76,21 @@ def test_a_fifo_is_read_as_it_comes(tmp_path):
     """Records come out while the writer is still writing: one pass, no seeking, no waiting for the end."""
     fifo = tmp_path / "reads.fifo"
     os.mkfifo(fifo)
-    first_seen = threading.Event()
+    first_seen, finished = threading.Event(), threading.Event()
 
     def writer():
         with open(fifo, "w") as f:
             f.write("@read1\nACGT\n+\nIIII\n@read2\nGG\n")
             f.flush()
-            first_seen.wait(timeout=30)  # the rest only once the reader has yielded read1
+            first_seen.wait(timeout=10)  # the rest only once the reader has yielded read1
             f.write("+\nII\n")
+        finished.set()
 
     thread = threading.Thread(target=writer)
     thread.start()
     records = read_records(fifo)
     assert next(records).name == "read1"
+    assert not finished.is_set()  # read1 came out before the input ended
     first_seen.set()
     assert [r.name for r in records] == ["read2"]
     thread.join()
