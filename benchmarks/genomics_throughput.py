@@ -69,11 +69,12 @@ def probability_check(run: Path, record: Path, bases: int) -> dict:
     import numpy as np
     import torch
 
-    from genomics.classify import SpeciesClassifier, fasta_records
+    from genomics.classify import SpeciesClassifier
+    from genomics.reads import read_records
+    from genomics.tokenizer import encode
 
     model = SpeciesClassifier(run, "cpu").model
-    _, _, fetch = next(fasta_records(record, "n"))
-    ids = torch.from_numpy(fetch(0, bases).astype(np.int64))[None]
+    ids = torch.from_numpy(encode(next(read_records(record)).sequence[:bases]).astype(np.int64))[None]
     with torch.no_grad():
         fast = torch.softmax(model(ids), -1)
         with torch.autocast("cpu", dtype=torch.bfloat16):

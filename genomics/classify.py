@@ -1,48 +1,74 @@
-"""Classify the records of FASTA files with a fine-tuned species classifier.
+"""Classify the records of FASTA or FASTQ files with a fine-tuned species classifier.
 
-Every record is cut into windows of the model's window length (``--window`` overrides it): consecutive
-windows from the record's start, the last one aligned to the record's end (so it overlaps its neighbour
-rather than being short). A record shorter than the window is read whole, as one shorter window. Windows longer
-than ``chunk`` bases go through the backbone chunk by chunk with the recurrent state carried over, so memory
-depends on the chunk, not on the window (the default chunk is short on CPU, where small pieces run faster);
-windows are fetched one batch at a time through the FASTA index, so a record of any length (a whole chromosome)
-is classified in constant memory.
+Input comes through :func:`genomics.reads.read_records`: FASTA or FASTQ, plain, gzip or bgzip, from a file, a pipe or
+stdin (``-``), recognised from the content and read in one streaming pass. Every record is cut into windows of the
+model's window length (``--window`` overrides it): consecutive windows from the record's start, the last one aligned
+to the record's end (so it overlaps its neighbour rather than being short). A record shorter than the window is read
+whole, as one shorter window. Windows of consecutive records are batched together (windows of equal length stacked,
+about ``batch_tokens`` bases per forward pass), so a file of short reads runs as few passes; a window longer than
+``chunk`` bases goes through the backbone chunk by chunk with the recurrent state carried over, so memory depends on
+the chunk, not on the window (the default chunk is short on CPU, where small pieces run faster). Memory holds one
+batch of records, or one long record: it grows with the longest record (about 5 bytes per base while the record is
+parsed), never with the file. The results (a few numbers per record or window) are kept until the end.
+
+Strands: a read may come from either strand of the DNA. With ``strand="both"`` (the default) every window is also
+read reverse-complemented and its class probabilities are the mean of the two strands' probabilities (the arithmetic
+mean: one strand read confidently is not vetoed by an unsure other); ``strand="forward"`` reads the records as given.
+Each result also keeps each strand's own probabilities, so a row can say which strand alone gave the predicted class
+the higher probability (``strand``) and how probable each strand found it (``p_forward``, ``p_reverse``).
 
 Aggregation over a record's windows: the mean of the windows' log-probabilities, renormalised (a softmax of
 the mean log-probabilities, i.e. the normalised geometric mean of the window probabilities). Windows count as
-independent pieces of evidence, so a record whose windows mostly agree gets a confident call.
+independent pieces of evidence, so a record whose windows mostly agree gets a confident call. Each strand's own
+record probabilities are aggregated the same way from its windows.
+
+Records that say nothing are flagged, not classified: a record with fewer than ``min_bases`` A/C/G/T bases (all N,
+or very short) keeps its row, flagged ``no_bases`` (none at all) or ``short``, with no prediction; a window of a
+classified record with no A/C/G/T base (an N run) is flagged ``no_bases`` and left out of its record's aggregate.
 
 Input errors stop the command before anything is written, naming the file and record: a missing, empty or
-non-FASTA file, a record with no sequence, a character outside the alphabet (IUPAC ambiguity codes are read as N
-with ``iupac="n"``, refused with ``iupac="error"``; anything else is always refused). No record is ever left out
-of a finished output.
+non-FASTA/FASTQ file, a truncated FASTQ record, a record with no sequence, a character outside the alphabet (IUPAC
+ambiguity codes are read as N with ``iupac="n"``, refused with ``iupac="error"``; anything else is always refused).
+No record is ever left out of a finished output.
 """
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
-from ssm_core import MambaSequenceClassifier
+from ssm_core import MambaLMHeadModel, MambaSequenceClassifier
 from ssm_core.train import CheckpointError, resolve_checkpoint
 
 from genomics.errors import GenomicsInputError
-from genomics.fasta import open_fasta, read_fasta_records
 from genomics.models import load_run_model, run_path
-from genomics.tokenizer import encode
+from genomics.reads import SequenceRecord, read_records, source_name
+from genomics.tokenizer import VOCAB_SIZE, encode, is_base, reverse_complement
+
+STRANDS = ("both", "forward")
+STRAND_NAMES = ("forward", "reverse")  # rows of a result's strand_log_probs
+NO_BASES, SHORT = "no_bases", "short"  # flags of records (and windows) that say nothing
+# A record with fewer A/C/G/T bases is not classified: the models are fine-tuned on windows of a thousand bases or
+# more, and a call from a few dozen says more about the model than about the record.
+MIN_BASES = 32
+DEFAULT_WINDOW = 1024  # when neither --window nor the run names one
 
 
 @dataclass
 class WindowResult:
     start: int  # 0-based, half-open
     end: int
-    log_probs: np.ndarray  # (classes,)
+    log_probs: np.ndarray | None  # (classes,) strands averaged; None when flagged
+    strand_log_probs: np.ndarray | None  # (strands, classes): forward[, reverse]; None when flagged
+    flag: str = ""  # "" or NO_BASES
 
 
 @dataclass
@@ -50,12 +76,14 @@ class RecordResult:
     file: str
     record: str
     length: int
-    log_probs: np.ndarray  # (classes,) aggregated, normalised
+    log_probs: np.ndarray | None  # (classes,) aggregated, normalised; None when the record is flagged
+    strand_log_probs: np.ndarray | None = None  # (strands, classes), each strand aggregated alone
     windows: list[WindowResult] = field(default_factory=list)
+    flag: str = ""  # "", NO_BASES or SHORT
 
     @property
-    def probabilities(self) -> np.ndarray:
-        return np.exp(self.log_probs)
+    def probabilities(self) -> np.ndarray | None:
+        return None if self.log_probs is None else np.exp(self.log_probs)
 
 
 def window_starts(length: int, window: int) -> list[tuple[int, int]]:
@@ -68,28 +96,24 @@ def window_starts(length: int, window: int) -> list[tuple[int, int]]:
     return [(s, s + window) for s in starts]
 
 
-def fasta_records(path: str | Path, iupac: str) -> Iterator[tuple[str, int, Callable[[int, int], np.ndarray]]]:
-    """The records of a FASTA file in file order as (name, length, fetch(start, end) -> tokens uint8).
+def record_flag(tokens: np.ndarray, min_bases: int = MIN_BASES) -> str:
+    """"" for a record worth classifying; NO_BASES (no A/C/G/T) or SHORT (fewer than ``min_bases``) otherwise."""
+    bases = int(is_base(tokens).sum())
+    return "" if bases >= min_bases else NO_BASES if bases == 0 else SHORT
 
-    Plain and bgzip files are read at random positions through their .fai index (built next to the file when
-    missing); a plain-gzip file, or one whose line lengths vary (which an index cannot describe), is read
-    sequentially into memory instead.
-    """
-    path = Path(path)
-    try:
-        fasta = open_fasta(path)
-    except GenomicsInputError as err:
-        if "plain gzip" not in str(err) and "cannot index" not in str(err):
-            raise
-        fasta = None
-    if fasta is not None:
-        for name, length in fasta.lengths.items():
-            yield name, length, lambda start, end, name=name: fasta.fetch(name, start, end, iupac=iupac)
-        return
-    for name, text in read_fasta_records(path):
-        source = f"{path}, record {name!r}"
-        yield name, len(text), lambda start, end, text=text, source=source: encode(
-            text[start:end], iupac=iupac, source=source, offset=start)
+
+def describe_flagged(flagged: list[tuple[str, str, str]], min_bases: int = MIN_BASES) -> str:
+    """One line naming records that say nothing, from (file, record, flag) triples (the first five, then a count)."""
+    why = {NO_BASES: "no A/C/G/T base", SHORT: f"fewer than {min_bases} A/C/G/T bases"}
+    named = [f"{record!r} in {source_name(file)} ({why[flag]})" for file, record, flag in flagged[:5]]
+    more = f" and {len(flagged) - 5} more" if len(flagged) > 5 else ""
+    return f"{len(flagged)} record(s) say nothing: " + ", ".join(named) + more
+
+
+def _normalised_mean(log_probs: np.ndarray) -> np.ndarray:
+    """(windows, ..., classes) -> (..., classes): the normalised geometric mean of the windows' probabilities."""
+    mean = log_probs.mean(0)
+    return mean - np.logaddexp.reduce(mean, axis=-1, keepdims=True)
 
 
 def run_classes(checkpoint: str | Path) -> tuple[list[str], int | None]:
@@ -121,97 +145,192 @@ def run_classes(checkpoint: str | Path) -> tuple[list[str], int | None]:
 CHUNK_CPU, CHUNK_GPU = 2**10, 2**16
 
 
-class SpeciesClassifier:
-    """A fine-tuned classifier ready to read FASTA files.
+class WindowedModel:
+    """A run's DNA model read window by window over streamed records: what ``classify`` and ``embed`` share.
 
-    ``checkpoint``: a finetune RUN directory or one of its checkpoints. ``window``: bases per window (default:
-    the fine-tuning window). ``batch_tokens``: bases per forward pass; ``chunk``: longest piece read at once
-    (default ``CHUNK_CPU`` or ``CHUNK_GPU`` by device). ``bf16``: matrix products in bfloat16 with float32
-    accumulation (``torch.autocast``): 1.4x faster on a CPU with AVX512-BF16, but the probabilities move (see
-    ``--bf16`` in the CLI).
+    ``model``: a species classifier or a pretrained language model. ``window``: bases per window.
+    ``batch_tokens``: bases per forward pass; ``chunk``: longest piece read at once (default ``CHUNK_CPU`` or
+    ``CHUNK_GPU`` by device). ``bf16``: matrix products in bfloat16 with float32 accumulation (``torch.autocast``):
+    1.4x faster on a CPU with AVX512-BF16, but the probabilities move (see ``--bf16`` in the CLI).
     """
 
-    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
-                 chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False):
-        self.classes, trained_window = run_classes(checkpoint)
-        self.model = load_run_model(checkpoint, device)
-        if not isinstance(self.model, MambaSequenceClassifier):
-            raise GenomicsInputError(f"--checkpoint {checkpoint} holds a {type(self.model).__name__}, not a "
-                                     "species classifier (fine-tune it first with `genomics finetune`)")
-        if self.model.config.num_classes != len(self.classes):
-            raise GenomicsInputError(f"--checkpoint {checkpoint}: the model has {self.model.config.num_classes} "
-                                     f"outputs but the run names {len(self.classes)} classes")
-        self.window = int(window or trained_window or 1024)
-        if self.window < 1:
-            raise GenomicsInputError(f"--window must be positive, got {self.window}")
+    def __init__(self, model: nn.Module, window: int, device: torch.device | str = "cpu", chunk: int | None = None,
+                 batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False):
+        if not isinstance(model, (MambaSequenceClassifier, MambaLMHeadModel)) \
+                or model.config.vocab_size != VOCAB_SIZE:
+            raise GenomicsInputError(f"the checkpoint holds a {type(model).__name__} that does not read DNA tokens "
+                                     "(expected a `genomics pretrain` or `genomics finetune` run)")
+        if window < 1:
+            raise GenomicsInputError(f"--window must be positive, got {window}")
+        self.model, self.window = model, int(window)
         self.device = torch.device(device)
         self.chunk = chunk or (CHUNK_CPU if self.device.type == "cpu" else CHUNK_GPU)
         self.batch_tokens, self.iupac, self.bf16 = batch_tokens, iupac, bf16
 
     @torch.no_grad()
-    def _log_probs(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens uint8 (batch, length) -> log-probabilities (batch, classes)."""
+    def run(self, tokens: np.ndarray, head: bool = False) -> np.ndarray:
+        """tokens uint8 (batch, length) -> the input of the classifier's head (batch, d_model), float32: the pooled
+        final hidden states, standardised as the classifier does (a language model's: mean-pooled). With
+        ``head``, the classifier's log-probabilities (batch, classes) instead."""
         ids = torch.from_numpy(tokens.astype(np.int64)).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = (self.model.forward_chunked(ids, self.chunk) if ids.shape[1] > self.chunk else self.model(ids))
-        return torch.log_softmax(logits.float(), -1).cpu().numpy()
+            if isinstance(self.model, MambaSequenceClassifier):
+                pooled = self.model.backbone.pooled(ids, self.model.config.pooling, self.chunk)
+                features = self.model.standardize(pooled)
+            else:
+                features = self.model.backbone.pooled(ids, "mean", self.chunk)
+            if head:
+                return torch.log_softmax(self.model.head(features).float(), -1).cpu().numpy()
+        return features.float().cpu().numpy()
 
-    def classify_record(self, file: str, name: str, length: int, fetch: Callable[[int, int], np.ndarray],
-                        progress: tqdm | None = None) -> RecordResult:
-        spans = window_starts(length, self.window)
-        per_batch = max(1, self.batch_tokens // self.window)
-        windows = []
-        for i in range(0, len(spans), per_batch):
-            batch = spans[i:i + per_batch]
-            log_probs = self._log_probs(np.stack([fetch(s, e) for s, e in batch]))
-            windows += [WindowResult(s, e, lp) for (s, e), lp in zip(batch, log_probs)]
-            if progress is not None:
-                progress.update(sum(e - s for s, e in batch))
-        mean = np.mean([w.log_probs for w in windows], axis=0)
-        aggregated = mean - np.logaddexp.reduce(mean)
-        return RecordResult(file, name, length, aggregated, windows)
+    def groups(self, records: Iterable[SequenceRecord], source: str,
+               copies: int = 1) -> Iterator[list[tuple[str, np.ndarray]]]:
+        """(name, tokens) of the records in order, in groups of about ``batch_tokens`` bases (each read ``copies``
+        times: strands), so that a batch can hold windows of several records."""
+        group, size = [], 0
+        for record in records:
+            tokens = encode(record.sequence, iupac=self.iupac, source=f"{source}, record {record.name!r}")
+            group.append((record.name, tokens))
+            size += len(tokens) * copies
+            if size >= self.batch_tokens:
+                yield group
+                group, size = [], 0
+        if group:
+            yield group
+
+    def batched(self, windows: list[np.ndarray], head: bool = False, progress: tqdm | None = None) -> list[np.ndarray]:
+        """:meth:`run` over token windows (length,) of any lengths: equal lengths stacked, about ``batch_tokens``
+        bases per pass. Returns one output row per window, in order."""
+        out: list[np.ndarray | None] = [None] * len(windows)
+        by_length = defaultdict(list)
+        for i, w in enumerate(windows):
+            by_length[len(w)].append(i)
+        for length, indices in by_length.items():
+            per_batch = max(1, self.batch_tokens // length)
+            for j in range(0, len(indices), per_batch):
+                part = indices[j:j + per_batch]
+                for i, row in zip(part, self.run(np.stack([windows[i] for i in part]), head)):
+                    out[i] = row
+                if progress is not None:
+                    progress.update(length * len(part))
+        return out
+
+
+def bases_progress(path: str | Path) -> tqdm:
+    """A progress bar in bases for one input (stderr, shown on a terminal only)."""
+    return tqdm(desc=Path(source_name(path)).name, unit="bp", unit_scale=True, leave=False, disable=None)
+
+
+class SpeciesClassifier(WindowedModel):
+    """A fine-tuned classifier ready to read FASTA/FASTQ files.
+
+    ``checkpoint``: a finetune RUN directory or one of its checkpoints. ``window``: bases per window (default:
+    the fine-tuning window). ``strand``: "both" (default) or "forward" (module docstring). ``min_bases``: records
+    with fewer A/C/G/T bases are flagged, not classified. The other arguments: :class:`WindowedModel`.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
+                 chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False,
+                 strand: str = "both", min_bases: int = MIN_BASES):
+        self.classes, trained_window = run_classes(checkpoint)
+        model = load_run_model(checkpoint, device)
+        if not isinstance(model, MambaSequenceClassifier):
+            raise GenomicsInputError(f"--checkpoint {checkpoint} holds a {type(model).__name__}, not a "
+                                     "species classifier (fine-tune it first with `genomics finetune`)")
+        if model.config.num_classes != len(self.classes):
+            raise GenomicsInputError(f"--checkpoint {checkpoint}: the model has {model.config.num_classes} "
+                                     f"outputs but the run names {len(self.classes)} classes")
+        super().__init__(model, window or trained_window or DEFAULT_WINDOW, device, chunk, batch_tokens, iupac,
+                         bf16)
+        if strand not in STRANDS:
+            raise GenomicsInputError(f"strand must be one of {STRANDS}, got {strand!r}")
+        self.strand, self.min_bases = strand, min_bases
+
+    def classify_records(self, records: Iterable[SequenceRecord], file: str,
+                         progress: tqdm | None = None) -> Iterator[RecordResult]:
+        """A result per record, in order (``file`` names them in results and messages)."""
+        strands = 2 if self.strand == "both" else 1
+        for group in self.groups(records, source_name(file), strands):
+            plans, windows = [], []
+            for name, tokens in group:
+                flag = record_flag(tokens, self.min_bases)
+                spans = window_starts(len(tokens), self.window)
+                flags = [flag or ("" if is_base(tokens[s:e]).any() else NO_BASES) for s, e in spans]
+                for (s, e), window_flag in zip(spans, flags):
+                    if not window_flag:
+                        windows += [tokens[s:e], reverse_complement(tokens[s:e])][:strands]
+                plans.append((name, len(tokens), spans, flags, flag))
+            outputs = iter(self.batched(windows, head=True, progress=progress))
+            for name, length, spans, flags, flag in plans:
+                results = []
+                for (s, e), window_flag in zip(spans, flags):
+                    if window_flag:
+                        results.append(WindowResult(s, e, None, None, window_flag))
+                        continue
+                    per_strand = np.stack([next(outputs) for _ in range(strands)])  # (strands, classes)
+                    mean = np.logaddexp.reduce(per_strand, axis=0) - math.log(strands)
+                    results.append(WindowResult(s, e, mean, per_strand))
+                used = [w for w in results if not w.flag]
+                if flag or not used:
+                    yield RecordResult(file, name, length, None, None, results, flag or NO_BASES)
+                    continue
+                yield RecordResult(file, name, length, _normalised_mean(np.stack([w.log_probs for w in used])),
+                                   _normalised_mean(np.stack([w.strand_log_probs for w in used])), results)
 
     def classify_file(self, path: str | Path) -> list[RecordResult]:
-        """Every record of one FASTA file, in file order (progress in bases on stderr)."""
-        records = list(fasta_records(path, self.iupac))
-        total = sum(length for _, length, _ in records)
-        results = []
-        with tqdm(total=total, desc=Path(path).name, unit="bp", unit_scale=True, leave=False,
-                  disable=total <= self.batch_tokens) as progress:
-            for name, length, fetch in records:
-                results.append(self.classify_record(str(path), name, length, fetch, progress))
-        return results
+        """Every record of one FASTA/FASTQ file (``-``: stdin), in file order (progress in bases on stderr)."""
+        with bases_progress(path) as progress:
+            return list(self.classify_records(read_records(path), str(path), progress))
 
 
-def _format(p: float) -> str:
-    return f"{p:.6g}" if math.isfinite(p) else "nan"
+def _format(p: float | None) -> str:
+    return f"{p:.6g}" if p is not None and math.isfinite(p) else "nan"
+
+
+def _call(log_probs: np.ndarray | None, strand_log_probs: np.ndarray | None, classes: list[str]) -> dict:
+    """A prediction as plain values: predicted class, probabilities, the strand that gave the predicted class the
+    higher probability alone, each strand's probability of it (None where there is no prediction or strand)."""
+    if log_probs is None:
+        return {"predicted": None, "probabilities": None, "strand": None, "p_forward": None, "p_reverse": None}
+    predicted = int(np.argmax(log_probs))
+    alone = np.exp(strand_log_probs[:, predicted])
+    return {"predicted": classes[predicted], "probabilities": np.exp(log_probs).tolist(),
+            "strand": STRAND_NAMES[int(np.argmax(alone))], "p_forward": float(alone[0]),
+            "p_reverse": float(alone[1]) if len(alone) > 1 else None}
 
 
 def to_tsv(results: list[RecordResult], classes: list[str], per_window: bool = False) -> str:
-    """TSV text: file, record, length, [start, end,] predicted, p_<class>... (one row per record or window)."""
+    """TSV text: file, record, length, [start, end,] predicted, p_<class>..., strand, p_forward, p_reverse, flag
+    (one row per record or window). A row without a prediction has an empty predicted and strand and nan
+    probabilities; flag is empty unless the record (or window) says nothing."""
     header = ["file", "record", "length"] + (["start", "end"] if per_window else []) + ["predicted"] + [
-        f"p_{c}" for c in classes]
+        f"p_{c}" for c in classes] + ["strand", "p_forward", "p_reverse", "flag"]
     lines = ["\t".join(header)]
     for r in results:
-        rows = ([(w.log_probs, [str(w.start), str(w.end)]) for w in r.windows] if per_window
-                else [(r.log_probs, [])])
-        for log_probs, span in rows:
-            probs = np.exp(log_probs)
-            lines.append("\t".join([r.file, r.record, str(r.length), *span, classes[int(np.argmax(probs))],
-                                    *(_format(p) for p in probs)]))
+        rows = ([(w.log_probs, w.strand_log_probs, w.flag, [str(w.start), str(w.end)]) for w in r.windows]
+                if per_window else [(r.log_probs, r.strand_log_probs, r.flag, [])])
+        for log_probs, strand_log_probs, flag, span in rows:
+            call = _call(log_probs, strand_log_probs, classes)
+            probs = call["probabilities"] or [None] * len(classes)
+            lines.append("\t".join([r.file, r.record, str(r.length), *span, call["predicted"] or "",
+                                    *(_format(p) for p in probs), call["strand"] or "", _format(call["p_forward"]),
+                                    _format(call["p_reverse"]), flag]))
     return "\n".join(lines) + "\n"
 
 
 def to_json(results: list[RecordResult], classes: list[str], per_window: bool = False) -> str:
-    def entry(log_probs):
-        probs = np.exp(log_probs)
-        return {"predicted": classes[int(np.argmax(probs))],
-                "probabilities": {c: float(p) for c, p in zip(classes, probs)}}
+    def entry(log_probs, strand_log_probs, flag):
+        call = _call(log_probs, strand_log_probs, classes)
+        if call["probabilities"] is not None:
+            call["probabilities"] = dict(zip(classes, call["probabilities"]))
+        return {**call, "flag": flag or None}
 
     out = []
     for r in results:
-        item = {"file": r.file, "record": r.record, "length": r.length, **entry(r.log_probs)}
+        item = {"file": r.file, "record": r.record, "length": r.length,
+                **entry(r.log_probs, r.strand_log_probs, r.flag)}
         if per_window:
-            item["windows"] = [{"start": w.start, "end": w.end, **entry(w.log_probs)} for w in r.windows]
+            item["windows"] = [{"start": w.start, "end": w.end, **entry(w.log_probs, w.strand_log_probs, w.flag)}
+                               for w in r.windows]
         out.append(item)
     return json.dumps({"classes": classes, "records": out}, indent=2) + "\n"

@@ -1,7 +1,7 @@
 """``python -m genomics``: the genomics command line (one function per subcommand).
 
-Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune``, ``classify`` and
-``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
+Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune``, ``classify``, ``embed``
+and ``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
 declares its arguments and a ``cmd_<name>(args) -> int`` function that runs it; a new subcommand adds one of
 each and registers it in :func:`build_parser`. Every subcommand takes ``--device`` (:func:`add_device_argument`,
 resolved by :func:`resolve_device`). Bad input ends with ``error: <message>`` on stderr and exit status 1,
@@ -31,6 +31,8 @@ examples:
   python -m genomics pretrain --fasta-dir data/apes --out runs/lm --preset tiny --seqlen 1024 --steps 200
   python -m genomics finetune --fasta-dir data/apes --out runs/w4k --init runs/lm --window 4096
   python -m genomics classify --checkpoint runs/w4k --fasta reads.fa --out results.tsv
+  samtools fasta x.bam | python -m genomics classify --checkpoint runs/w4k --fasta - --out results.tsv
+  python -m genomics embed --checkpoint runs/w4k --fasta reads.fq.gz --out embeddings.npz
   python -m genomics plot-lengths runs/w1k runs/w4k runs/w16k --out accuracy_vs_length.png
   python -m genomics <command> --help                             # each command's manual
 """
@@ -179,21 +181,51 @@ window) and confusion_matrix.png. Compare runs at several windows with `python -
 EPILOG_CLASSIFY = """\
 examples:
   python -m genomics classify --checkpoint runs/apes_w4k --fasta contigs.fa --out results.tsv
-  python -m genomics classify --checkpoint runs/apes_w4k --fasta a.fa b.fa.gz --per-window --window 8192
-  python -m genomics classify --checkpoint runs/apes_w4k/checkpoints/step-00001024.ckpt --fasta x.fa --json
+  python -m genomics classify --checkpoint runs/apes_w4k --fasta a.fa b.fq.gz --per-window --window 8192
+  samtools fasta reads.bam | python -m genomics classify --checkpoint runs/apes_w4k --fasta - > results.tsv
+  python -m genomics classify --checkpoint runs/apes_w4k --fasta <(zcat reads.fq.gz) --strand forward --json
 
-Output (TSV, to --out or stdout): a header `file record length predicted p_<class>...`, then one row per record
-in input order. --per-window writes one row per window instead, with `start` and `end` (0-based, end exclusive)
-after `length`. --json writes the same as JSON.
+Input: FASTA or FASTQ (recognised from the content, whatever the name), plain, gzip or bgzip, from files, pipes
+(process substitution) or stdin (`-`), read in one pass: nothing is indexed, nothing written beside the input.
+
+Output (TSV, to --out or stdout): a header `file record length predicted p_<class>... strand p_forward p_reverse
+flag`, then one row per record in input order. --per-window writes one row per window instead, with `start` and
+`end` (0-based, end exclusive) after `length`. --json writes the same as JSON.
 
 Each record is read in windows of --window bases (default: the fine-tuning window), consecutive from its start,
 the last one aligned to its end; a shorter record is read whole. The record's class probabilities are the
-renormalised mean of its windows' log-probabilities. Windows are fetched through the FASTA index and long ones
-read in chunks, so memory stays constant for records of any length.
+renormalised mean of its windows' log-probabilities. Windows of consecutive records share forward passes; long
+ones are read in chunks, so memory grows with the longest record only (about 5 bytes per base while it is
+parsed: 5 MB for a 1 Mbp read, 1.2 GB for a 250 Mbp chromosome), never with the number of records.
+
+Strands (--strand both, the default): each window is also read reverse-complemented and its probabilities are the
+mean of both strands'. `strand` names the strand that alone gave the predicted class the higher probability;
+`p_forward` and `p_reverse` are each strand's own probability of it (nan with --strand forward).
+
+Records that say nothing are flagged, not classified: fewer than --min-bases A/C/G/T bases gives flag `no_bases`
+(none: all N) or `short`, an empty predicted and nan probabilities, and a warning naming them on stderr. A window of
+a classified record that is all N is flagged `no_bases` (with --per-window) and left out of the record's mean.
 
 Bad input stops the command with `error: ...` naming the file and record, and nothing is written: a missing,
-empty or non-FASTA file, a record with no sequence, a character that is not a nucleotide code. IUPAC ambiguity
-codes (R, Y, K, ...) are read as N by default and refused with --iupac error.
+empty or non-FASTA/FASTQ file, a truncated FASTQ record, a record with no sequence, a character that is not a
+nucleotide code. IUPAC ambiguity codes (R, Y, K, ...) are read as N by default and refused with --iupac error.
+"""
+
+EPILOG_EMBED = """\
+examples:
+  python -m genomics embed --checkpoint runs/apes_w4k --fasta reads.fq.gz --out reads.npz
+  zcat reads.fq.gz | python -m genomics embed --checkpoint runs/apes_lm --fasta - --out reads.npz --per-window
+
+OUT.npz (numpy.load(OUT, allow_pickle=False)): `records` (names, input order), `lengths`, `embeddings` (float32,
+records x d_model); with --per-window also `window_embeddings`, `window_record` (row index into records) and
+`window_start` (0-based). Windows as in `classify` (default: the fine-tuning window; 1024 for a pretraining run).
+
+A window's embedding is the input of the classifier's head: the final hidden states pooled as the classifier pools
+them (its --pooling), standardised with its running statistics when it has them, so head(embedding) gives the
+window's logits; a pretraining run's final hidden states are mean-pooled. A record's embedding is the mean of its
+windows'. Records are read as given (forward strand). Input as for `classify` (FASTA/FASTQ, gzip, a pipe or -);
+records that say nothing (all N, or fewer bases than classify's default --min-bases) keep their rows and
+are named in a warning.
 """
 
 EPILOG_PLOT_LENGTHS = """\
@@ -352,17 +384,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def add_classify_parser(subparsers) -> argparse.ArgumentParser:
+    from genomics.classify import MIN_BASES, STRANDS
+
     p = subparsers.add_parser("classify", help="predict the species of every record of FASTA files",
                               description="Classify every record (optionally every window) of FASTA files with a "
                                           "fine-tuned model; class probabilities as TSV or JSON.",
                               epilog=EPILOG_CLASSIFY, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="a `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
-    p.add_argument("--fasta", required=True, nargs="+", metavar="FILE", help="FASTA files (plain, .gz, bgzip)")
+    p.add_argument("--fasta", required=True, nargs="+", metavar="FILE",
+                   help="FASTA or FASTQ files (plain, gzip, bgzip; recognised from the content); - reads stdin")
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: the fine-tuning window)")
     p.add_argument("--out", metavar="FILE",
                    help="write here instead of stdout (its directory is created; written only on success)")
     p.add_argument("--per-window", action="store_true", help="one row per window, with start and end")
+    p.add_argument("--strand", choices=STRANDS, default="both",
+                   help="both: average each window's probabilities with its reverse complement's (default); "
+                        "forward: read the records as given")
+    p.add_argument("--min-bases", type=_positive_int, default=MIN_BASES,
+                   help=f"records with fewer A/C/G/T bases are flagged, not classified (default {MIN_BASES})")
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
     p.add_argument("--iupac", choices=("n", "error"), default="n",
                    help="IUPAC ambiguity codes: read as N (default) or refuse them")
@@ -383,18 +423,23 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from genomics.classify import SpeciesClassifier, to_json, to_tsv
+    from genomics.classify import SpeciesClassifier, describe_flagged, to_json, to_tsv
 
+    if args.fasta.count("-") > 1:
+        raise GenomicsInputError("--fasta: - (stdin) given more than once; it can be read only once")
     if args.out:  # checked before a long classification, not after it
         if Path(args.out).is_dir():
             raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the file to write")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     classifier = SpeciesClassifier(args.checkpoint, resolve_device(args.device), window=args.window,
                                    chunk=args.chunk, batch_tokens=args.batch_tokens, iupac=args.iupac,
-                                   bf16=args.bf16)
+                                   bf16=args.bf16, strand=args.strand, min_bases=args.min_bases)
     results = []
     for path in args.fasta:
         results += classifier.classify_file(path)
+    flagged = [(r.file, r.record, r.flag) for r in results if r.flag]
+    if flagged:
+        print(f"warning: {describe_flagged(flagged, args.min_bases)}; flagged, not classified", file=sys.stderr)
     text = (to_json if args.json else to_tsv)(results, classifier.classes, per_window=args.per_window)
     if args.out:
         from ssm_core.train.checkpoint import atomic_write_bytes
@@ -403,6 +448,48 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"classified {len(results)} records from {len(args.fasta)} file(s) -> {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
+    return 0
+
+
+def add_embed_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("embed", help="embeddings of every record of a FASTA/FASTQ file, as .npz",
+                              description="Embed every record (optionally every window) of a FASTA or FASTQ file "
+                                          "with a pretraining or fine-tuning run's model: the pooled "
+                                          "representation the classifier's head sees.",
+                              epilog=EPILOG_EMBED, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="RUN",
+                   help="a `pretrain` or `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
+    p.add_argument("--fasta", required=True, metavar="FILE",
+                   help="FASTA or FASTQ file (plain, gzip, bgzip; recognised from the content); - reads stdin")
+    p.add_argument("--out", required=True, metavar="OUT.npz",
+                   help="the .npz to write (its directory is created; written only on success)")
+    p.add_argument("--per-window", action="store_true",
+                   help="also window_embeddings, window_record and window_start")
+    p.add_argument("--window", type=_positive_int,
+                   help="window length in bases (default: the fine-tuning window; 1024 for a pretraining run)")
+    add_device_argument(p)
+    p.set_defaults(func=cmd_embed)
+    return p
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from genomics.classify import describe_flagged
+    from genomics.embed import Embedder
+    from ssm_core.train.checkpoint import atomic_write_bytes
+
+    if Path(args.out).is_dir():  # checked before a long pass, not after it
+        raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the .npz file to write")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    embedder = Embedder(args.checkpoint, resolve_device(args.device), window=args.window)
+    result = embedder.embed_file(args.fasta)
+    if result.flagged:
+        print(f"warning: {describe_flagged([(args.fasta, name, flag) for name, flag in result.flagged])}; "
+              "embedded all the same", file=sys.stderr)
+    atomic_write_bytes(args.out, result.npz_bytes(args.per_window))
+    print(f"embedded {len(result.records)} records ({len(result.window_start)} windows of up to {embedder.window} "
+          f"bases, {result.embeddings.shape[1]} dimensions) -> {args.out}", file=sys.stderr)
     return 0
 
 
@@ -440,6 +527,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(subparsers)
     add_finetune_parser(subparsers)
     add_classify_parser(subparsers)
+    add_embed_parser(subparsers)
     add_plot_lengths_parser(subparsers)
     return parser
 

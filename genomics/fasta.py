@@ -268,52 +268,6 @@ class FastaWindows:
         return tokens
 
 
-def read_fasta_records(path: str | Path) -> list[tuple[str, str]]:
-    """All records of a small FASTA file as (name, sequence text) pairs, in file order, read sequentially.
-
-    For short query files (e.g. the sequences to classify); genomes go through :func:`open_fasta`. Plain gzip
-    is fine here. Names are the header up to the first whitespace, as in the ``.fai``.
-    """
-    path = Path(path)
-    _check_file(path)
-    if path.stat().st_size == 0:
-        raise GenomicsInputError(f"{path}: empty file")
-    compressed = gzip_kind(path) is not None
-    records: list[tuple[str, list[str]]] = []
-    seen: set[str] = set()
-    try:
-        with (gzip.open(path, "rt") if compressed else open(path, "rt")) as f:
-            for number, line in enumerate(f, start=1):
-                line = line.strip()
-                if not line or line.startswith(";"):
-                    continue
-                if line.startswith(">"):
-                    name = line[1:].split(maxsplit=1)[0] if line[1:].strip() else ""
-                    if not name:
-                        raise GenomicsInputError(f"{path}, line {number}: header without a record name")
-                    if name in seen:
-                        raise GenomicsInputError(f"{path}, line {number}: duplicate record name {name!r}")
-                    seen.add(name)
-                    records.append((name, []))
-                elif not records:
-                    raise GenomicsInputError(f"{path}: not a FASTA file (line {number} comes before any '>' "
-                                             f"header: {line[:60]!r})")
-                else:
-                    records[-1][1].append(line)
-    except UnicodeDecodeError:
-        raise GenomicsInputError(f"{path}: not a FASTA file (binary content)") from None
-    except (OSError, EOFError) as exc:
-        raise GenomicsInputError(f"{path}: cannot read: {exc}") from None
-    if not records:
-        raise GenomicsInputError(f"{path}: empty file (no FASTA records)")
-    result = []
-    for name, lines in records:
-        if not lines:
-            raise GenomicsInputError(f"{path}: record {name!r} has no sequence")
-        result.append((name, "".join(lines)))
-    return result
-
-
 def list_fasta_dir(directory: str | Path) -> dict[str, Path]:
     """The FASTA files of a species directory: class name -> path, sorted by name.
 

@@ -8,6 +8,9 @@ import gzip
 import io
 import json
 import math
+import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +18,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from Bio import bgzf
 
 from genomics import cli
 from genomics.classify import SpeciesClassifier, window_starts
 from genomics.errors import GenomicsInputError
-from genomics.models import parameter_count, preset_config
+from genomics.models import load_run_model, parameter_count, preset_config
 from genomics.pretrain import StagedWindows, length_schedule, next_base_nll
 from genomics.tokenizer import A, N, PAD, T
 from ssm_core import MambaLMHeadModel
 from fasta_text import write_fasta
 
 SPECIES = ("ape1", "ape2", "ape3", "ape4", "ape5")
+APES = ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]  # the workspace's classes
 
 
 def run_cli(*args: str) -> int:
@@ -238,7 +243,8 @@ def test_classify_tsv_contract(workspace, tmp_path, capsys):
     assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, other, "--out", out) == 0
     header = out.read_text().splitlines()[0].split("\t")
     classes = ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
-    assert header == ["file", "record", "length", "predicted"] + [f"p_{c}" for c in classes]
+    assert header == ["file", "record", "length", "predicted"] + [f"p_{c}" for c in classes] + [
+        "strand", "p_forward", "p_reverse", "flag"]  # added columns come last
     rows = read_tsv(out.read_text())
     assert [(r["file"], r["record"]) for r in rows] == [(str(query), "long_one"), (str(query), "short"),
                                                        (str(query), "mid"), (str(other), "x")]
@@ -273,7 +279,7 @@ def test_record_probability_is_the_normalised_mean_of_window_log_probabilities(w
     rng = np.random.default_rng(1)
     seq = "".join(rng.choice(list("ACGT"), 300))
     query = write_fasta(tmp_path / "q.fa", {"r": seq})
-    classifier = SpeciesClassifier(workspace["ft"], "cpu", window=100)
+    classifier = SpeciesClassifier(workspace["ft"], "cpu", window=100, strand="forward")
     result = classifier.classify_file(query)[0]
     from genomics.tokenizer import encode
     model = classifier.model.double()
@@ -342,6 +348,202 @@ def test_a_checkpoint_file_and_gzip_input_are_accepted(workspace, tmp_path, caps
     assert results[2] == results[0]
 
 
+# --- reads and streams, strands, records that say nothing, embeddings ------------------------------------------
+
+
+def random_dna(rng: np.random.Generator, n: int) -> str:
+    return "".join(rng.choice(list("ACGT"), n))
+
+
+def revcomp(seq: str) -> str:
+    return seq[::-1].translate(str.maketrans("ACGTN", "TGCAN"))
+
+
+def fastq(records: dict[str, str]) -> bytes:
+    return "".join(f"@{name} from somewhere\n{seq}\n+\n{'I' * len(seq)}\n" for name, seq in records.items()).encode()
+
+
+def fake_stdin(monkeypatch, data: bytes) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(data))))
+
+
+def probabilities(row: dict[str, str]) -> np.ndarray:
+    return np.array([float(row[f"p_{c}"]) for c in APES])
+
+
+def geometric_mean(probs: np.ndarray) -> np.ndarray:
+    """(windows, classes) -> the normalised geometric mean, as a record aggregates its windows."""
+    mean = np.log(probs).mean(0)
+    return np.exp(mean - np.logaddexp.reduce(mean))
+
+
+def test_classify_reads_fastq_and_gzip_from_files_and_stdin(workspace, tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(5)
+    reads = {f"read{i}": random_dna(rng, n) for i, n in enumerate((150, 150, 90, 250))}
+    write_fasta(tmp_path / "reads.fa", reads)
+    (tmp_path / "reads.fq").write_bytes(fastq(reads))
+    (tmp_path / "reads.fq.gz").write_bytes(gzip.compress(fastq(reads)))
+    with bgzf.BgzfWriter(tmp_path / "reads.bgz", "wb") as f:
+        f.write(fastq(reads))
+    (tmp_path / "reads.txt").write_bytes(gzip.compress((tmp_path / "reads.fa").read_bytes()))  # the content tells
+    outputs = {}
+    for name in ("reads.fa", "reads.fq", "reads.fq.gz", "reads.bgz", "reads.txt", "-"):
+        if name == "-":
+            fake_stdin(monkeypatch, gzip.compress(fastq(reads)))
+        assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta",
+                       name if name == "-" else tmp_path / name) == 0
+        rows = read_tsv(capsys.readouterr().out)
+        assert [r.pop("file") for r in rows] == [name if name == "-" else str(tmp_path / name)] * len(reads)
+        outputs[name] = rows
+    assert [r["record"] for r in outputs["reads.fa"]] == list(reads)
+    for name, rows in outputs.items():
+        assert rows == outputs["reads.fa"], name
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("gzip") is None, reason="needs bash and gzip")
+def test_classify_reads_a_pipe_and_process_substitution(workspace, tmp_path, capsys):
+    """`--fasta - <(gzip -dc reads.fq.gz)` in one command: stdin and a /dev/fd pipe, neither of which can seek."""
+    rng = np.random.default_rng(7)
+    reads = {f"r{i}": random_dna(rng, 120) for i in range(3)}
+    fasta = write_fasta(tmp_path / "reads.fa", reads)
+    (tmp_path / "reads.fq.gz").write_bytes(gzip.compress(fastq(reads)))
+    out = tmp_path / "out.tsv"
+    command = (f"{shlex.quote(sys.executable)} -m genomics classify --checkpoint {shlex.quote(str(workspace['ft']))} "
+               f"--fasta - <(gzip -dc {shlex.quote(str(tmp_path / 'reads.fq.gz'))}) --out {shlex.quote(str(out))} "
+               f"--device cpu < {shlex.quote(str(fasta))}")
+    proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    rows = read_tsv(out.read_text())
+    assert [r["file"] for r in rows[:3]] == ["-"] * 3 and all(r["file"].startswith("/dev/fd/") for r in rows[3:])
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", fasta) == 0
+    reference = read_tsv(capsys.readouterr().out)
+    for got in (rows[:3], rows[3:]):
+        assert [r["record"] for r in got] == list(reads)
+        for a, b in zip(got, reference):
+            np.testing.assert_allclose(probabilities(a), probabilities(b), rtol=1e-5)
+
+
+def test_strand_both_averages_each_window_with_its_reverse_complement(workspace, tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    seq = random_dna(rng, 3 * 96)  # three whole windows: the reverse complement has the same windows, reversed
+    query = write_fasta(tmp_path / "q.fa", {"fwd": seq, "rev": revcomp(seq)})
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query) == 0
+    both = read_tsv(capsys.readouterr().out)
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--strand", "forward") == 0
+    forward = read_tsv(capsys.readouterr().out)
+    from genomics.tokenizer import encode
+    model = load_run_model(workspace["ft"]).double()
+    with torch.no_grad():
+        def window_probs(texts):
+            return np.array([torch.softmax(model(torch.from_numpy(encode(t).astype(np.int64))[None])[0], -1).numpy()
+                             for t in texts])
+        windows = [seq[s:s + 96] for s in (0, 96, 192)]
+        fw, rv = window_probs(windows), window_probs([revcomp(w) for w in windows])
+    # each window: the mean of both strands' probabilities; the record: their normalised geometric mean
+    np.testing.assert_allclose(probabilities(both[0]), geometric_mean((fw + rv) / 2), rtol=1e-4, atol=1e-6)
+    # a record and its reverse complement get the same call
+    np.testing.assert_allclose(probabilities(both[1]), probabilities(both[0]), rtol=1e-4, atol=1e-6)
+    # strand columns: each strand alone, aggregated like a record, and the one that gave the call more probability
+    predicted = APES.index(both[0]["predicted"])
+    alone_forward, alone_reverse = geometric_mean(fw)[predicted], geometric_mean(rv)[predicted]
+    assert math.isclose(float(both[0]["p_forward"]), alone_forward, rel_tol=1e-4)
+    assert math.isclose(float(both[0]["p_reverse"]), alone_reverse, rel_tol=1e-4)
+    assert both[0]["strand"] == ("forward" if alone_forward > alone_reverse else "reverse")
+    assert both[1]["strand"] != both[0]["strand"]  # the reverse complement's forward strand is the other one
+    assert math.isclose(float(both[1]["p_forward"]), alone_reverse, rel_tol=1e-4)
+    # --strand forward reads the records as given
+    np.testing.assert_allclose(probabilities(forward[0]), geometric_mean(fw), rtol=1e-4, atol=1e-6)
+    assert forward[0]["strand"] == "forward" and forward[0]["p_reverse"] == "nan"
+
+
+def test_records_that_say_nothing_are_flagged_not_classified(workspace, tmp_path, capsys):
+    rng = np.random.default_rng(8)
+    gapped = random_dna(rng, 96) + "N" * 96 + random_dna(rng, 96)  # its middle window is all N
+    query = write_fasta(tmp_path / "q.fa", {"allN": "N" * 300, "tiny": "ACGTAC" + "N" * 50, "fine": random_dna(rng, 150),
+                                            "gapped": gapped})
+    out = tmp_path / "calls.tsv"
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--out", out) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 record(s) say nothing: 'allN' in" in err and "'tiny' in" in err and "'fine'" not in err
+    rows = {r["record"]: r for r in read_tsv(out.read_text())}
+    assert {name: r["flag"] for name, r in rows.items()} == {"allN": "no_bases", "tiny": "short", "fine": "",
+                                                              "gapped": ""}
+    for name in ("allN", "tiny"):
+        assert rows[name]["predicted"] == "" and rows[name]["strand"] == ""
+        assert np.isnan(probabilities(rows[name])).all()
+    assert rows["fine"]["predicted"] in APES
+    # per window: the all-N window is flagged and left out of its record's mean
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--per-window") == 0
+    windows = [w for w in read_tsv(capsys.readouterr().out) if w["record"] == "gapped"]
+    assert [w["flag"] for w in windows] == ["", "no_bases", ""]
+    used = np.array([probabilities(w) for w in windows if not w["flag"]])
+    np.testing.assert_allclose(probabilities(rows["gapped"]), geometric_mean(used), rtol=1e-4, atol=1e-6)
+    # JSON says the same with nulls; --min-bases moves the line
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--json", "--min-bases", 6) == 0
+    records = {r["record"]: r for r in json.loads(capsys.readouterr().out)["records"]}
+    assert records["allN"]["predicted"] is None and records["allN"]["flag"] == "no_bases"
+    assert records["tiny"]["predicted"] in APES and records["tiny"]["flag"] is None
+
+
+def test_classify_writes_nothing_beside_its_input(workspace, tmp_path, capsys):
+    """No .fai (nor anything else) appears next to the user's files: records are streamed, not indexed."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    write_fasta(inputs / "q.fa", {"r": "ACGTTGCA" * 30})
+    (inputs / "ragged.fa").write_text(">r\nACGTACGTAC\nACG\nACGTACGTACGTTT\n")  # line lengths no index describes
+    before = sorted(os.listdir(inputs))
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", inputs / "q.fa", inputs / "ragged.fa") == 0
+    assert [r["length"] for r in read_tsv(capsys.readouterr().out)] == ["240", "27"]
+    assert sorted(os.listdir(inputs)) == before
+
+
+def test_embed_writes_the_input_of_the_classifiers_head(workspace, tmp_path, capsys):
+    rng = np.random.default_rng(9)
+    query = write_fasta(tmp_path / "q.fa", {"long": random_dna(rng, 250), "read": random_dna(rng, 80),
+                                            "third": random_dna(rng, 96)})
+    out = tmp_path / "new_dir" / "emb.npz"
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", out) == 0
+    with np.load(out, allow_pickle=False) as npz:
+        plain = dict(npz)
+    assert set(plain) == {"records", "lengths", "embeddings"}
+    assert plain["records"].tolist() == ["long", "read", "third"] and plain["lengths"].tolist() == [250, 80, 96]
+    assert plain["embeddings"].dtype == np.float32 and plain["embeddings"].shape == (3, 48)
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", out, "--per-window") == 0
+    with np.load(out, allow_pickle=False) as npz:
+        data = dict(npz)
+    assert set(data) == {"records", "lengths", "embeddings", "window_embeddings", "window_record", "window_start"}
+    assert data["window_record"].tolist() == [0, 0, 0, 1, 2] and data["window_start"].tolist() == [0, 96, 154, 0, 0]
+    assert data["window_embeddings"].dtype == np.float32 and data["window_embeddings"].shape == (5, 48)
+    np.testing.assert_array_equal(data["embeddings"], plain["embeddings"])
+    np.testing.assert_allclose(data["embeddings"][0], data["window_embeddings"][:3].mean(0), rtol=1e-5, atol=1e-6)
+    # the classifier's head turns the window embeddings into classify's window probabilities
+    model = load_run_model(workspace["ft"])
+    with torch.no_grad():
+        head = torch.softmax(model.head(torch.from_numpy(data["window_embeddings"])), -1).numpy()
+    capsys.readouterr()
+    assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", query, "--per-window", "--strand",
+                   "forward") == 0
+    windows = read_tsv(capsys.readouterr().out)
+    np.testing.assert_allclose(head, [probabilities(w) for w in windows], rtol=1e-4, atol=1e-6)
+
+
+def test_embed_a_pretraining_run_from_stdin_mean_pools_its_hidden_states(workspace, tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(10)
+    reads = {"a": random_dna(rng, 300), "gap": "N" * 40}
+    fake_stdin(monkeypatch, fastq(reads))
+    out = tmp_path / "lm.npz"
+    assert run_cli("embed", "--checkpoint", workspace["lm"], "--fasta", "-", "--out", out) == 0
+    assert "'gap' in <stdin> (no A/C/G/T base)" in capsys.readouterr().err
+    with np.load(out, allow_pickle=False) as npz:
+        data = dict(npz)
+    assert data["records"].tolist() == ["a", "gap"] and data["embeddings"].shape == (2, 48)
+    from genomics.tokenizer import encode
+    model = load_run_model(workspace["lm"])
+    with torch.no_grad():  # a 1024-base window holds each record whole
+        want = model.backbone(torch.from_numpy(encode(reads["a"]).astype(np.int64))[None]).mean(1)[0].numpy()
+    np.testing.assert_allclose(data["embeddings"][0], want, rtol=1e-4, atol=1e-5)
+
+
 def test_plot_lengths(workspace, tmp_path, capsys):
     second = tmp_path / "ft2"
     assert run_cli("finetune", "--fasta-dir", workspace["apes"], "--out", second, "--window", 48, "--steps", 2,
@@ -365,7 +567,7 @@ BAD_FASTA = {
     "binary.fa": (bytes(range(256)) * 4, "not a FASTA file"),
     "digits.fa": (b">ok\nACGT\n>bad_record\nACGT7ACGT\n", "'bad_record'"),
     "gap_dash.fa": (b">aligned\nACGT--ACGT\n", "'aligned'"),
-    "mac_cr.fa": (b">old\rACGT\rACGT\r", "CR only"),
+    "truncated.fq": (b"@r1\nACGT\n+\nIIII\n@r2\nACGT\n", "line 6: FASTQ record 'r2' (line 5) is not valid"),
 }
 
 
@@ -379,6 +581,7 @@ def test_classify_refuses_bad_fasta_naming_file_and_record(workspace, tmp_path, 
     assert run_cli("classify", "--checkpoint", workspace["ft"], "--fasta", good, path, "--out", out) == 1
     err = error_line(capsys.readouterr().err)
     assert name in err and expected in err, err
+    assert "b'" not in err  # never a Python bytes repr
     assert not out.exists()  # nothing written: a bad record never silently disappears from a finished output
 
 
@@ -404,6 +607,11 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
         (["classify", "--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path], "--out"),
         (["classify", "--checkpoint", tmp_path / "no_run", "--fasta", good], "no_run"),
         (["classify", "--checkpoint", workspace["lm"], "--fasta", good], "a pretraining run, which has no classes"),
+        (["classify", "--checkpoint", workspace["ft"], "--fasta", "-", good, "-"], "given more than once"),
+        (["embed", "--checkpoint", workspace["ft"], "--fasta", tmp_path / "missing.fq", "--out", tmp_path / "e.npz"],
+         "missing.fq: FASTA/FASTQ file not found"),
+        (["embed", "--checkpoint", tmp_path / "no_run", "--fasta", good, "--out", tmp_path / "e.npz"], "no_run"),
+        (["embed", "--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path], "--out"),
         (["classify", "--checkpoint", foreign, "--fasta", good],
          "not a model config written by save_model (no model_class or config)"),
         (["finetune", "--fasta-dir", workspace["apes"], "--out", tmp_path / "r0", "--init", tmp_path / "no_lm"],
@@ -427,14 +635,15 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     assert "a.fa.gz" in err and "bgzip" in err
 
 
-@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify"])
+@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify", "embed"])
 def test_device_cuda_without_a_gpu_is_a_clear_error(workspace, tmp_path, capsys, monkeypatch, command):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
     good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
     args = {"simulate": ["--out", tmp_path / "sim", "--size", "tiny"],
             "pretrain": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
             "finetune": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
-            "classify": ["--checkpoint", workspace["ft"], "--fasta", good]}[command]
+            "classify": ["--checkpoint", workspace["ft"], "--fasta", good],
+            "embed": ["--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path / "run" / "e.npz"]}[command]
     assert run_cli(command, *args, "--device", "cuda") == 1
     assert error_line(capsys.readouterr().err) == "error: --device cuda was requested but no CUDA GPU is available"
     assert not (tmp_path / "run").exists() and not (tmp_path / "sim").exists()

@@ -8,7 +8,7 @@ from Bio import bgzf
 from genomics.bed import BedInterval
 from genomics.errors import GenomicsInputError
 from genomics.fasta import (FastaWindows, WindowOptions, fasta_stem, gzip_kind, list_fasta_dir, open_fasta,
-                            place_window, read_fasta_records)
+                            place_window)
 from genomics.tokenizer import PAD, decode, encode, reverse_complement
 from fasta_text import write_fasta
 
@@ -169,24 +169,6 @@ def test_fasta_windows_from_intervals(fasta_file):
     assert 10 < flipped < 40
     with pytest.raises(GenomicsInputError, match="BED, line 3: chromosome 'chrQ' is not a record"):
         FastaWindows(fasta_file, [BedInterval("chrQ", 0, 10, None, 3)], WindowOptions(window=8))
-
-
-def test_read_fasta_records_sequential_reader(tmp_path):
-    records = make_records(4)
-    path = write_fasta(tmp_path / "q.fa.gz", records, opener=gzip.open)  # plain gzip is fine here
-    got = read_fasta_records(path)
-    assert [name for name, _ in got] == [name.split()[0] for name in records]
-    assert got[0][1] == records["chr1"]
-    bad = tmp_path / "bad.fa"
-    bad.write_text(">x\nAC\n>y\n")
-    with pytest.raises(GenomicsInputError, match="record 'y' has no sequence"):
-        read_fasta_records(bad)
-    bad.write_text("ACGT\n>x\nAC\n")
-    with pytest.raises(GenomicsInputError, match="line 1 comes before any '>' header"):
-        read_fasta_records(bad)
-    bad.write_text(">x\nAC\n>x\nGG\n")
-    with pytest.raises(GenomicsInputError, match="line 3: duplicate record name 'x'"):
-        read_fasta_records(bad)
 
 
 def test_species_directory_listing(tmp_path, capsys):

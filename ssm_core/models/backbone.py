@@ -126,6 +126,18 @@ class MambaBackbone(nn.Module):
             h, states = self(input_ids[:, start:start + chunk_size], states)
             yield h
 
+    def pooled(self, input_ids: torch.Tensor, pooling: str = "mean", chunk_size: int | None = None) -> torch.Tensor:
+        """The last or the mean hidden state, (batch, d_model), of input_ids (batch, seqlen); a sequence longer than
+        ``chunk_size`` is read chunk by chunk (:meth:`stream`), so memory depends on the chunk, not on seqlen."""
+        if chunk_size is None or input_ids.shape[1] <= chunk_size:
+            h = self(input_ids)
+            return h[:, -1] if pooling == "last" else h.mean(1)
+        total, last = None, None
+        for h in self.stream(input_ids, chunk_size):
+            total = h.sum(1) if total is None else total + h.sum(1)
+            last = h[:, -1]
+        return last if pooling == "last" else total / input_ids.shape[1]
+
 
 def init_weights(model: nn.Module, n_layer: int) -> None:
     """The reference implementation's initialisation: zero biases (except dt's), N(0, 0.02) embeddings, and
@@ -270,9 +282,4 @@ class MambaSequenceClassifier(nn.Module):
     def forward_chunked(self, input_ids: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:
         """Same logits as ``forward`` (no padding) with memory independent of seqlen: how a whole chromosome is
         classified on a laptop. input_ids (batch, seqlen) -> (batch, num_classes)."""
-        total, last = None, None
-        for h in self.backbone.stream(input_ids, chunk_size):
-            total = h.sum(1) if total is None else total + h.sum(1)
-            last = h[:, -1]
-        pooled = last if self.config.pooling == "last" else total / input_ids.shape[1]
-        return self.classify(pooled)
+        return self.classify(self.backbone.pooled(input_ids, self.config.pooling, chunk_size))
