@@ -156,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ssm_core.models import WrongModelError, describe
     from ssm_core.train import load_trained_model
 
     from audio.generate import generate, read_prompts, write_clips
@@ -165,7 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     model = load_trained_model(args.checkpoint, device)
     if not isinstance(model, SashimiModel):
-        raise ValueError(f"{args.checkpoint}: holds a {type(model).__name__}, not a SaShiMi waveform model")
+        raise WrongModelError(f"--checkpoint {args.checkpoint} is {describe(model)}, not a SaShiMi waveform model")
     c = model.config
     length = int(round(args.seconds * SAMPLE_RATE))
     prompts = None
