@@ -306,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
             EPILOG_GENERATE)
-    p.add_argument("--checkpoint", required=True, help="a run directory (or one of its checkpoints)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory, a copy of its model directory, or one of its checkpoints")
     p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv")
     p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
     p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")

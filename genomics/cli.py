@@ -357,7 +357,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                                           "fine-tuned model; class probabilities as TSV or JSON.",
                               epilog=EPILOG_CLASSIFY, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
-                   help="a `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
+                   help="a `finetune` run directory, a copy of its model directory (model.safetensors + "
+                        "model.json), or one of its checkpoints/step-*.ckpt")
     p.add_argument("--fasta", required=True, nargs="+", metavar="FILE", help="FASTA files (plain, .gz, bgzip)")
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: the fine-tuning window)")
     p.add_argument("--out", metavar="FILE",
