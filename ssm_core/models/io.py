@@ -60,7 +60,7 @@ class ModelInfo:
     @classmethod
     def from_json(cls, data: Any, source: str) -> "ModelInfo":
         """Read model.json's "metadata" (``source`` names the file in errors); unknown keys are ignored."""
-        from ssm_core.train.config import from_dict  # here: ssm_core.train imports this module
+        from ssm_core.train.config import from_dict  # imported here: ssm_core.train imports this module
 
         if not isinstance(data, dict):
             raise ModelFileError(f"{source}: metadata must be a mapping; got {data!r}")
@@ -83,7 +83,7 @@ def _labels(id2label: Any, label2id: Any, source: str) -> list[str]:
     """The class names of model.json's id2label (keys "0".."n-1"), checked against label2id when present."""
     if id2label is None:
         return []
-    if not isinstance(id2label, dict) or sorted(id2label, key=str) != sorted(map(str, range(len(id2label)))) or \
+    if not isinstance(id2label, dict) or set(id2label) != {str(i) for i in range(len(id2label))} or \
             not all(isinstance(v, str) for v in id2label.values()):
         raise ModelFileError(f"{source}: metadata.id2label must map '0'..'n-1' to class names; got {id2label!r}")
     labels = [id2label[str(i)] for i in range(len(id2label))]
