@@ -13,9 +13,9 @@ Here that is torch's STFT and torchaudio's mel filterbank plus the same dB step,
 waveforms.
 
 The ``tiny`` preset keeps the architecture at a toy width for CPU tests. Training goes through the shared
-engine (``ssm_core.train``): :func:`classifier_loss` is the loss it calls. A classifier is stored as
-``model.safetensors`` + ``model.json`` by ``ssm_core.models.io.save_model`` (what a training run writes);
-:func:`load_classifier` reads such a directory back.
+engine (``ssm_core.train``): :func:`classifier_loss` is the loss it calls. A classifier is stored as a model
+directory (``model.safetensors`` + ``model.json`` + model card, what a training run writes, or
+``save_pretrained``); :func:`load_classifier` (or ``ResNeXtClassifier.from_pretrained``) reads it back.
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from torch import nn
+
+from ssm_core.models import ModelFileMissingError, PretrainedModel, register_model
 
 from audio.datasets import DIGITS
 from audio.io import SAMPLE_RATE, fix_length
@@ -116,7 +118,8 @@ class Bottleneck(nn.Module):
         return F.relu(self.shortcut(x) + self.body(x))
 
 
-class ResNeXtClassifier(nn.Module):
+@register_model("audio.ResNeXtClassifier", "an SC09 audio classifier")
+class ResNeXtClassifier(nn.Module, PretrainedModel):
     """SC09 classifier on waveforms: ``features(wave)`` -> ``(batch, feature_dim)``, ``forward`` -> logits."""
 
     config_class = ClassifierConfig
@@ -171,18 +174,13 @@ def classifier_loss(model: nn.Module, batch) -> tuple[torch.Tensor, dict[str, to
 
 
 def load_classifier(directory: str | os.PathLike, device: str | torch.device = "cpu") -> ResNeXtClassifier:
-    """The classifier saved in ``directory`` (``model.safetensors`` + ``model.json``), in eval mode on ``device``."""
-    from ssm_core.models.io import load_model
+    """The classifier saved in the model directory ``directory``, in eval mode on ``device``.
 
+    ``ModelFileMissingError`` (a FileNotFoundError) when ``directory`` is not a model directory, ``ModelFileError``
+    (a ValueError) when it cannot be loaded, ``WrongModelError`` (one too) when it holds another kind of model.
+    """
     directory = Path(directory)
     if not (directory / "model.json").is_file() or not (directory / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{directory}: not a classifier directory (needs model.json and model.safetensors)")
-    try:
-        model = load_model(directory)
-    except (FileNotFoundError, ValueError):
-        raise
-    except Exception as err:  # safetensors and model construction raise assorted types for corrupt files
-        raise ValueError(f"{directory}: cannot load the classifier ({type(err).__name__}: {err})") from None
-    if not isinstance(model, ResNeXtClassifier):
-        raise ValueError(f"{directory}: holds a {type(model).__name__}, not an SC09 classifier")
-    return model.to(device).eval()
+        raise ModelFileMissingError(f"{directory}: not a classifier directory (needs model.json and "
+                                    "model.safetensors)")
+    return ResNeXtClassifier.from_pretrained(directory, device).eval()

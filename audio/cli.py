@@ -156,6 +156,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from ssm_core.models import WrongModelError, describe
     from ssm_core.train import load_trained_model
 
     from audio.generate import generate, read_prompts, write_clips
@@ -165,7 +166,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     model = load_trained_model(args.checkpoint, device)
     if not isinstance(model, SashimiModel):
-        raise ValueError(f"{args.checkpoint}: holds a {type(model).__name__}, not a SaShiMi waveform model")
+        raise WrongModelError(f"--checkpoint {args.checkpoint} is {describe(model)}, not a SaShiMi waveform model")
     c = model.config
     length = int(round(args.seconds * SAMPLE_RATE))
     prompts = None
@@ -305,7 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
             EPILOG_GENERATE)
-    p.add_argument("--checkpoint", required=True, help="a run directory (or one of its checkpoints)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory, a copy of its model directory, or one of its checkpoints")
     p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv")
     p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
     p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")

@@ -47,6 +47,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ssm_core.models.backbone import ResidualBlock, init_weights, set_fused_step
 from ssm_core.models.config import MambaConfig
+from ssm_core.models import PretrainedModel, register_model
 from ssm_core.modules.mamba import MambaState
 
 
@@ -204,7 +205,8 @@ class SashimiState:
     groups: dict[str, list[MambaState]] = field(default_factory=dict)
 
 
-class SashimiModel(nn.Module):
+@register_model("audio.SashimiModel", "an audio waveform model")
+class SashimiModel(nn.Module, PretrainedModel):
     """codes (batch, seqlen) in [0, 2**bits) -> logits (batch, seqlen, 2**bits); seqlen a multiple of ``stride``."""
 
     config_class = SashimiConfig

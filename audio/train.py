@@ -20,12 +20,14 @@ from pathlib import Path
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from ssm_core.models import update_model_info
 from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
 
 from audio.classifier import ClassifierConfig, ResNeXtClassifier, classifier_loss
 from audio.datasets import LabelledAudioSet, LongRecordingWindows, is_labelled_set, item_rng
 from audio.errors import AudioInputError
+from audio.io import SAMPLE_RATE
 from audio.sashimi import SashimiConfig, SashimiModel, next_sample_nll, parameter_count
 
 
@@ -187,6 +189,11 @@ def run_waveform_training(exp: WaveformExperiment, out: str | Path, resume: bool
     summary = {"valid": result.eval_metrics, "steps": result.step, "preset": exp.preset, "parameters": params,
                "config": to_dict(exp)}
     atomic_write_bytes(Path(out) / "metrics.json", (json.dumps(summary, indent=2) + "\n").encode())
+    m = exp.model
+    update_model_info(out, task="audio-waveform-generation", preset=exp.preset, trained_on=task.describe(),
+                      tokenizer={"sample_rate": SAMPLE_RATE, "bits": m.bits, "quantization": m.quantization},
+                      usage=f"python -m audio generate --checkpoint {Path(out).name} --n 16 --seconds 1 --out samples/",
+                      tags=["audio", "waveform", "sashimi"])
     if result.eval_metrics:
         print(f"validation NLL: {result.eval_metrics['bits_per_sample']:.4f} bits per sample "
               f"({int(result.eval_metrics['samples']):,} samples)")
@@ -280,5 +287,11 @@ def run_classifier_training(exp: ClassifierExperiment, out: str | Path, resume: 
     summary = {"test_accuracy": test_accuracy, "test_clips": len(task.test_set), "valid": result.eval_metrics,
                "steps": result.step, "preset": exp.preset, "config": to_dict(exp)}
     atomic_write_bytes(Path(out) / "metrics.json", (json.dumps(summary, indent=2) + "\n").encode())
+    update_model_info(out, task="audio-classification", labels=list(task.train_set.classes), preset=exp.preset,
+                      trained_on=f"{exp.data.data} ({len(task.train_set)} training clips)",
+                      metrics={"test_accuracy": test_accuracy},
+                      usage=f"python -m audio metrics --classifier {Path(out).name} --generated samples/ "
+                            "--reference data/sc09",
+                      tags=["audio", "speech-commands"])
     print(f"test accuracy: {test_accuracy:.4f} on {len(task.test_set)} clips")
     return summary

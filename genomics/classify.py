@@ -46,6 +46,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssm_core import MambaLMHeadModel, MambaSequenceClassifier
+from ssm_core.models import ModelFileError, describe, read_model_info
 from ssm_core.train import CheckpointError, resolve_checkpoint
 
 from genomics.errors import GenomicsInputError
@@ -117,11 +118,16 @@ def _normalised_mean(log_probs: np.ndarray) -> np.ndarray:
 
 
 def run_classes(checkpoint: str | Path) -> tuple[list[str], int | None]:
-    """Class names and fine-tuning window of the run a ``--checkpoint`` points into (from its config.json)."""
+    """Class names and fine-tuning window of the classifier a ``--checkpoint`` points at: from its model.json (a
+    model directory carries them wherever it is copied), else from the run's config.json (runs saved before
+    model.json had them, and checkpoint files)."""
     try:
         target = resolve_checkpoint(run_path(checkpoint))
-    except CheckpointError as err:
+        info = read_model_info(target) if target.is_dir() else None
+    except (CheckpointError, ModelFileError) as err:
         raise GenomicsInputError(str(err)) from None
+    if info is not None and info.labels:
+        return info.labels, info.window
     candidates = [target, target.parent] if target.is_dir() else [target.parent.parent, target.parent]
     for directory in candidates:
         config = directory / "config.json"
@@ -133,10 +139,14 @@ def run_classes(checkpoint: str | Path) -> tuple[list[str], int | None]:
             if isinstance(record, dict) and record.get("classes"):
                 return list(record["classes"]), record.get("data", {}).get("window")
             if isinstance(record, dict) and "seqlen" in record.get("data", {}):
-                raise GenomicsInputError(f"--checkpoint {checkpoint}: a pretraining run, which has no classes; "
-                                         f"fine-tune it first (`genomics finetune --init {checkpoint} ...`)")
-    raise GenomicsInputError(f"--checkpoint {checkpoint}: no config.json with the class names beside the model "
-                             "(expected a `genomics finetune` run directory)")
+                raise GenomicsInputError(_PRETRAINING.format(checkpoint=checkpoint))
+    raise GenomicsInputError(f"--checkpoint {checkpoint}: no class names, neither in its model.json "
+                             "(metadata.id2label) nor in a run's config.json (expected a `genomics finetune` run "
+                             "or a copy of its model directory)")
+
+
+_PRETRAINING = ("--checkpoint {checkpoint}: a pretraining run, which has no classes; fine-tune it first "
+                "(`genomics finetune --init {checkpoint} ...`)")
 
 
 # Default pieces per window. On CPU a pass over 4 windows x 1,024 bases keeps every activation under glibc's
@@ -224,7 +234,8 @@ def bases_progress(path: str | Path) -> tqdm:
 class SpeciesClassifier(WindowedModel):
     """A fine-tuned classifier ready to read FASTA/FASTQ files.
 
-    ``checkpoint``: a finetune RUN directory or one of its checkpoints. ``window``: bases per window (default:
+    ``checkpoint``: a finetune RUN directory, a copy of its model directory, or one of its checkpoints.
+    ``window``: bases per window (default:
     the fine-tuning window). ``strand``: "both" (default) or "forward" (module docstring). ``min_bases``: records
     with fewer A/C/G/T bases are flagged, not classified. The other arguments: :class:`WindowedModel`.
     """
@@ -232,11 +243,12 @@ class SpeciesClassifier(WindowedModel):
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
                  chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False,
                  strand: str = "both", min_bases: int = MIN_BASES):
-        self.classes, trained_window = run_classes(checkpoint)
         model = load_run_model(checkpoint, device)
+        if isinstance(model, MambaLMHeadModel):
+            raise GenomicsInputError(_PRETRAINING.format(checkpoint=checkpoint))
         if not isinstance(model, MambaSequenceClassifier):
-            raise GenomicsInputError(f"--checkpoint {checkpoint} holds a {type(model).__name__}, not a "
-                                     "species classifier (fine-tune it first with `genomics finetune`)")
+            raise GenomicsInputError(f"--checkpoint {checkpoint} is {describe(model)}, not a DNA classifier")
+        self.classes, trained_window = run_classes(checkpoint)
         if model.config.num_classes != len(self.classes):
             raise GenomicsInputError(f"--checkpoint {checkpoint}: the model has {model.config.num_classes} "
                                      f"outputs but the run names {len(self.classes)} classes")

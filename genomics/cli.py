@@ -391,7 +391,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                                           "fine-tuned model; class probabilities as TSV or JSON.",
                               epilog=EPILOG_CLASSIFY, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
-                   help="a `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
+                   help="a `finetune` run directory, a copy of its model directory (model.safetensors + "
+                        "model.json), or one of its checkpoints/step-*.ckpt")
     p.add_argument("--fasta", required=True, nargs="+", metavar="FILE",
                    help="FASTA or FASTQ files (plain, gzip, bgzip; recognised from the content); - reads stdin")
     p.add_argument("--window", type=_positive_int, help="window length in bases (default: the fine-tuning window)")

@@ -10,7 +10,9 @@ accumulation when a batch of windows would not fit (``max_batch_tokens`` per mic
 
 After training, the test split is classified (a fixed set of ``test_samples`` windows) and the run directory
 gets ``metrics.json`` (``test_accuracy``, per-class accuracy, confusion matrix, classes, window, ...) and
-``confusion_matrix.png``. :func:`plot_lengths` draws test accuracy against window length across runs.
+``confusion_matrix.png``; its model directory (model.json, README.md) gets the classes, window, tokenizer
+settings and test metrics, so that a copy of model.safetensors + model.json classifies on its own.
+:func:`plot_lengths` draws test accuracy against window length across runs.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ssm_core import MambaConfig, MambaSequenceClassifier
+from ssm_core.models import update_model_info
 from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
@@ -34,6 +37,7 @@ from ssm_core.utils.plots import save_figure
 from genomics.datasets import SpeciesWindows
 from genomics.errors import GenomicsInputError
 from genomics.models import classifier_config, load_run_model, parameter_count, preset_config
+from genomics.tokenizer import tokenizer_settings
 
 
 @dataclass
@@ -233,6 +237,14 @@ def run_finetune(exp: FinetuneExperiment, out: str | Path, resume: bool = False)
                "parameters": parameter_count(exp.model), "config": to_dict(exp)}
     out = Path(out)
     atomic_write_bytes(out / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    # the model directory carries what classifying needs (labels, window, tokenizer), wherever it is copied
+    update_model_info(out, task="dna-species-classification", labels=exp.classes, window=exp.data.window,
+                      tokenizer=tokenizer_settings(exp.data.iupac), preset=None if exp.init else exp.preset,
+                      trained_on=f"{exp.data.fasta_dir} ({len(exp.classes)} species, {exp.data.window:,} bp windows"
+                                 + (f", fine-tuned from {exp.init})" if exp.init else ")"),
+                      metrics={k: report[k] for k in ("test_accuracy", "test_nll")},
+                      usage=f"python -m genomics classify --checkpoint {out.name} --fasta reads.fa",
+                      tags=["dna", "genomics", "species-classification"])
     plot_confusion(np.array(report["confusion_matrix"]), exp.classes,
                    f"{out.name}: window {exp.data.window:,} bp, test accuracy {100 * report['test_accuracy']:.1f}%",
                    out / "confusion_matrix.png")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ssm_core import MambaConfig, MambaLMHeadModel, MambaSequenceClassifier
+from ssm_core.models import ModelFileError
 from ssm_core.train import CheckpointError, load_trained_model
 
 from genomics.errors import GenomicsInputError
@@ -81,7 +82,7 @@ def load_run_model(path: str | Path, device: str | torch.device = "cpu", flag: s
     path = run_path(path)
     try:
         return load_trained_model(path, device)
-    except CheckpointError as err:
+    except (CheckpointError, ModelFileError) as err:  # their messages name the file and what is wrong
         raise GenomicsInputError(str(err).replace("--checkpoint", flag, 1)) from None
     except Exception as err:  # KeyError, ValueError, safetensors' own errors ...: all mean "not a usable model"
         raise GenomicsInputError(f"{flag} {path}: cannot load a model from it ({type(err).__name__}: {err})") from None

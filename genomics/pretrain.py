@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ssm_core import MambaConfig, MambaLMHeadModel
+from ssm_core.models import update_model_info
 from ssm_core.train import OptimConfig, Task, TrainConfig, curriculum, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
 
@@ -31,7 +32,7 @@ from genomics.datasets import GenomeWindows
 from genomics.errors import GenomicsInputError
 from genomics.fasta import list_fasta_dir
 from genomics.models import parameter_count, preset_config
-from genomics.tokenizer import A, T
+from genomics.tokenizer import A, T, tokenizer_settings
 
 
 @dataclass
@@ -192,6 +193,12 @@ def run_pretrain(exp: PretrainExperiment, out: str | Path, resume: bool = False)
                "schedule": [list(stage) for stage in task.schedule], "preset": exp.preset,
                "parameters": parameter_count(exp.model), "config": to_dict(exp)}
     atomic_write_bytes(Path(out) / "metrics.json", (json.dumps(summary, indent=2) + "\n").encode())
+    d = exp.data
+    update_model_info(out, task="dna-language-modeling", window=d.seqlen, tokenizer=tokenizer_settings(d.iupac),
+                      preset=exp.preset, trained_on=f"next-base prediction on {d.fasta or d.fasta_dir}"
+                                                    + (f" (intervals of {d.bed})" if d.bed else ""),
+                      usage=f"python -m genomics finetune --init {Path(out).name} --fasta-dir SPECIES_DIR --out RUN",
+                      tags=["dna", "genomics", "language-model"])
     v = result.eval_metrics
     if v:
         print(f"validation: {v['bits_per_base']:.4f} bits per base, perplexity {v['perplexity']:.4f} "

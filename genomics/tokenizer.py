@@ -89,6 +89,12 @@ def encode(seq: str | bytes | np.ndarray, *, iupac: str = "n", return_mask: bool
     return tokens
 
 
+def tokenizer_settings(iupac: str) -> dict[str, str | int]:
+    """What a model directory records about the tokenizer its model reads (model.json, metadata.tokenizer)."""
+    return {"name": "genomics byte-level DNA", "vocab": "PAD CLS SEP MASK A C G T N", "vocab_size": VOCAB_SIZE,
+            "lowercase": "same tokens as uppercase", "iupac": iupac}
+
+
 def decode(tokens: np.ndarray, *, skip_special: bool = False) -> str:
     """Tokens (length,) back to uppercase text ``ACGTN``.
 

@@ -11,6 +11,8 @@ from audio.cli import main
 from audio.digits import make_digits
 from audio.errors import AudioInputError
 from audio.metrics import read_nll_table
+from ssm_core import MambaConfig, MambaSequenceClassifier, save_model
+from ssm_core.models import read_model_info
 
 SR = 16000
 
@@ -36,6 +38,10 @@ def test_train_writes_a_loadable_run_with_validation_nll(trained):
     assert 0 < bits < 9   # near log2(256) = 8 bits for a barely trained model; a broken loss would not be
     assert summary["valid"]["samples"] == 4 * 256
     assert (trained / "model.safetensors").is_file() and (trained / "checkpoints").is_dir()
+    info = read_model_info(trained)
+    assert info.task == "audio-waveform-generation" and info.steps == 3 and info.preset == "tiny"
+    assert info.metrics["valid_bits_per_sample"] == bits and info.tokenizer["quantization"] == "mulaw"
+    assert "python -m audio generate --checkpoint tiny" in (trained / "README.md").read_text()
 
 
 def test_generate_writes_valid_wavs_and_nll_table(trained, tmp_path, capsys):
@@ -74,6 +80,9 @@ def test_classifier_then_metrics(digits, tmp_path, capsys):
     metrics = json.loads((cls / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and metrics["test_clips"] == 10
     assert "test accuracy" in capsys.readouterr().out
+    info = read_model_info(cls)  # the labels travel with the weights
+    assert info.labels == metrics["config"]["model"]["classes"] and len(info.labels) == 10
+    assert info.metrics["test_accuracy"] == metrics["test_accuracy"]
     report = tmp_path / "report.json"
     assert main(["metrics", "--generated", str(digits), "--generated-split", "test", "--reference", str(digits),
                  "--classifier", str(cls), "--json", str(report), "--device", "cpu"]) == 0
@@ -187,3 +196,9 @@ def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, caps
     assert main(["generate", "--checkpoint", str(clsdir), "--n", "1", "--seconds", "0.01",
                  "--out", str(tmp_path / "g4")]) == 1
     assert str(clsdir) in capsys.readouterr().err
+    dna = save_model(MambaSequenceClassifier(MambaConfig(d_model=8, n_layer=1, vocab_size=9, num_classes=2)),
+                     tmp_path / "dna_classifier")
+    assert main(["generate", "--checkpoint", str(dna), "--n", "1", "--seconds", "0.01",
+                 "--out", str(tmp_path / "g5")]) == 1
+    assert capsys.readouterr().err.strip() == (f"error: --checkpoint {dna} is a Mamba sequence classifier "
+                                               "(MambaSequenceClassifier), not a SaShiMi waveform model")

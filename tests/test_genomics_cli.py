@@ -544,6 +544,54 @@ def test_embed_a_pretraining_run_from_stdin_mean_pools_its_hidden_states(workspa
     np.testing.assert_allclose(data["embeddings"][0], want, rtol=1e-4, atol=1e-5)
 
 
+def test_a_copied_model_directory_classifies_on_its_own(workspace, tmp_path, capsys):
+    """model.safetensors + model.json copied away from their run (no config.json) carry the classes, the window
+    and the test metrics; the model card beside them says what the model is."""
+    from ssm_core.models import read_model_info
+
+    ft = workspace["ft"]
+    info = read_model_info(ft)
+    assert info.labels == ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"] and info.window == 96
+    assert info.task == "dna-species-classification" and info.tokenizer["iupac"] == "n" and info.steps == 4
+    assert info.metrics["test_accuracy"] == json.loads((ft / "metrics.json").read_text())["test_accuracy"]
+    card = (ft / "README.md").read_text()
+    assert "library_name: mamba-seq-suite" in card and "python -m genomics classify --checkpoint ft" in card
+    assert read_model_info(workspace["lm"]).task == "dna-language-modeling"
+    copy = tmp_path / "shared" / "apes_classifier"
+    copy.mkdir(parents=True)
+    for name in ("model.safetensors", "model.json"):
+        (copy / name).write_bytes((ft / name).read_bytes())
+    query = write_fasta(tmp_path / "q.fa", {"r": "ACGTTGCAAGGCTTAC" * 20})
+    outputs = []
+    for checkpoint in (ft, copy):
+        assert run_cli("classify", "--checkpoint", checkpoint, "--fasta", query) == 0
+        outputs.append(read_tsv(capsys.readouterr().out))
+    assert outputs[1] == outputs[0] and "p_orangutan" in outputs[1][0]
+
+
+def test_a_model_of_another_kind_is_named_for_what_it_is(workspace, tmp_path, capsys, monkeypatch):
+    from audio.sashimi import SashimiConfig, SashimiModel
+    from ssm_core import save_model
+
+    good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
+    audio_run = save_model(SashimiModel(SashimiConfig.preset("tiny")), tmp_path / "sc09")
+    assert run_cli("classify", "--checkpoint", audio_run, "--fasta", good) == 1
+    assert error_line(capsys.readouterr().err) == (f"error: --checkpoint {audio_run} is an audio waveform model "
+                                                   "(SashimiModel), not a DNA classifier")
+    # a model.json naming a module to import is refused before anything is imported
+    marker = tmp_path / "imported"
+    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Model: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    planted = tmp_path / "planted_run"
+    planted.mkdir()
+    (planted / "model.json").write_text(json.dumps({"model_class": "planted.Model", "config": {}}))
+    (planted / "model.safetensors").write_bytes((workspace["ft"] / "model.safetensors").read_bytes())
+    assert run_cli("classify", "--checkpoint", planted, "--fasta", good) == 1
+    message = error_line(capsys.readouterr().err)
+    assert f"{planted / 'model.json'}: model_class 'planted.Model' is not a model of this suite" in message
+    assert not marker.exists()
+
+
 def test_plot_lengths(workspace, tmp_path, capsys):
     second = tmp_path / "ft2"
     assert run_cli("finetune", "--fasta-dir", workspace["apes"], "--out", second, "--window", 48, "--steps", 2,

@@ -1,12 +1,16 @@
-"""The Mamba block and backbone: initialisation, the three inference modes agreeing, save/load."""
+"""The Mamba block and backbone: initialisation, the three inference modes agreeing, save/load and model
+directories (registry, metadata, model card, from_pretrained)."""
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ssm_core import (Mamba, MambaConfig, MambaLMHeadModel, MambaSequenceClassifier, load_model, load_weights,
-                      save_model)
+from ssm_core import (Mamba, MambaConfig, MambaLMHeadModel, MambaSequenceClassifier, from_pretrained, load_model,
+                      load_weights, save_model)
+from ssm_core.models import (ModelFileError, ModelInfo, WrongModelError, read_model_info, update_model_info)
 
 
 def lm(seed=0, **kw):
@@ -228,3 +232,121 @@ def test_cpu_inference_path_under_bf16_autocast(monkeypatch):
         ref = m64(x)
     assert (got.double() - ref).abs().max() < 3e-2 * ref.abs().max()
     assert (got.double() - ref).abs().max() > 1e-6  # bf16 did take effect
+
+
+# --- model directories: registry, metadata, model card, from_pretrained ---------------------------------------
+
+
+def test_model_json_cannot_make_the_loader_import_anything(tmp_path, monkeypatch):
+    """model_class is looked up in the registry: "this.X" (whose import prints the Zen of Python) and a module in
+    the working directory are refused, naming the file, the field and the value, without being imported."""
+    import sys
+
+    from ssm_core.models import UnknownModelError
+    from ssm_core.train import load_trained_model
+    from ssm_core.train.checkpoint import save_checkpoint
+
+    marker = tmp_path / "imported"
+    (tmp_path / "planted.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass Model: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    save_model(lm().float(), tmp_path / "run")
+    meta = json.loads((tmp_path / "run" / "model.json").read_text())
+    for name in ("this.X", "planted.Model", "os.system"):
+        (tmp_path / "run" / "model.json").write_text(json.dumps({**meta, "model_class": name}))
+        with pytest.raises(UnknownModelError) as err:
+            load_model(tmp_path / "run")
+        message = str(err.value)
+        assert str(tmp_path / "run" / "model.json") in message and "model_class" in message and repr(name) in message
+        save_checkpoint(tmp_path / "step-00000001.ckpt", {"model_class": name, "model_config": {}, "model": {}})
+        with pytest.raises(UnknownModelError, match="step-00000001.ckpt"):
+            load_trained_model(tmp_path / "step-00000001.ckpt")
+    assert not marker.exists() and "planted" not in sys.modules and "this" not in sys.modules
+
+
+def test_directories_saved_before_the_registry_still_load(tmp_path):
+    m = lm(seed=2).float()
+    save_model(m, tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "model.json").read_text())
+    old = {"model_class": "ssm_core.models.backbone.MambaLMHeadModel", "config": meta["config"]}  # the old format
+    (tmp_path / "old" / "model.json").write_text(json.dumps(old))
+    loaded = load_model(tmp_path / "old")
+    x = torch.randint(0, 11, (2, 9))
+    torch.testing.assert_close(loaded(x), m(x), rtol=0, atol=0)
+    assert loaded.model_info == ModelInfo()
+
+
+def test_save_pretrained_writes_a_self_contained_directory_with_a_model_card(tmp_path):
+    import yaml
+
+    torch.manual_seed(3)
+    clf = MambaSequenceClassifier(MambaConfig(d_model=16, n_layer=1, vocab_size=9, num_classes=3, pooling="mean"))
+    info = ModelInfo(task="dna-species-classification", labels=["human", "chimpanzee", "gorilla"], window=256,
+                     tokenizer={"iupac": "n"}, preset="tiny", trained_on="data/apes", steps=40,
+                     metrics={"test_accuracy": 0.75}, usage="python -m genomics classify --checkpoint clf --fasta x.fa")
+    clf.save_pretrained(tmp_path / "clf", info)
+    meta = json.loads((tmp_path / "clf" / "model.json").read_text())
+    assert meta["model_class"] == "ssm_core.MambaSequenceClassifier"
+    assert meta["metadata"]["id2label"] == {"0": "human", "1": "chimpanzee", "2": "gorilla"}
+    assert meta["metadata"]["label2id"] == {"human": 0, "chimpanzee": 1, "gorilla": 2}
+    card = (tmp_path / "clf" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["library_name"] == "mamba-seq-suite" and "mamba" in front["tags"]
+    assert front["model-index"][0]["results"][0]["metrics"] == [
+        {"type": "test_accuracy", "name": "test_accuracy", "value": 0.75}]
+    for fact in ("data/apes", "training steps: 40", "from_pretrained", info.usage):
+        assert fact in card
+    # the weights and model.json alone, copied elsewhere, are the whole model
+    copy = tmp_path / "elsewhere" / "clf"
+    copy.mkdir(parents=True)
+    for name in ("model.safetensors", "model.json"):
+        (copy / name).write_bytes((tmp_path / "clf" / name).read_bytes())
+    loaded = MambaSequenceClassifier.from_pretrained(copy)
+    assert loaded.model_info == info
+    x = torch.randint(0, 9, (2, 30))
+    torch.testing.assert_close(loaded.eval()(x), clf.eval()(x), rtol=0, atol=0)
+    loaded.save_pretrained(tmp_path / "again")  # the loaded metadata goes along
+    assert read_model_info(tmp_path / "again") == info
+    update_model_info(tmp_path / "again", steps=50, metrics={"test_nll": 0.5})
+    assert read_model_info(tmp_path / "again").metrics == {"test_accuracy": 0.75, "test_nll": 0.5}
+    assert "training steps: 50" in (tmp_path / "again" / "README.md").read_text()
+    with pytest.raises(WrongModelError, match="a Mamba sequence classifier"):
+        MambaLMHeadModel.from_pretrained(copy)
+    (copy / "model.json").write_text(json.dumps({**meta, "metadata": {"id2label": {"0": "a", "2": "b"}}}))
+    with pytest.raises(ModelFileError, match="id2label"):
+        from_pretrained(copy)
+
+
+def test_saving_never_overwrites_a_readme_of_the_users(tmp_path):
+    from ssm_core.models.errors import ModelCardExistsError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    with pytest.raises(ModelCardExistsError, match="README.md"):
+        save_model(lm().float(), mine)
+    assert (mine / "README.md").read_text() == "# my notes\n" and sorted(p.name for p in mine.iterdir()) == [
+        "README.md"]
+    save_model(lm().float(), tmp_path / "ours")
+    save_model(lm(seed=1).float(), tmp_path / "ours")  # our own card is rewritten with the model
+
+
+def test_a_half_copied_model_directory_is_refused_and_an_unfinished_run_says_which_checkpoint_it_loads(
+        tmp_path, capsys):
+    from ssm_core.train import CheckpointError, load_trained_model
+    from ssm_core.train.checkpoint import save_checkpoint
+
+    m = lm(seed=6).float()
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    save_checkpoint(run / "checkpoints" / "step-00000004.ckpt", {
+        "model_class": "ssm_core.models.backbone.MambaLMHeadModel", "model_config": dataclasses.asdict(m.config),
+        "model": m.state_dict()})
+    loaded = load_trained_model(run)
+    torch.testing.assert_close(loaded.lm_head.weight, m.lm_head.weight)
+    notice = capsys.readouterr().err
+    assert notice.startswith("notice: ") and "step-00000004.ckpt" in notice and "model.safetensors" in notice
+    save_model(m, tmp_path / "model")
+    (run / "model.json").write_bytes((tmp_path / "model" / "model.json").read_bytes())  # weights not copied
+    with pytest.raises(CheckpointError, match="has model.json but no model.safetensors.*step-00000004.ckpt"):
+        load_trained_model(run)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from ssm_core.models import read_model_info
 from ssm_core.synthetic import SyntheticDataset, induction_heads_example, selective_copying_example
 from ssm_core.synthetic.runner import SyntheticTask, main, preset
 
@@ -120,6 +121,9 @@ def _run(tmp_path, *argv):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["accuracy"] == results["accuracy"]
     assert (tmp_path / "run" / "plots" / "accuracy_vs_length.png").is_file()
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    info = read_model_info(tmp_path / "run")  # the model card says what it learnt and how well
+    assert info.task == f"synthetic-{results['task']}" and info.steps == results["steps"]
+    assert info.metrics[f"accuracy_at_{results['train_len']}"] == results["accuracy"][str(results["train_len"])]
     return results
 
 

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from ssm_core.models import register_model
 from ssm_core.train import (CheckpointError, NonFiniteLossError, RunExistsError, Task, TrainConfig,
                             add_engine_args, load_checkpoint, resolve_checkpoint, resolve_config, train,
                             train_from_cli)
@@ -39,6 +40,7 @@ class ToyConfig:
     dropout: float = 0.1
 
 
+@register_model("tests.ToyModel", "the engine tests' toy classifier")
 class ToyModel(nn.Module):
     """A small classifier with the structure the engine expects: a `config`, a layer stack, norms, dropout."""
 

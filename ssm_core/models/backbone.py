@@ -15,6 +15,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ..modules.mamba import Mamba, MambaState
 from .config import MambaConfig
+from .io import PretrainedModel
+from .registry import register_model
 
 
 class ResidualBlock(nn.Module):
@@ -154,7 +156,8 @@ def init_weights(model: nn.Module, n_layer: int) -> None:
                 p /= math.sqrt(n_layer)
 
 
-class MambaLMHeadModel(nn.Module):
+@register_model("ssm_core.MambaLMHeadModel", "a Mamba language model")
+class MambaLMHeadModel(nn.Module, PretrainedModel):
     """Next-token model: input_ids (batch, seqlen) -> logits (batch, seqlen, padded_vocab_size)."""
 
     config_class = MambaConfig
@@ -245,7 +248,8 @@ class RunningStandardize(nn.Module):
         return (x - self.mean) * torch.rsqrt(self.var + self.eps)
 
 
-class MambaSequenceClassifier(nn.Module):
+@register_model("ssm_core.MambaSequenceClassifier", "a Mamba sequence classifier")
+class MambaSequenceClassifier(nn.Module, PretrainedModel):
     """input_ids (batch, seqlen) -> class logits (batch, num_classes), pooling the last position or the mean
     (then, with ``config.standardize_pooled``, standardising the pooled features: :class:`RunningStandardize`)."""
 

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ssm_core import MambaConfig, MambaLMHeadModel
+from ssm_core.models import update_model_info
 from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add_engine_args, curriculum,
                             resolve_config, to_dict, train_from_cli)
 from ssm_core.train.checkpoint import atomic_write_bytes
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
                "chance": 1 / (d.vocab - 1 if d.task == "induction" else d.vocab - 2),
                "valid": result.eval_metrics, "config": to_dict(exp)}
     atomic_write_bytes(args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode())
+    update_model_info(args.out, task=f"synthetic-{d.task}", window=d.train_len, preset=exp.preset,
+                      trained_on=f"generated {d.task} sequences of {d.train_len} tokens (vocabulary {d.vocab})",
+                      metrics={f"accuracy_at_{k}": v for k, v in accuracy.items()}, tags=["synthetic"])
     plot_accuracy(results, args.out / "plots" / "accuracy_vs_length.png")
     summary = ", ".join(f"{k}: {100 * v:.1f}%" for k, v in accuracy.items())
     print(f"{d.task} (train length {d.train_len}, {result.step} steps) accuracy by length: {summary}")

@@ -99,21 +99,27 @@ def prune_checkpoints(directory: Path, keep_last: int) -> None:
 def resolve_checkpoint(path: str | Path) -> Path:
     """Turn what a user passes to `--checkpoint` into a loadable path.
 
-    Accepts a run directory (its final `model.safetensors` + `model.json` if the run finished, else its latest
-    checkpoint), a `checkpoints/` directory (its latest checkpoint), a directory holding `model.json`, or a
-    checkpoint file. Returns either a directory with `model.json` or a `.ckpt` file; raises CheckpointError
-    when there is nothing to load.
+    Accepts a model directory (`model.safetensors` + `model.json`: a finished run, or a copy of its model), a run
+    directory without them (an unfinished run: its latest checkpoint), a `checkpoints/` directory (its latest
+    checkpoint), or a checkpoint file. Returns either a directory with `model.json` or a `.ckpt` file; raises
+    CheckpointError when there is nothing to load, and for a directory holding only one of the two model files
+    (a partial copy, or a save that was cut short), rather than loading some other model in its place.
     """
     path = Path(path)
     if path.is_file():
         return path
     if not path.is_dir():
         raise CheckpointError(f"--checkpoint {path}: no such file or directory")
-    if (path / "model.json").is_file() and (path / "model.safetensors").is_file():
+    present = [name for name in ("model.safetensors", "model.json") if (path / name).is_file()]
+    if len(present) == 2:
         return path
-    for directory in (path / "checkpoints", path):
-        found = list_checkpoints(directory)
-        if found:
-            return found[-1][1]
+    latest = next((found[-1][1] for d in (path / "checkpoints", path) if (found := list_checkpoints(d))), None)
+    if present:
+        missing = ({"model.safetensors", "model.json"} - set(present)).pop()
+        raise CheckpointError(f"--checkpoint {path}: has {present[0]} but no {missing}; a model directory needs "
+                              "both (copy them together)" + (f", or pass --checkpoint {latest} to use the run's "
+                                                             "latest checkpoint" if latest else ""))
+    if latest is not None:
+        return latest
     raise CheckpointError(f"--checkpoint {path}: neither a finished run (model.safetensors + model.json) nor a "
                           "directory with checkpoints (checkpoints/step-*.ckpt)")

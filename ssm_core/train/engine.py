@@ -36,7 +36,8 @@ from .data import EpochIndexed, RankShard, StepBatchSampler
 from .distributed import (DistContext, barrier, gather_objects, init_distributed, layer_stack, reduce_means,
                           all_reduce_sum, shutdown, wrap_model)
 from .metrics import MetricsLogger, plot_metrics
-from ..models.io import model_class_name
+from ..models.io import ModelInfo, model_class_name
+from ..models.registry import registered
 from .run_dir import RunDir
 
 
@@ -293,6 +294,7 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
     model = task.build_model()
     if not dataclasses.is_dataclass(getattr(model, "config", None)):
         raise TypeError(f"{model_class_name(model)} needs a dataclass `config` attribute to be saved and resumed")
+    registered(model)  # refuses, before training, a model class whose saved copy could not be loaded back
     model.to(ctx.device)
     if cfg.activation_checkpointing:
         _say(ctx, f"activation checkpointing: {enable_activation_checkpointing(model)} modules set")
@@ -492,7 +494,8 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
     final_model = _full_model(task, model, cfg.parallel, full_options, ctx)
     if ctx.is_main:
         from ssm_core.models.io import save_model
-        save_model(final_model, run.root)
+        save_model(final_model, run.root,
+                   ModelInfo(steps=step, metrics={f"valid_{k}": v for k, v in eval_metrics.items()}))
         plot_metrics(run.metrics, run.plots / "metrics.png", title=run.root.name)
         _say(ctx, f"done: {step} steps; final model in {run.root}/model.safetensors")
     barrier(ctx)

@@ -2,8 +2,9 @@
 
     RUN/config.json          the full resolved config
     RUN/checkpoints/         step-XXXXXXXX.ckpt, the last K
-    RUN/model.safetensors    final weights  } loadable on their own with ssm_core.models.io.load_model(RUN)
-    RUN/model.json           model config   }
+    RUN/model.safetensors    final weights          } a model directory, loadable on its own (copied anywhere)
+    RUN/model.json           class, config, labels  } with ssm_core.from_pretrained(RUN)
+    RUN/README.md            its model card         }
     RUN/metrics.csv          step,metric,value,time_s (one row per metric)
     RUN/tensorboard/         the same metrics for TensorBoard
     RUN/plots/               PNG plots written at the end
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +64,18 @@ class RunDir:
 def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """The model a `--checkpoint` argument points at (see `resolve_checkpoint`), in eval mode on `device`.
 
-    A finished run loads its final `model.safetensors`; an unfinished one the model in its latest checkpoint.
+    A model directory (a finished run) loads its `model.safetensors`; an unfinished run the model in its latest
+    checkpoint, with a notice on stderr naming it. Only the suite's registered model classes are built.
     """
     from ssm_core.models.io import build_model, load_model
 
     target = resolve_checkpoint(path)
     if target.is_dir():
-        model = load_model(target)
-    else:
-        state = load_checkpoint(target)
-        model = build_model(state["model_class"], state["model_config"])
-        model.load_state_dict(state["model"])
+        return load_model(target).to(device).eval()
+    if Path(path).is_dir():
+        print(f"notice: --checkpoint {path} holds no final model (model.safetensors + model.json; the run has not "
+              f"finished): loading its latest checkpoint {target}", file=sys.stderr)
+    state = load_checkpoint(target)
+    model = build_model(state["model_class"], state["model_config"], f"checkpoint {target}")
+    model.load_state_dict(state["model"])
     return model.to(device).eval()
