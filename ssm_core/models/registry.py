@@ -6,14 +6,15 @@ any name that is not registered. Each package registers its classes at import wi
 A class is also known by its module path (``"ssm_core.models.backbone.MambaLMHeadModel"``), what checkpoints
 record and what model directories recorded before the registry, so older runs still load.
 
-``ssm_core`` imports neither ``audio`` nor ``genomics`` at import time: the names the other packages register are
-listed in ``_PROVIDERS`` with the module that registers them, imported on first use of such a name (a fixed table,
-never a module named by a file).
+``ssm_core`` never imports the packages built on it: they announce their models as entry points of the group
+``ssm_core.models`` in their distribution's metadata (``pyproject.toml``: registered name = ``module:Class``), and
+the first lookup of such a name loads that entry point. Only installed metadata is read, never a module named by
+a file.
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 from torch import nn
 
@@ -31,11 +32,13 @@ _MODELS: dict[str, RegisteredModel] = {}
 _BY_CLASS: dict[type, RegisteredModel] = {}
 _MODULE_PATHS: dict[str, str] = {}  # "package.module.Class" -> registered name
 
-# the registered names of the suite's other packages' models -> the module whose import registers them
-_PROVIDERS = {"audio.SashimiModel": "audio.sashimi", "audio.ResNeXtClassifier": "audio.classifier"}
-# and the module paths older runs of those recorded
-_PROVIDED_MODULE_PATHS = {"audio.sashimi.SashimiModel": "audio.SashimiModel",
-                          "audio.classifier.ResNeXtClassifier": "audio.ResNeXtClassifier"}
+ENTRY_POINT_GROUP = "ssm_core.models"
+
+
+def _providers() -> dict[str, object]:
+    """Registered name -> entry point, for every model an installed package announces (see the module docstring).
+    The entry point's value (``module:Class``) also gives the module path older runs recorded."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def register_model(name: str, description: str):
@@ -82,16 +85,18 @@ def lookup(name: str, source: str = "model.json") -> RegisteredModel:
     """
     if not isinstance(name, str):
         raise UnknownModelError(f"{source}: model_class must be a string naming a model; got {name!r}")
-    name = _MODULE_PATHS.get(name) or _PROVIDED_MODULE_PATHS.get(name) or name
-    if name not in _MODELS and name in _PROVIDERS:
+    providers = _providers() if name not in _MODELS and name not in _MODULE_PATHS else {}
+    by_path = {ep.value.replace(":", "."): ep.name for ep in providers.values()}
+    name = _MODULE_PATHS.get(name) or by_path.get(name) or name
+    if name not in _MODELS and name in providers:
         try:
-            importlib.import_module(_PROVIDERS[name])
+            providers[name].load()   # importing the module registers the class
         except ImportError as err:
             raise UnknownModelError(f"{source}: model_class {name!r} needs the package that provides it, which "
                                     f"cannot be imported ({err})") from None
     entry = _MODELS.get(name)
     if entry is None:
-        known = sorted(set(_MODELS) | set(_PROVIDERS))
+        known = sorted(set(_MODELS) | set(providers))
         raise UnknownModelError(f"{source}: model_class {name!r} is not a model of this suite; only these can be "
                                 f"loaded: {', '.join(known)}")
     return entry
