@@ -288,8 +288,9 @@ def test_classify_never_writes_over_an_input_or_a_file_it_did_not_write(workspac
 def test_plot_lengths_never_writes_over_a_file_it_did_not_write(workspace, tmp_path, capsys):
     metrics = workspace["ft"] / "metrics.json"
     before = metrics.read_bytes()
-    assert run_cli("plot-lengths", workspace["ft"], "--out", metrics, "--overwrite") == 1
-    assert "is also an input" in error_line(capsys.readouterr().err)
+    for extra in ([], ["--overwrite"]):
+        assert run_cli("plot-lengths", workspace["ft"], "--out", metrics, *extra) == 1
+        assert "is also an input" in error_line(capsys.readouterr().err)
     png = tmp_path / "photo.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n not ours")
     assert run_cli("plot-lengths", workspace["ft"], "--out", png) == 1

@@ -39,6 +39,13 @@ def test_an_existing_path_is_written_over_only_if_ours_or_with_overwrite(tmp_pat
     assert check_output(tmp_path / "new.tsv", lambda _: False) == tmp_path / "new.tsv"  # absent: always fine
     with pytest.raises(OutputRefusedError, match="existing folder"):
         check_output(tmp_path, ours)
+    # inside a folder the command reads, --overwrite does not apply: the file may be one it reads
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    with pytest.raises(OutputRefusedError, match="inside the input folder"):
+        check_output(run / "metrics.json", ours, inputs=[run], overwrite=True)
+    assert check_output(run / "new.tsv", ours, inputs=[run]) == run / "new.tsv"
 
 
 def test_recognisers(tmp_path):

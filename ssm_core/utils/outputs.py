@@ -7,7 +7,8 @@ before it starts its work (so a refusal comes at once, not after an hour of comp
 - An output that is one of the command's inputs (the same file, however it is spelled: compared with
   ``os.path.samefile``) is refused, even with ``--overwrite``: the command would destroy what it reads.
 - An output that already exists is written over only if it is recognisably what an earlier run of the same
-  command wrote, or the user passed ``--overwrite``.
+  command wrote, or the user passed ``--overwrite`` (which does not reach inside an input folder: a file there
+  may be one the command reads, so only our own is written over).
 
 How each kind of output is recognised as written by an earlier run of the same command (the ``ours`` predicate
 each command passes to :func:`check_output`):
@@ -65,7 +66,8 @@ def check_output(path: str | os.PathLike, ours: Recogniser, *, inputs: Iterable[
     ``inputs`` are the paths the command reads; ``files`` the names it writes inside ``path`` when ``path`` is a
     folder (each is checked against the inputs too). ``ours(path)`` says whether an existing ``path`` was
     written by an earlier run of this command (see the table above); ``overwrite`` (the command's --overwrite)
-    lets an existing path be written over anyway, never an input. Raises OutputRefusedError; returns ``path``.
+    lets an existing path be written over anyway, but never an input nor a path inside an input folder. Raises
+    OutputRefusedError; returns ``path``.
     """
     path = Path(path)
     inputs = [Path(p) for p in inputs if p is not None]
@@ -75,11 +77,22 @@ def check_output(path: str | os.PathLike, ours: Recogniser, *, inputs: Iterable[
                 also = "" if target == path else f" ({target})"
                 raise OutputRefusedError(f"{option} {path}{also} is also an input of this command ({source}); "
                                          "write the output elsewhere")
-    if (path.exists() or path.is_symlink()) and not overwrite and not ours(path):
-        kind = "folder" if path.is_dir() else "file"
+    if not (path.exists() or path.is_symlink()) or ours(path):
+        return path
+    kind = "folder" if path.is_dir() else "file"
+    folder = next((source for source in inputs if source.is_dir() and is_inside(path, source)), None)
+    if folder is not None:
+        raise OutputRefusedError(f"{option} {path}: an existing {kind} inside the input folder {folder} that this "
+                                 "command did not write; write the output elsewhere")
+    if not overwrite:
         raise OutputRefusedError(f"{option} {path}: an existing {kind} that this command did not write; choose "
                                  "another path, or pass --overwrite to write over it")
     return path
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """True when ``path`` lies somewhere below ``folder`` (links resolved)."""
+    return Path(folder).resolve() in Path(path).resolve().parents
 
 
 def read_head(path: Path, size: int = _HEAD_BYTES) -> bytes:
