@@ -31,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, checkpoint_name, load_checkpoint, prune_checkpoints, save_checkpoint
-from .config import (RESUMABLE, EarlyStopConfig, OptimConfig, ResumeMismatchError, TrainConfig, describe_changes, flatten,
-                     resume_changes, to_dict)
+from .config import (RESUMABLE, EarlyStopConfig, OptimConfig, ResumeMismatchError, TrainConfig, describe_changes,
+                     flatten, resume_changes, to_dict)
 from .data import EpochIndexed, RankShard, StepBatchSampler
 from .distributed import (DistContext, barrier, broadcast_object, gather_objects, init_distributed, layer_stack,
                           reduce_means, all_reduce_sum, shutdown, wrap_model)
