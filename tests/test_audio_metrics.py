@@ -368,9 +368,9 @@ def test_metrics_and_plot_never_write_over_an_input_or_a_file_they_did_not_write
     nll = tmp_path / "nll.csv"
     nll.write_text("file,nll\n")
     args = ["--generated", str(reference), "--reference", str(reference), "--classifier", str(tiny_classifier)]
-    for target in (nll, tiny_classifier / "model.json"):  # an input; a file inside an input folder
-        before = target.read_bytes()
-        status, out, err = run_metrics([*args, "--nll", str(nll), "--json", str(target)], capsys)
+    for target, extra in ((tiny_classifier / "model.json", []), (nll, ["--nll", str(nll)])):  # in an input folder;
+        before = target.read_bytes()                                                         # an input
+        status, out, err = run_metrics([*args, *extra, "--json", str(target)], capsys)
         assert status == 1 and out == "" and err.startswith("error: --json ") and target.read_bytes() == before
     report = tmp_path / "report.json"
     report.write_text('{"my": "own report"}\n')
