@@ -135,13 +135,17 @@ def cmd_make_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from ssm_core.utils.outputs import OutputRefusedError
+
     from audio.manifests import fetch, load_manifest
 
     _resolve_device(args.device)  # downloads need no device, but --device cuda without a GPU is still an error
     manifest = load_manifest(args.manifest)
     print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
     try:
-        data = fetch(manifest, args.dest)
+        data = fetch(manifest, args.dest, overwrite=args.overwrite)
+    except OutputRefusedError:
+        raise
     except OSError as err:  # network errors, HTTP 401/404, ...: the manifest's notes say what to do
         notes = " ".join(f.note for f in manifest.files if f.note)
         raise OSError(f"downloading {manifest.name} failed: {err}" + (f" (note: {notes})" if notes else "")) from None
@@ -311,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
             EPILOG_FETCH)
     p.add_argument("manifest", help="manifest name (sc09, youtubemix) or path to a manifest JSON")
     p.add_argument("--dest", default="data", help="where downloads and data go (default: ./data)")
+    _add_overwrite(p)
     _add_device(p)
 
     from ssm_core.train import add_engine_args

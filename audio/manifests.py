@@ -140,9 +140,17 @@ def unzip(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     return dest
 
 
-def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True) -> Path:
-    """Download (and verify) a manifest's files into ``dest/downloads``, then post-process; returns the data dir."""
+def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True, overwrite: bool = False) -> Path:
+    """Download (and verify) a manifest's files into ``dest/downloads``, then post-process; returns the data dir.
+
+    The data dir ``dest/<name>`` is replaced whole: one that exists without this manifest's downloads beside it
+    (so not made by an earlier fetch) is refused (OutputRefusedError, before any download) unless ``overwrite``."""
+    from ssm_core.utils.outputs import check_output
+
     dest = Path(dest)
+    if manifest.post_process in ("extract_sc09", "unzip"):
+        check_output(dest / manifest.name, lambda _: all((dest / "downloads" / f.filename).is_file()
+                                                          for f in manifest.files), option="--dest", overwrite=overwrite)
     paths = [download(f.url, dest / "downloads" / f.filename, sha256=f.sha256, size=f.size, quiet=not progress)
              for f in manifest.files]
     if manifest.post_process == "extract_sc09":

@@ -134,6 +134,7 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-downloads", action="store_true",
                    help="keep the original downloads in DIR/.downloads after post-processing")
     p.add_argument("--force", action="store_true", help="fetch again even files already fetched")
+    add_overwrite_argument(p)
     add_device_argument(p)  # nothing runs on a device; accepted for a uniform command line
     p.set_defaults(func=cmd_fetch)
     return p
@@ -143,7 +144,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from genomics.manifests import fetch_manifest
 
     for path in fetch_manifest(args.manifest, args.dest, only=args.only, keep_downloads=args.keep_downloads,
-                               force=args.force):
+                               force=args.force, overwrite=args.overwrite):
         print(path)
     return 0
 

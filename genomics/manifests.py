@@ -187,13 +187,17 @@ def _stamp_path(dest: Path, entry: ManifestFile) -> Path:
 
 
 def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: list[str] | None = None,
-                   keep_downloads: bool = False, force: bool = False, quiet: bool = False) -> list[Path]:
+                   keep_downloads: bool = False, force: bool = False, quiet: bool = False,
+                   overwrite: bool = False) -> list[Path]:
     """Download, verify and post-process the files of a manifest into ``dest``; returns the output paths.
 
     ``only``: a subset of file names or outputs (e.g. ``["human.fa.bgz"]``), or of output stems (``human``).
+    An output already in ``dest`` that no earlier fetch stamped is refused (OutputRefusedError, before any
+    download) unless ``overwrite``.
     """
     from genomics.fasta import fasta_stem
     from ssm_core.utils.download import download, sha256sum
+    from ssm_core.utils.outputs import check_output
 
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     dest = Path(dest)
@@ -204,6 +208,9 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
         if not entries:
             raise GenomicsInputError(f"{manifest.path}: none of {sorted(wanted)} is a file of this manifest "
                                      f"(files: {[fasta_stem(e.output) for e in manifest.files]})")
+    for entry in entries:  # a file of the user's in the way is refused before anything is downloaded
+        check_output(dest / entry.output, lambda _, e=entry: _stamp_path(dest, e).is_file(), option="--dest",
+                     overwrite=overwrite)
     outputs = []
     for entry in entries:
         output = dest / entry.output
