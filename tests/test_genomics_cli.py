@@ -274,9 +274,9 @@ def test_classify_never_writes_over_an_input_or_a_file_it_did_not_write(workspac
     assert query.read_bytes() == original
     notes = tmp_path / "notes.tsv"
     notes.write_text("my notes\n")
-    for out in (notes, workspace["ft"] / "metrics.json"):
-        assert run_cli(*base, "--out", out) == 1
-        assert "an existing file that this command did not write" in error_line(capsys.readouterr().err)
+    for out, extra in ((notes, []), (workspace["ft"] / "metrics.json", ["--overwrite"])):  # the run is an input
+        assert run_cli(*base, "--out", out, *extra) == 1
+        assert "that this command did not write" in error_line(capsys.readouterr().err)
     assert notes.read_text() == "my notes\n"
     assert run_cli(*base, "--out", notes, "--overwrite") == 0
     assert notes.read_text().startswith("file\trecord\tlength\tpredicted\tp_bonobo")
