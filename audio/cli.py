@@ -109,6 +109,16 @@ def _add_rate_policy(parser: argparse.ArgumentParser) -> None:
                              "error naming it (default: resample)")
 
 
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over an existing output that this command did not write (an output that is "
+                             "also an input is refused even so)")
+
+
+# the keys of the report `metrics` writes: a JSON file holding them all was written by an earlier `metrics --json`
+METRICS_REPORT_KEYS = ("fid", "is", "mis", "am", "n_generated", "n_reference")
+
+
 def _resolve_device(name: str):
     from ssm_core.train.distributed import resolve_device
 
@@ -125,13 +135,17 @@ def cmd_make_digits(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from ssm_core.utils.outputs import OutputRefusedError
+
     from audio.manifests import fetch, load_manifest
 
     _resolve_device(args.device)  # downloads need no device, but --device cuda without a GPU is still an error
     manifest = load_manifest(args.manifest)
     print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
     try:
-        data = fetch(manifest, args.dest)
+        data = fetch(manifest, args.dest, overwrite=args.overwrite)
+    except OutputRefusedError:
+        raise
     except OSError as err:  # network errors, HTTP 401/404, ...: the manifest's notes say what to do
         notes = " ".join(f.note for f in manifest.files if f.note)
         raise OSError(f"downloading {manifest.name} failed: {err}" + (f" (note: {notes})" if notes else "")) from None
@@ -159,7 +173,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from ssm_core.models import WrongModelError, describe
     from ssm_core.train import load_trained_model
 
-    from audio.generate import generate, read_prompts, write_clips
+    from ssm_core.utils.outputs import check_output
+
+    from audio.generate import clip_names, generate, is_clip_folder, read_prompts, write_clips
     from audio.io import SAMPLE_RATE
     from audio.sashimi import SashimiModel
 
@@ -169,17 +185,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise WrongModelError(f"--checkpoint {args.checkpoint} is {describe(model)}, not a SaShiMi waveform model")
     c = model.config
     length = int(round(args.seconds * SAMPLE_RATE))
-    prompts = None
+    prompts, files = None, []
     if args.prompt:
         # unset: 0.5 s, or half of a shorter clip, so that the model always continues the prompt
         prompt_seconds = args.prompt_seconds if args.prompt_seconds is not None else min(0.5, args.seconds / 2)
         prompts, files = read_prompts(args.prompt, int(round(prompt_seconds * SAMPLE_RATE)), c.bits,
                                       c.quantization, on_rate_mismatch=args.on_rate_mismatch)
         print(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each", file=sys.stderr)
+    names = clip_names(args.n)
+    check_output(args.out, lambda out: is_clip_folder(out, names), inputs=[args.checkpoint, *files], files=names,
+                 overwrite=args.overwrite)
     result = generate(model, args.n, length, batch_size=args.batch_size, prompts=prompts,
                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                       cuda_graph=not args.no_cuda_graph, compile=args.compile)
-    paths = write_clips(result, args.out, c.bits, c.quantization)
+    paths = write_clips(result, args.out, c.bits, c.quantization, names)
     print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out} ({result.samples_per_second:,.0f} "
           f"samples/s, {result.seconds:.1f} s); mean NLL {float(result.nll_bits.mean()):.4f} bits/sample")
     return 0
@@ -203,10 +222,15 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from ssm_core.utils.outputs import check_output, json_object_with
+
     from audio.classifier import load_classifier
     from audio.datasets import is_labelled_set
     from audio.metrics import evaluate, read_nll_table, select_likelihood_band, select_most_likely
 
+    if args.json:  # checked before the work, not after it
+        check_output(args.json, json_object_with(METRICS_REPORT_KEYS), option="--json", overwrite=args.overwrite,
+                     inputs=[args.generated, args.reference, args.classifier, args.nll])
     device = _resolve_device(args.device)
     classifier = load_classifier(args.classifier, device)
     files = None
@@ -245,9 +269,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from ssm_core.utils.outputs import check_output
+    from ssm_core.utils.plots import is_suite_figure
+
     from audio.datasets import open_audio_set
     from audio.plots import plot_spectrograms, plot_waveforms
 
+    check_output(args.out, is_suite_figure, inputs=[args.clips], overwrite=args.overwrite)
     dataset = open_audio_set(args.clips, split=args.split, output="waveform", clip_seconds=None, allow_silence=True)
     n = min(args.n, len(dataset))
     waves = [dataset[i][0] for i in range(n)]
@@ -280,13 +308,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to create (must be empty or absent unless --force)")
     p.add_argument("--per-class", type=int, default=200, help="clips per digit (default: 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same set (default: 0)")
-    p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="write into a non-empty --out (an earlier set's clips there are replaced)")
     _add_device(p)  # synthesis runs on the CPU; accepted for a uniform command line
 
     p = add("fetch", cmd_fetch, "Download a data manifest's files, verify their checksums and unpack them.",
             EPILOG_FETCH)
     p.add_argument("manifest", help="manifest name (sc09, youtubemix) or path to a manifest JSON")
     p.add_argument("--dest", default="data", help="where downloads and data go (default: ./data)")
+    _add_overwrite(p)
     _add_device(p)
 
     from ssm_core.train import add_engine_args
@@ -308,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
             EPILOG_GENERATE)
     p.add_argument("--checkpoint", required=True,
                    help="a run directory, a copy of its model directory, or one of its checkpoints")
-    p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv")
+    p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv (new or empty, or an earlier "
+                                                "generation's: its clips are replaced)")
     p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
     p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")
     p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
@@ -321,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
     p.add_argument("--compile", action="store_true",
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
+    _add_overwrite(p)
     _add_rate_policy(p)
     _add_device(p)
 
@@ -354,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "most likely clips)")
     p.add_argument("--n", type=int, help="number of clips for --select most-likely")
     p.add_argument("--batch-size", type=int, default=64, help="clips per classifier batch (default: 64)")
+    _add_overwrite(p)
     _add_rate_policy(p)
     _add_device(p)
 
@@ -365,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=4)
     p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
                    help="split of a labelled set (default: all)")
+    _add_overwrite(p)
     _add_device(p)
     return parser
 

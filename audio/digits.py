@@ -20,6 +20,7 @@ import ctypes
 import json
 import multiprocessing
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -156,17 +157,32 @@ def make_digits(out: str | os.PathLike, per_class: int = 200, seed: int = 0, for
                 progress: bool = True) -> Path:
     """Build the spoken-digits set in SC09's layout under ``out``; returns ``out``.
 
-    Refuses a non-empty ``out`` unless ``force`` (then files are overwritten in place). Synthesis runs in a
-    fresh child process (see the module docstring), which takes a few seconds to start.
+    Refuses a non-empty ``out`` unless ``force`` (then files are overwritten in place, and the clips of an earlier
+    set there, listed in its synthesis.json, that this set does not replace are removed, so that they do not join
+    its train split). Synthesis runs in a fresh child process (see the module docstring), which takes a few
+    seconds to start.
     """
     out = Path(out)
     if per_class < 3:
         raise ValueError(f"per_class must be at least 3 (train, validation and test need one clip each), got {per_class}")
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out}: exists and is not empty (pass --force to overwrite)")
+    if force:
+        new = {f"{word}/{k:05d}.wav" for word in DIGITS for k in range(per_class)}
+        for stale in set(_earlier_clips(out)) - new:
+            (out / stale).unlink(missing_ok=True)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         pool.apply(_synthesise_set, (str(out), per_class, seed, progress))
     return out
+
+
+def _earlier_clips(out: Path) -> list[str]:
+    """The clips an earlier `make_digits` listed in ``out/synthesis.json`` (names of the form word/00000.wav only)."""
+    try:
+        clips = json.loads((out / "synthesis.json").read_text())["clips"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [rel for rel in clips if isinstance(rel, str) and re.fullmatch(r"[a-z]+/\d{5}\.wav", rel)]
 
 
 def _synthesise_set(out: str, per_class: int, seed: int, progress: bool) -> None:

@@ -13,8 +13,10 @@ graph is captured per phase (``stride`` = product of the pools, 16 for the paper
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,6 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ssm_core.models.backbone import sample_logits
+from ssm_core.train.checkpoint import atomic_write_bytes
+from ssm_core.utils.outputs import read_head
 
 from audio.io import SAMPLE_RATE, RateMismatch, fix_length, is_audio_file, load_audio, save_wav
 from audio.mulaw import dequantize, quantize
@@ -188,17 +192,52 @@ def read_prompts(path: str | os.PathLike, samples: int, bits: int, mode: str,
     return quantize(torch.stack(waves), bits=bits, mode=mode), files
 
 
+def clip_names(n: int) -> list[str]:
+    """The file names of `n` generated clips."""
+    return [f"sample_{i:05d}.wav" for i in range(n)]
+
+
+def listed_clips(out: str | os.PathLike) -> list[str] | None:
+    """The clips an earlier `write_clips` listed in ``out/nll.csv`` (plain .wav names only), or None when ``out``
+    holds no such table (no nll.csv, or one that does not start with ``file,nll``)."""
+    table = Path(out) / "nll.csv"
+    if read_head(table, 10).split(b"\n")[0].rstrip(b"\r") != b"file,nll":
+        return None
+    with open(table, newline="", encoding="utf-8", errors="replace") as f:
+        rows = list(csv.reader(f))[1:]
+    # a name with a folder in it is no clip of ours: it is never written over or removed
+    return [row[0] for row in rows if row and re.fullmatch(r"[^/\\]+\.wav", row[0])]
+
+
+def is_clip_folder(out: str | os.PathLike, names: Sequence[str]) -> bool:
+    """True when `write_clips` may write ``names`` into ``out`` without writing over anything it did not write:
+    ``out`` is an empty folder, or an earlier generation's (its nll.csv) that lists every one of ``names`` it holds."""
+    out = Path(out)
+    if not out.is_dir():
+        return False
+    present = {p.name for p in out.iterdir()}
+    if not present:
+        return True
+    listed = listed_clips(out)
+    return listed is not None and all(name in listed for name in names if name in present)
+
+
 def write_clips(generated: Generated, out: str | os.PathLike, bits: int, mode: str,
                 names: Sequence[str] | None = None) -> list[Path]:
-    """DIR/<name>.wav (16 kHz mono, 16-bit PCM) for every clip and DIR/nll.csv (``file,nll`` in bits/sample)."""
+    """DIR/<name>.wav (16 kHz mono, 16-bit PCM) for every clip and DIR/nll.csv (``file,nll`` in bits/sample).
+
+    Clips an earlier generation listed in DIR/nll.csv and this one does not write are removed (the folder holds one
+    generated set). The table is written first, atomically, so every clip in DIR is always listed in it."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = names or [f"sample_{i:05d}.wav" for i in range(len(generated.codes))]
-    paths = [save_wav(out / name, dequantize(codes, bits=bits, mode=mode))
-             for name, codes in zip(names, generated.codes)]
-    with open(out / "nll.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "nll"])
-        for p, value in zip(paths, generated.nll_bits.tolist()):
-            writer.writerow([p.name, f"{value:.6f}"])
-    return paths
+    names = list(names or clip_names(len(generated.codes)))
+    for stale in set(listed_clips(out) or []) - set(names):
+        (out / stale).unlink(missing_ok=True)
+    table = io.StringIO()
+    writer = csv.writer(table)
+    writer.writerow(["file", "nll"])
+    for name, value in zip(names, generated.nll_bits.tolist()):
+        writer.writerow([name, f"{value:.6f}"])
+    atomic_write_bytes(out / "nll.csv", table.getvalue().encode())
+    return [save_wav(out / name, dequantize(codes, bits=bits, mode=mode))
+            for name, codes in zip(names, generated.codes)]

@@ -220,11 +220,11 @@ def unzip(archive: str | os.PathLike, dest: str | os.PathLike, replace: bool = F
     return _extracting(archive, Path(dest), replace, extract)
 
 
-def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True) -> Path:
+def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True, overwrite: bool = False) -> Path:
     """Download (and verify) a manifest's files into ``dest/downloads``, then post-process; returns the data dir.
 
     Before the first download, every target is checked: inside ``dest`` (also through symlinks there), and
-    ``dest/<name>`` replaced only if an earlier fetch of this manifest made it. A file that nothing verified (no
+    ``dest/<name>`` replaced only if an earlier fetch of this manifest made it (or ``overwrite``). A file that nothing verified (no
     sha256) is named in a notice; one that turns out damaged when unpacked is deleted, and the error names its URL.
     """
     dest = Path(dest)
@@ -235,7 +235,7 @@ def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True) ->
     inside(dest, STAMPS, f"{manifest.name}.json", where=f'{where}, "name"')
     if manifest.post_process is not None:
         inside(dest, manifest.name, where=f'{where}, "name"')
-        claim(dest, manifest.name, manifest.name, where)
+        claim(dest, manifest.name, manifest.name, where, overwrite)
     paths, records = [], []
     for f in manifest.files:
         path = download(f.url, dest / DOWNLOADS / f.filename, sha256=f.sha256, size=f.size, quiet=not progress)

@@ -68,6 +68,13 @@ and indexed.
 """
 
 
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--overwrite`` option of every subcommand that writes a path the user names."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over an existing output that this command did not write (an output that is "
+                             "also an input is refused even so)")
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     """The ``--device cpu|cuda|auto`` option every subcommand takes."""
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -98,6 +105,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
                    help="how much sets the species apart: realistic lineage-specific insertions (about one per 30 "
                         "kbp on the human branch), or strong: 20 times as dense and more diverged, learnable in "
                         "minutes (default: strong for tiny, realistic for small and full)")
+    add_overwrite_argument(p)
     add_device_argument(p)  # simulation runs on the CPU; accepted for a uniform command line
     p.set_defaults(func=cmd_simulate)
     return p
@@ -109,7 +117,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from genomics.simulate import simulate
 
     started = time.perf_counter()
-    paths = simulate(args.out, args.size, args.seed, signal=args.signal)
+    paths = simulate(args.out, args.size, args.seed, signal=args.signal, overwrite=args.overwrite)
     for path in paths:
         print(path)
     print(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) in "
@@ -128,6 +136,7 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--keep-downloads", action="store_true",
                    help="keep the original downloads in DIR/.downloads after post-processing")
     p.add_argument("--force", action="store_true", help="fetch again even files already fetched")
+    add_overwrite_argument(p)
     add_device_argument(p)  # nothing runs on a device; accepted for a uniform command line
     p.set_defaults(func=cmd_fetch)
     return p
@@ -137,7 +146,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from genomics.manifests import fetch_manifest
 
     for path in fetch_manifest(args.manifest, args.dest, only=args.only, keep_downloads=args.keep_downloads,
-                               force=args.force):
+                               force=args.force, overwrite=args.overwrite):
         print(path)
     return 0
 
@@ -405,6 +414,7 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--min-bases", type=_positive_int, default=MIN_BASES,
                    help=f"records with fewer A/C/G/T bases are flagged, not classified (default {MIN_BASES})")
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
+    add_overwrite_argument(p)
     p.add_argument("--iupac", choices=("n", "error"), default="n",
                    help="IUPAC ambiguity codes: read as N (default) or refuse them")
     p.add_argument("--batch-tokens", type=_positive_int, default=2**18,
@@ -421,8 +431,18 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
+def _is_classify_output(path) -> bool:
+    """A TSV or JSON file an earlier `classify` wrote (its header line, or its JSON opening)."""
+    from ssm_core.utils.outputs import first_line_matches, starts_with
+
+    return (first_line_matches(r"file\trecord\tlength\t(start\tend\t)?predicted(\tp_[^\t]+)+")(path)
+            or starts_with(b'{\n  "classes": [')(path))
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    from ssm_core.utils.outputs import check_output
 
     from genomics.classify import SpeciesClassifier, describe_flagged, to_json, to_tsv
 
@@ -431,6 +451,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.out:  # checked before a long classification, not after it
         if Path(args.out).is_dir():
             raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the file to write")
+        check_output(args.out, _is_classify_output, inputs=[*args.fasta, args.checkpoint], overwrite=args.overwrite)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     classifier = SpeciesClassifier(args.checkpoint, resolve_device(args.device), window=args.window,
                                    chunk=args.chunk, batch_tokens=args.batch_tokens, iupac=args.iupac,
@@ -502,6 +523,7 @@ def add_plot_lengths_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN", help="finetune run directories")
     p.add_argument("--out", required=True, metavar="PNG", help="the plot to write")
     p.add_argument("--title", default="species classification: accuracy vs context length")
+    add_overwrite_argument(p)
     add_device_argument(p)
     p.set_defaults(func=cmd_plot_lengths)
     return p
@@ -509,7 +531,11 @@ def add_plot_lengths_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_plot_lengths(args: argparse.Namespace) -> int:
     from genomics.finetune import plot_lengths
+    from ssm_core.utils.outputs import check_output
+    from ssm_core.utils.plots import is_suite_figure
 
+    check_output(args.out, is_suite_figure, inputs=[*args.runs, *(f"{run}/metrics.json" for run in args.runs)],
+                 overwrite=args.overwrite)
     rows = plot_lengths(args.runs, args.out, args.title)
     print(f"{'run':<40} {'model':<20} {'window':>9} {'test accuracy':>13}")
     for r in rows:

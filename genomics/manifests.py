@@ -204,7 +204,7 @@ def _post_process(entry: ManifestFile, download: Path, output: Path, keep_downlo
         open_fasta(output).close()  # builds .fai (and .gzi) next to the output, saying so
 
 
-def _check_targets(manifest: Manifest, dest: Path, entry: ManifestFile) -> None:
+def _check_targets(manifest: Manifest, dest: Path, entry: ManifestFile, overwrite: bool = False) -> None:
     """Refuse, before any download, an entry whose paths lead outside ``dest`` through a symlink there, or whose
     output exists but was not made by this manifest's fetch."""
     where = f"{manifest.path}, files[{manifest.files.index(entry)}]"
@@ -213,14 +213,17 @@ def _check_targets(manifest: Manifest, dest: Path, entry: ManifestFile) -> None:
                          ("output", (entry.output + ".fai",)), ("output", (entry.output + ".gzi",)),
                          ("output", (STAMPS, f"{entry.output}.json"))):
         inside(dest, *parts, where=f'{where}, "{field}"')
-    claim(dest, entry.output, manifest.name, where)
+    claim(dest, entry.output, manifest.name, where, overwrite)
 
 
 def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: list[str] | None = None,
-                   keep_downloads: bool = False, force: bool = False, quiet: bool = False) -> list[Path]:
+                   keep_downloads: bool = False, force: bool = False, quiet: bool = False,
+                   overwrite: bool = False) -> list[Path]:
     """Download, verify and post-process the files of a manifest into ``dest``; returns the output paths.
 
     ``only``: a subset of file names or outputs (e.g. ``["human.fa.bgz"]``), or of output stems (``human``).
+    An output already in ``dest`` that no earlier fetch of this manifest stamped is refused (ExistingPathError,
+    before any download) unless ``overwrite``.
     """
     from genomics.fasta import fasta_stem
     from ssm_core.utils.download import download, sha256sum
@@ -235,7 +238,7 @@ def fetch_manifest(manifest: Manifest | str | Path, dest: str | Path, *, only: l
             raise GenomicsInputError(f"{manifest.path}: none of {sorted(wanted)} is a file of this manifest "
                                      f"(files: {[fasta_stem(e.output) for e in manifest.files]})")
     for entry in entries:  # every target of every file, before the first download
-        _check_targets(manifest, dest, entry)
+        _check_targets(manifest, dest, entry, overwrite)
     outputs = []
     for entry in entries:
         output = dest / entry.output

@@ -66,6 +66,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from genomics.errors import GenomicsInputError
+from ssm_core.utils.outputs import check_output, first_line_matches
 
 SPECIES = ("human", "chimpanzee", "bonobo", "gorilla", "orangutan")
 SIZES = {"tiny": 2_000_000, "small": 30_000_000, "full": 300_000_000}  # ancestral bases
@@ -499,10 +500,17 @@ def write_fasta(path: str | Path, records: dict[str, np.ndarray], *, line_width:
 
 
 def simulate(out: str | Path, size: str = "small", seed: int = 0, *, signal: str | None = None,
-             config: SimConfig | None = None, progress: bool = True) -> list[Path]:
-    """Simulate the five species and write ``out/<species>.fa``; returns the paths in :data:`SPECIES` order."""
+             config: SimConfig | None = None, progress: bool = True, overwrite: bool = False) -> list[Path]:
+    """Simulate the five species and write ``out/<species>.fa``; returns the paths in :data:`SPECIES` order.
+
+    A FASTA file (or its .fai index) already in ``out`` is replaced only if an earlier simulation wrote it (its
+    first line is our header), or with ``overwrite``; otherwise OutputRefusedError, before any work."""
     config = config or config_for_size(size, signal)
     out = Path(out)
+    for species in SPECIES:
+        ours = first_line_matches(rf">\S+ simulated {species} \(seed -?\d+\)")
+        fasta = check_output(out / f"{species}.fa", ours, overwrite=overwrite)
+        check_output(out / f"{species}.fa.fai", lambda _: ours(fasta), overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     for species, records in simulate_genomes(config, seed, progress=progress):
         write_fasta(out / f"{species}.fa", records, description=f"simulated {species} (seed {seed})")

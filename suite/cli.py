@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run the whole suite and write its report", description=__doc__.split("\n\n")[0],
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="runs/main", help="run directory (default: runs/main)")
+    p.add_argument("--out", default="runs/main",
+                   help="run directory: new, empty, or a main job run to continue (default: runs/main)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="use an --out that holds other files, and write over files in the way of the report")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", choices=list(SIZES), default="default",
                       help="how big every stage is: quick (seconds), default (~10 min on 2 CPU cores), full")
@@ -52,8 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "add --device cpu to insist", file=sys.stderr)
             return 1
     try:
-        run_suite(args.out, SIZES[args.size], args.device)
-    except StageError as err:
+        run_suite(args.out, SIZES[args.size], args.device, overwrite=args.overwrite)
+    except (StageError, OSError) as err:  # OSError: an --out that is not a main job run, or one in use, ...
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

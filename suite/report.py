@@ -1,5 +1,9 @@
 """RUN/report/: report.html and report.md from the stages' results, with the plots and the generated clips beside
-them (every link relative, every linked file copied into report/)."""
+them (every link relative, every linked file copied into report/).
+
+RUN/report/.files lists every file the report wrote (one path a line, relative to report/): a rebuild removes
+those, and never a file someone else put in report/ (one in the way of the report's own is refused, unless the
+main job runs with --overwrite)."""
 from __future__ import annotations
 
 import csv
@@ -13,8 +17,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ssm_core.train.checkpoint import atomic_write_bytes  # noqa: E402
 from ssm_core.train.distributed import resolve_device  # noqa: E402
+from ssm_core.utils.outputs import check_output  # noqa: E402
 from ssm_core.utils.plots import save_figure  # noqa: E402
+
+WRITTEN_LIST = ".files"
 
 # (run directory under RUN, label) of every engine run whose training loss the report plots
 LOSS_RUNS = (("core", "core: induction heads"), ("genomics/lm", "genomics: pretraining"),
@@ -126,16 +134,34 @@ class Document:
         return "\n".join(lines)
 
 
+def earlier_report_files(report: Path) -> list[Path]:
+    """The files an earlier report listed in report/.files (paths inside report/ only)."""
+    try:
+        lines = (report / WRITTEN_LIST).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    return [report / line for line in lines
+            if line and not Path(line).is_absolute() and ".." not in Path(line).parts]
+
+
 def write_report(ctx) -> tuple[Path, Path]:
     """Write RUN/report/report.html and report.md from ``ctx.results`` (a :class:`suite.stages.Context`)."""
     out, res, sizes = ctx.out, ctx.results, ctx.sizes
     report = out / "report"
-    if report.exists():
-        shutil.rmtree(report)  # rebuilt whole, so no stale file is left behind
-    (report / "audio").mkdir(parents=True)
+    for path in earlier_report_files(report):  # rebuilt whole, so no stale file of ours is left behind
+        path.unlink(missing_ok=True)
+    (report / "audio").mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+
+    def target(name: str) -> Path:
+        """report/<name>, listed in report/.files before it is written."""
+        path = check_output(report / name, lambda _: False, overwrite=ctx.overwrite, option="report file")
+        written.append(name)
+        atomic_write_bytes(report / WRITTEN_LIST, "".join(f"{n}\n" for n in written).encode())
+        return path
 
     def copy(src: Path, name: str) -> str:
-        shutil.copyfile(src, report / name)
+        shutil.copyfile(src, target(name))
         return name
 
     state = json.loads((out / "stages.json").read_text())
@@ -202,9 +228,9 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.heading("Training curves")
     runs = [(out / d, label) for d, label in LOSS_RUNS]
     runs += [(out / "genomics" / f"w{w}", f"genomics: fine-tuning w{w}") for w in sizes.windows]
-    doc.image(plot_losses(runs, report / "loss_curves.png").name, "Training loss of every run")
+    doc.image(plot_losses(runs, target("loss_curves.png")).name, "Training loss of every run")
 
-    html_path, md_path = report / "report.html", report / "report.md"
-    html_path.write_text(doc.html())
-    md_path.write_text(doc.markdown())
+    html_path, md_path = target("report.html"), target("report.md")
+    atomic_write_bytes(html_path, doc.html().encode())
+    atomic_write_bytes(md_path, doc.markdown().encode())
     return html_path, md_path

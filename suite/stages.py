@@ -7,7 +7,8 @@ stage interrupted inside a training run continues that run with ``--resume``.
 
 Layout of RUN::
 
-    stages.json         size, device, finished stages (results, seconds)
+    stages.json         size, device, finished stages (results, seconds); what makes a folder a main job run
+    .lock               held by the running main job (ssm_core/utils/dirlock.py)
     core/               induction-heads run (engine run directory)
     genomics/apes/      simulated genomes (one FASTA per species)
     genomics/heldout/   test-chromosome pieces of each species, one FASTA per species (never trained on)
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 from ssm_core.train.checkpoint import atomic_write_bytes
+from ssm_core.utils.dirlock import LOCK_NAME, DirectoryLock
+from ssm_core.utils.outputs import check_output
 
 SPECIES = ("human", "chimpanzee", "bonobo", "gorilla", "orangutan")
 # HyenaDNA's test chromosomes (genomics/splits.py): the held-out FASTA files are cut from these only.
@@ -115,11 +118,13 @@ SIZES = {
 
 @dataclass
 class Context:
-    """What every stage sees: the run directory, the sizes, the device, and the earlier stages' results."""
+    """What every stage sees: the run directory, the sizes, the device, the earlier stages' results, and whether
+    the main job may write over files it did not write (--overwrite)."""
     out: Path
     sizes: Sizes
     device: str
     results: dict
+    overwrite: bool = False
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)
@@ -432,11 +437,25 @@ def save_state(out: Path, state: dict) -> None:
     atomic_write_bytes(out / "stages.json", (json.dumps(state, indent=2) + "\n").encode())
 
 
-def run_suite(out: str | Path, sizes: Sizes, device: str = "auto") -> dict:
-    """Run every stage not yet finished in ``out``, in order, with banners and an ETA. Returns stages.json."""
-    out = Path(out)
+def is_suite_run(out: Path) -> bool:
+    """An empty folder (but for a lock file), or one holding a main job run (its stages.json)."""
+    return out.is_dir() and ((out / "stages.json").is_file() or all(p.name == LOCK_NAME for p in out.iterdir()))
+
+
+def run_suite(out: str | Path, sizes: Sizes, device: str = "auto", overwrite: bool = False) -> dict:
+    """Run every stage not yet finished in ``out``, in order, with banners and an ETA. Returns stages.json.
+
+    ``out`` must be new, empty or a main job run (else OutputRefusedError, unless ``overwrite``); the process
+    holds its lock throughout (DirectoryInUseError while another main job runs in it)."""
+    out = check_output(out, is_suite_run, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out, "main job run"):
+        return _run_stages(out, sizes, device, overwrite)
+
+
+def _run_stages(out: Path, sizes: Sizes, device: str, overwrite: bool) -> dict:
     state = load_state(out, sizes, device)
+    save_state(out, state)  # from the start, so that a run interrupted in its first stage is known as ours
     estimates = dict(sizes.estimates)
     started = time.perf_counter()
     ran_estimate = ran_seconds = 0.0
@@ -450,7 +469,7 @@ def run_suite(out: str | Path, sizes: Sizes, device: str = "auto") -> dict:
         print(f"\n{'=' * 100}\n[{k}/{len(STAGES)}] {stage.title}\n    elapsed {_clock(time.perf_counter() - started)}"
               f", ETA {_clock(remaining * pace)} for the rest\n{'=' * 100}", flush=True)
         t0 = time.perf_counter()
-        ctx = Context(out, sizes, device, {n: f["results"] for n, f in state["finished"].items()})
+        ctx = Context(out, sizes, device, {n: f["results"] for n, f in state["finished"].items()}, overwrite)
         results = stage.run(ctx)
         seconds = time.perf_counter() - t0
         state["finished"][stage.name] = {"results": results, "seconds": round(seconds, 1)}

@@ -138,6 +138,35 @@ def test_generate_with_a_prompt_and_short_clips_needs_no_prompt_seconds(trained,
     assert sf.info(out / "sample_00000.wav").frames == 320
 
 
+def test_generate_writes_over_its_own_clips_only(trained, tmp_path, capsys):
+    def generate(out, n, *extra):
+        return main(["generate", "--checkpoint", str(trained), "--seconds", "0.01", "--out", str(out), "--n", str(n),
+                     "--device", "cpu", *extra])
+
+    music = tmp_path / "music"
+    music.mkdir()
+    (music / "song.wav").write_bytes(b"a recording of mine")
+    assert generate(music, 1) == 1  # a folder this command did not fill
+    assert "did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in music.iterdir()) == ["song.wav"]
+    samples = tmp_path / "samples"
+    assert generate(samples, 3) == 0
+    (samples / "notes.txt").write_text("mine\n")
+    assert generate(samples, 2) == 0  # its own clips: rewritten
+    # the earlier set's third clip is gone (it would join the next metrics), the user's note is not
+    assert sorted(p.name for p in samples.iterdir()) == ["nll.csv", "notes.txt", "sample_00000.wav",
+                                                          "sample_00001.wav"]
+    assert sorted(read_nll_table(samples / "nll.csv")) == ["sample_00000.wav", "sample_00001.wav"]
+    # a clip used as the prompt would be overwritten by the clip of the same name: refused, even with --overwrite
+    prompt = samples / "sample_00000.wav"
+    before = prompt.read_bytes()
+    assert generate(samples, 2, "--prompt", str(prompt), "--prompt-seconds", "0.005", "--overwrite") == 1
+    assert "is also an input of this command" in capsys.readouterr().err
+    assert prompt.read_bytes() == before
+    assert generate(music, 1, "--overwrite") == 0  # asked for: written beside the user's file
+    assert (music / "song.wav").read_bytes() == b"a recording of mine"
+
+
 @pytest.mark.parametrize("command", [["make-digits", "--out", "{tmp}/d", "--per-class", "3"],
                                      ["fetch", "sc09", "--dest", "{tmp}/data"]])
 def test_device_cuda_without_a_gpu_is_an_error_in_every_command(command, tmp_path, capsys, monkeypatch):

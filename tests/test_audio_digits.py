@@ -97,3 +97,13 @@ def test_cli_make_digits(tmp_path, capsys):
     assert err.startswith("error: ") and "not empty" in err and "Traceback" not in err
     with pytest.raises(ValueError, match="at least 3"):
         make_digits(tmp_path / "x", per_class=2)
+
+
+def test_make_digits_again_replaces_the_earlier_set_whole(tmp_path):
+    out = tmp_path / "d"
+    assert main(["make-digits", "--out", str(out), "--per-class", "4"]) == 0
+    (out / "README.txt").write_text("mine\n")
+    assert main(["make-digits", "--out", str(out), "--per-class", "3", "--force"]) == 0
+    # 00003.wav of the 4-clip set would otherwise stay behind and join the train split of the 3-clip set
+    assert sorted(p.name for p in (out / "zero").iterdir()) == ["00000.wav", "00001.wav", "00002.wav"]
+    assert (out / "README.txt").read_text() == "mine\n"

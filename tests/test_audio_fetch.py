@@ -71,6 +71,21 @@ def test_fetch_sc09_from_file_url(tmp_path, capsys):
     assert len(LabelledAudioSet(root, "all")) == 6
 
 
+def test_fetch_never_replaces_a_data_folder_it_did_not_make(tmp_path, capsys):
+    tarball = speech_commands_tarball(tmp_path / "speech_commands_v0.02.tar.gz")
+    manifest = write_manifest(tmp_path, tarball, sha256sum(tarball))
+    mine = tmp_path / "data" / "sc09"
+    mine.mkdir(parents=True)
+    (mine / "my_recordings.txt").write_text("mine\n")
+    assert main(["fetch", str(manifest), "--dest", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert f"{mine} already exists" in err and "only what it made itself" in err and "--overwrite" in err
+    assert [p.name for p in mine.iterdir()] == ["my_recordings.txt"]
+    assert not (tmp_path / "data" / "downloads").exists()  # refused before downloading
+    assert main(["fetch", str(manifest), "--dest", str(tmp_path / "data"), "--overwrite"]) == 0
+    assert (mine / "validation_list.txt").is_file()
+
+
 def test_corrupted_download_is_detected_and_nothing_extracted(tmp_path, capsys):
     tarball = speech_commands_tarball(tmp_path / "speech_commands_v0.02.tar.gz")
     good_sha = sha256sum(tarball)

@@ -364,6 +364,34 @@ def test_metrics_cli_bad_input(tmp_path, tiny_classifier, capsys, problem):
     assert status == 1 and err.startswith("error: ") and expected in err and "Traceback" not in err
 
 
+def test_metrics_and_plot_never_write_over_an_input_or_a_file_they_did_not_write(tmp_path, tiny_classifier, capsys):
+    reference = tone_set(tmp_path / "ref", n_per_class=3)
+    nll = tmp_path / "nll.csv"
+    nll.write_text("file,nll\n")
+    args = ["--generated", str(reference), "--reference", str(reference), "--classifier", str(tiny_classifier)]
+    for target, extra in ((tiny_classifier / "model.json", []), (nll, ["--nll", str(nll)])):  # in an input folder;
+        before = target.read_bytes()                                                         # an input
+        status, out, err = run_metrics([*args, *extra, "--json", str(target)], capsys)
+        assert status == 1 and out == "" and err.startswith("error: --json ") and target.read_bytes() == before
+    report = tmp_path / "report.json"
+    report.write_text('{"my": "own report"}\n')
+    status, out, err = run_metrics([*args, "--json", str(report)], capsys)
+    assert status == 1 and "did not write" in err and report.read_text() == '{"my": "own report"}\n'
+    status, out, err = run_metrics([*args, "--json", str(report), "--overwrite"], capsys)
+    assert status == 0 and json.loads(report.read_text()) == json.loads(out)
+    status, out, err = run_metrics([*args, "--json", str(report)], capsys)  # its own report, written again
+    assert status == 0, err
+
+    wav = next(reference.rglob("*.wav"))
+    wav_bytes = wav.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert main(["plot", "--clips", str(wav.parent), "--out", str(wav), *extra]) == 1
+        assert "error: " in capsys.readouterr().err and wav.read_bytes() == wav_bytes
+    png = tmp_path / "grid.png"
+    assert main(["plot", "--clips", str(reference), "--n", "2", "--out", str(png)]) == 0
+    assert main(["plot", "--clips", str(reference), "--n", "3", "--out", str(png)]) == 0  # its own plot
+
+
 def test_plot_cli_writes_grids(tmp_path, capsys):
     from PIL import Image
 

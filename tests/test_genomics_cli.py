@@ -269,6 +269,56 @@ def test_classify_tsv_contract(workspace, tmp_path, capsys):
     assert math.isclose(records[0]["probabilities"]["human"], float(rows[0]["p_human"]), rel_tol=1e-4)
 
 
+def test_classify_never_writes_over_an_input_or_a_file_it_did_not_write(workspace, tmp_path, capsys):
+    query = write_fasta(tmp_path / "inp.fa", {"r": "ACGT" * 30})
+    original = query.read_bytes()
+    base = ["classify", "--checkpoint", workspace["ft"], "--fasta", query]
+    for out in (query, tmp_path / "sub" / ".." / "inp.fa"):  # however it is spelled, and even with --overwrite
+        for extra in ([], ["--overwrite"], ["--json"]):
+            assert run_cli(*base, "--out", out, *extra) == 1
+            assert "is also an input of this command" in error_line(capsys.readouterr().err)
+    assert query.read_bytes() == original
+    notes = tmp_path / "notes.tsv"
+    notes.write_text("my notes\n")
+    for out, extra in ((notes, []), (workspace["ft"] / "metrics.json", ["--overwrite"])):  # the run is an input
+        assert run_cli(*base, "--out", out, *extra) == 1
+        assert "that this command did not write" in error_line(capsys.readouterr().err)
+    assert notes.read_text() == "my notes\n"
+    assert run_cli(*base, "--out", notes, "--overwrite") == 0
+    assert notes.read_text().startswith("file\trecord\tlength\tpredicted\tp_bonobo")
+    assert run_cli(*base, "--out", notes, "--json") == 0  # an earlier classify output, in either format, is ours
+    assert run_cli(*base, "--out", notes, "--per-window") == 0
+    assert notes.read_text().startswith("file\trecord\tlength\tstart\tend\tpredicted")
+
+
+def test_plot_lengths_never_writes_over_a_file_it_did_not_write(workspace, tmp_path, capsys):
+    metrics = workspace["ft"] / "metrics.json"
+    before = metrics.read_bytes()
+    for extra in ([], ["--overwrite"]):
+        assert run_cli("plot-lengths", workspace["ft"], "--out", metrics, *extra) == 1
+        assert "is also an input" in error_line(capsys.readouterr().err)
+    png = tmp_path / "photo.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n not ours")
+    assert run_cli("plot-lengths", workspace["ft"], "--out", png) == 1
+    assert "did not write" in error_line(capsys.readouterr().err)
+    assert metrics.read_bytes() == before and png.read_bytes() == b"\x89PNG\r\n\x1a\n not ours"
+    assert run_cli("plot-lengths", workspace["ft"], "--out", png, "--overwrite") == 0
+    assert run_cli("plot-lengths", workspace["ft"], "--out", png) == 0  # its own plot, drawn again
+
+
+def test_resume_refuses_another_window_on_a_finished_run(workspace, tmp_path, capsys):
+    run = tmp_path / "ft"
+    args = ["finetune", "--fasta-dir", workspace["apes"], "--out", run, "--batch-size", 2, "--valid-samples", 4,
+            "--test-samples", 4, "--device", "cpu", "--steps", 2]
+    assert run_cli(*args, "--window", 64) == 0
+    before = {name: (run / name).read_bytes() for name in ("config.json", "metrics.json", "metrics.csv")}
+    capsys.readouterr()
+    assert run_cli(*args, "--window", 128, "--resume") == 1
+    message = error_line(capsys.readouterr().err)
+    assert "data.window: 64 -> 128" in message and "train.steps" in message
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
 def test_window_starts():
     assert window_starts(10, 20) == [(0, 10)]
     assert window_starts(40, 20) == [(0, 20), (20, 40)]

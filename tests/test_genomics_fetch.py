@@ -71,6 +71,20 @@ def test_fetch_verifies_recompresses_and_indexes(tmp_path, source, monkeypatch):
     check_output(dest, source)
 
 
+def test_fetch_never_replaces_a_file_it_did_not_fetch(tmp_path, source, capsys):
+    manifest = write_manifest(tmp_path, source)
+    dest = tmp_path / "data"
+    dest.mkdir()
+    (dest / "sequences.bed").write_text("my own intervals\n")
+    assert main(["fetch", str(manifest), "--dest", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert f"{dest / 'sequences.bed'} already exists" in err and "--overwrite" in err
+    assert sorted(p.name for p in dest.iterdir()) == ["sequences.bed"]  # refused before any download
+    assert (dest / "sequences.bed").read_text() == "my own intervals\n"
+    assert main(["fetch", str(manifest), "--dest", str(dest), "--overwrite"]) == 0
+    check_output(dest, source)
+
+
 def test_corrupt_download_is_detected_and_fetched_again(tmp_path, source, capsys):
     manifest = write_manifest(tmp_path, source)
     dest = tmp_path / "data"

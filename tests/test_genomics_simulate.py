@@ -125,3 +125,24 @@ def test_cli_writes_five_fasta_files_the_species_dataset_reads(tmp_path, capsys)
     with pytest.raises(SystemExit) as exit_info:  # argparse refuses, with status 2 and usage on stderr
         main(["simulate", "--out", str(out), "--size", "huge"])
     assert exit_info.value.code == 2 and "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+def test_simulate_writes_over_its_own_genomes_only(tmp_path, capsys):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "gorilla.fa").write_text(">my_assembly\nACGT\n")  # a genome of the user's, named like ours
+    (out / "notes.txt").write_text("mine\n")
+    assert main(["simulate", "--out", str(out), "--size", "tiny"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: --out {out / 'gorilla.fa'}: an existing file that this command did not write" in err
+    assert sorted(p.name for p in out.iterdir()) == ["gorilla.fa", "notes.txt"]  # refused before writing anything
+    assert (out / "gorilla.fa").read_text() == ">my_assembly\nACGT\n"
+    (out / "gorilla.fa").unlink()
+    (out / "human.fa.fai").write_text("an index of some other human.fa\n")
+    assert main(["simulate", "--out", str(out), "--size", "tiny"]) == 1
+    assert "human.fa.fai: an existing file" in capsys.readouterr().err
+    assert main(["simulate", "--out", str(out), "--size", "tiny", "--overwrite"]) == 0
+    assert not (out / "human.fa.fai").exists() and (out / "notes.txt").read_text() == "mine\n"
+    before = (out / "human.fa").read_bytes()
+    assert main(["simulate", "--out", str(out), "--size", "tiny", "--seed", "1"]) == 0  # our own: rewritten
+    assert (out / "human.fa").read_bytes() != before

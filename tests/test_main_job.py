@@ -91,6 +91,43 @@ def test_rerun_resumes_at_the_first_unfinished_stage(run, capsys):
     assert (run / "audio" / "metrics_generated.json").stat().st_mtime_ns > metrics_mtime
 
 
+def test_the_report_rebuilt_removes_only_the_files_it_made(run, capsys):
+    report = run / "report"
+    (report / "notes.txt").write_text("mine\n")
+    (report / "old_plot.png").write_bytes(b"an earlier report's plot")
+    with open(report / ".files", "a") as f:
+        f.write("old_plot.png\n../stages.json\n")  # a path outside report/ is never removed
+    in_the_way = report / "loss_curves.png"
+    listed = (report / ".files").read_text().splitlines()
+    (report / ".files").write_text("".join(f"{n}\n" for n in listed if n != in_the_way.name))
+    state_path = run / "stages.json"
+    state = json.loads(state_path.read_text())
+    del state["finished"]["report"]
+    state_path.write_text(json.dumps(state))
+    assert main(["run", "--out", str(run), "--size", "quick", "--device", "cpu"]) == 1  # a file it did not list
+    assert f"error: report file {in_the_way}: an existing file" in capsys.readouterr().err
+    in_the_way.unlink()
+    assert main(["run", "--out", str(run), "--size", "quick", "--device", "cpu"]) == 0
+    assert (report / "notes.txt").read_text() == "mine\n" and not (report / "old_plot.png").exists()
+    assert state_path.is_file() and (report / "report.html").is_file() and in_the_way.is_file()
+
+
+def test_a_folder_that_is_not_a_main_job_run_is_refused(tmp_path, capsys):
+    (tmp_path / "thesis.tex").write_text("mine\n")
+    assert main(["run", "--out", str(tmp_path), "--size", "quick", "--device", "cpu"]) == 1
+    assert f"error: --out {tmp_path}: an existing folder that this command did not write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thesis.tex"]
+
+
+def test_a_second_main_job_on_the_same_run_is_refused(tmp_path, capsys):
+    from ssm_core.utils.dirlock import DirectoryLock
+
+    with DirectoryLock(tmp_path, "main job run"):
+        assert main(["run", "--out", str(tmp_path), "--size", "quick", "--device", "cpu"]) == 1
+    assert f"error: main job run {tmp_path} is in use by process {os.getpid()}" in capsys.readouterr().err
+    assert not (tmp_path / "stages.json").exists()
+
+
 def test_a_training_run_cut_short_resumes_from_its_last_checkpoint(run, capfd):
     """As if killed between the waveform run's step-3 checkpoint and its end: the stage continues from step 3."""
     sashimi = run / "audio" / "sashimi"

@@ -23,10 +23,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ssm_core.models import register_model
-from ssm_core.train import (CheckpointError, NonFiniteLossError, RunExistsError, Task, TrainConfig,
-                            add_engine_args, load_checkpoint, resolve_checkpoint, resolve_config, train,
-                            train_from_cli)
+from ssm_core.train import (CheckpointError, DirectoryInUseError, NonFiniteLossError, ResumeMismatchError,
+                            RunExistsError, Task, TrainConfig, add_engine_args, load_checkpoint, resolve_checkpoint,
+                            resolve_config, train, train_from_cli)
 from ssm_core.train.checkpoint import list_checkpoints
+from ssm_core.utils.dirlock import DirectoryLock
 
 HERE = Path(__file__).resolve()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -137,14 +138,21 @@ def train_losses(run: Path) -> dict[int, float]:
         return {int(r["step"]): float(r["value"]) for r in csv.DictReader(f) if r["metric"] == "train/loss"}
 
 
-def test_sigkill_and_resume_reach_the_uninterrupted_weights(tmp_path):
-    flags = ["--steps", 30, "--checkpoint-every", 5, "--deterministic", "--device", "cpu", "--seed", 3]
+def logged_values(run: Path) -> list[tuple[str, str, str]]:
+    """metrics.csv as (step, metric, value) rows, in order, without the clock (time_s, samples/s)."""
+    with open(run / "metrics.csv", newline="") as f:
+        return [(r["step"], r["metric"], r["value"]) for r in csv.DictReader(f) if not r["metric"].endswith("_per_s")]
+
+
+def test_sigkill_and_resume_reach_the_uninterrupted_weights_and_log(tmp_path):
+    # a log line every 7 steps, checkpoints every 5: the run is killed, and resumes, in the middle of a log window
+    flags = ["--steps", 30, "--checkpoint-every", 5, "--deterministic", "--device", "cpu", "--seed", 3,
+             "--set", "train.log_every=7", "--set", "step_sleep=0.15"]
     run_cli("--out", tmp_path / "whole", *flags)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(HERE), "--out", killed, *map(str, flags),
-                             "--set", "step_sleep=0.15"], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(HERE), "--out", killed, *map(str, flags)], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not any(step >= 10 for step, _ in list_checkpoints(killed / "checkpoints")):
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -164,7 +172,110 @@ def test_sigkill_and_resume_reach_the_uninterrupted_weights(tmp_path):
     for name in whole:
         assert torch.equal(whole[name], again[name]), name
     assert train_losses(tmp_path / "whole") == train_losses(killed)  # same data order and dropout masks throughout
+    # the log too: rows after the checkpoint dropped, the interrupted log window's sums carried in the checkpoint
+    assert logged_values(tmp_path / "whole") == logged_values(killed)
     assert len(list_checkpoints(killed / "checkpoints")) == 3  # keep_last
+
+
+def test_a_second_process_on_a_run_directory_is_refused_at_once_naming_the_first(tmp_path):
+    import socket
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(HERE), "--out", run, "--steps", "2000", "--device", "cpu",
+                             "--set", "step_sleep=0.05"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "checkpoints").is_dir():  # created once the first process holds the lock
+            assert proc.poll() is None and time.monotonic() < deadline, "the first run did not start"
+            time.sleep(0.05)
+        for extra in ([], ["--resume"]):
+            second = run_cli("--out", run, "--steps", 4, "--device", "cpu", *extra, check=False)
+            assert second.returncode == 1, second.stderr
+            assert second.stderr.strip().splitlines()[-1].startswith(
+                f"error: run directory {run} is in use by process {proc.pid} on {socket.gethostname()}")
+        assert proc.poll() is None, "the first run was disturbed"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    with DirectoryLock(run):  # the kernel released the killed holder's lock
+        pass
+
+
+def test_the_lock_is_held_for_the_whole_training_and_released_after(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    exp = ToyExperiment()
+    exp.train.steps = 2
+    with DirectoryLock(run):
+        with pytest.raises(DirectoryInUseError, match=rf"run directory {run} is in use by process {os.getpid()}"):
+            train(ToyTask(exp), exp.train, run)
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]  # refused before writing anything
+    seen = []
+
+    class Watching(ToyTask):
+        def loss(self, model, batch):
+            if not seen:
+                with pytest.raises(DirectoryInUseError):
+                    DirectoryLock(run).acquire()
+                seen.append(True)
+            return super().loss(model, batch)
+
+    train(Watching(exp), exp.train, run)
+    assert seen
+    with DirectoryLock(run):
+        pass
+
+
+def test_resume_refuses_changes_to_what_the_run_is_naming_old_and_new_values(tmp_path):
+    run = tmp_path / "run"
+    run_cli("--out", run, "--steps", 4, "--checkpoint-every", 2, "--device", "cpu")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"
+              and "tensorboard" not in p.parts}
+    proc = run_cli("--out", run, "--steps", 6, "--resume", "--set", "model.hidden=32", "--set",
+                   "train.optim.lr=0.5", "--batch-size", 4, check=False)
+    assert proc.returncode == 1
+    message = proc.stderr.strip().splitlines()[-1]
+    for change in ("model.hidden: 16 -> 32", "train.optim.lr: 0.001 -> 0.5", "train.batch_size: 8 -> 4"):
+        assert change in message, message
+    assert "train.steps" in message.split("only these may change")[1]  # it says what may change
+    assert {p: p.read_bytes() for p in before} == before  # config.json, metrics.csv, weights: all untouched
+    # what only changes how the run is carried out is accepted, and recorded
+    proc = run_cli("--out", run, "--steps", 6, "--resume", "--set", "train.log_every=2", "--device", "cpu",
+                   "--checkpoint-every", 2)
+    assert "resuming with changed settings: train.log_every: 1 -> 2, train.steps: 4 -> 6\n" in proc.stderr
+    import json
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+
+
+def test_the_resumable_settings_are_listed_in_help():
+    from ssm_core.train import RESUMABLE
+
+    text = run_cli("--help").stdout
+    assert "--resume" in text
+    flat = " ".join(text.split())
+    for name in RESUMABLE:
+        assert name in flat, name
+    assert "refused" in flat
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_training_never_writes_into_a_file_or_a_folder_of_other_files(tmp_path, resume):
+    exp = ToyExperiment()
+    exp.train.steps = 1
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "config.json").write_text("my own settings\n")
+    (mine / "metrics.csv").write_text("my own numbers\n")
+    afile = tmp_path / "data.txt"
+    afile.write_text("data\n")
+    for out, message in ((mine, "holds files but no run"), (afile, "is a file, not a run directory")):
+        with pytest.raises(RunExistsError, match=message):
+            train(ToyTask(exp), exp.train, out, resume=resume)
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "metrics.csv"]
+    assert (mine / "config.json").read_text() == "my own settings\n" and afile.read_text() == "data\n"
+    proc = run_cli("--out", afile, "--steps", 1, *(["--resume"] if resume else []), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "is a file" in proc.stderr
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -236,7 +347,7 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_data_order(finished_run
         train(ToyTask(exp), exp.train, run, resume=True)
     exp = ToyExperiment()
     exp.train.batch_size = 4
-    with pytest.raises(CheckpointError, match=r"change the data order \(batch_size: checkpoint 8 vs now 4\)"):
+    with pytest.raises(ResumeMismatchError, match=r"train.batch_size: 8 -> 4"):
         train(ToyTask(exp), exp.train, run, resume=True)
 
 

@@ -15,24 +15,26 @@ import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .config import (EarlyStopConfig, OptimConfig, TrainConfig, add_engine_args, from_dict, load_config_file,
-                     resolve_config, to_dict, train_config_of, update)
+from .config import (RESUMABLE, EarlyStopConfig, OptimConfig, ResumeMismatchError, TrainConfig, add_engine_args,
+                     from_dict, load_config_file, resolve_config, to_dict, train_config_of, update)
 from .engine import NonFiniteLossError, Task, TrainResult, train
 from .run_dir import RunDir, RunExistsError, load_trained_model
+from ..utils.dirlock import DirectoryInUseError
 
 __all__ = [
-    "CheckpointError", "EarlyStopConfig", "NonFiniteLossError", "OptimConfig", "RunDir", "RunExistsError", "Task",
-    "TrainConfig", "TrainResult", "add_engine_args", "from_dict", "load_checkpoint", "load_config_file",
-    "load_trained_model", "resolve_checkpoint", "resolve_config", "to_dict", "train", "train_config_of",
-    "train_from_cli", "update",
+    "CheckpointError", "DirectoryInUseError", "EarlyStopConfig", "NonFiniteLossError", "OptimConfig", "RESUMABLE",
+    "ResumeMismatchError", "RunDir", "RunExistsError", "Task", "TrainConfig", "TrainResult", "add_engine_args",
+    "from_dict", "load_checkpoint", "load_config_file", "load_trained_model", "resolve_checkpoint", "resolve_config",
+    "to_dict", "train", "train_config_of", "train_from_cli", "update",
 ]
 
 
 def train_from_cli(task: Task, config, out: str | Path, resume: bool = False) -> TrainResult:
     """`train` for command-line tools: records the whole `config` in RUN/config.json and turns the engine's
-    expected refusals (used RUN, bad checkpoint, diverged loss) into a one-line message and exit status 1."""
+    expected refusals (used or busy RUN, a resume that would change the run, bad checkpoint, diverged loss) into a
+    one-line message and exit status 1."""
     try:
         return train(task, train_config_of(config), out, resume=resume, config_record=to_dict(config))
-    except (RunExistsError, CheckpointError, NonFiniteLossError) as err:
+    except (RunExistsError, DirectoryInUseError, ResumeMismatchError, CheckpointError, NonFiniteLossError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None

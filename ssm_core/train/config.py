@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,6 +87,70 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum "
                              f"({self.grad_accum})")
+
+
+# Settings a --resume may change: how the run is carried out, not what it is. Any other difference between the
+# run's config.json and the resumed command's config (data, window, model, preset, task, optimiser, seed, batch)
+# is refused by `resume_changes`. Keys are TrainConfig fields (train.<key> in a domain's config).
+RESUMABLE = {
+    "steps": "train on to more steps (the schedule stretches from the checkpoint on)",
+    "time_limit_min": "stop after another time budget",
+    "device": "move to another device",
+    "parallel": "DDP or FSDP (checkpoints hold full tensors)",
+    "num_workers": "data loader processes",
+    "compile": "torch.compile",
+    "activation_checkpointing": "recompute activations to save memory",
+    "deterministic": "deterministic algorithms",
+    "checkpoint_every": "checkpoint cadence",
+    "keep_last": "checkpoints kept",
+    "log_every": "logging cadence",
+    "eval_every": "evaluation cadence",
+    "eval_batch_size": "evaluation batch size",
+}
+
+
+class ResumeMismatchError(ValueError):
+    """--resume with settings that would change what the run is (a field outside RESUMABLE differs)."""
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as one level of dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, or two spellings of one existing path (runs/x and /home/me/runs/x)."""
+    if a == b:
+        return True
+    if isinstance(a, str) and isinstance(b, str) and a and b:
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            return False
+    return False
+
+
+def resume_changes(stored: dict[str, Any], new: dict[str, Any], train_prefix: str = "train."
+                   ) -> tuple[list[tuple[str, Any, Any]], list[tuple[str, Any, Any]]]:
+    """(allowed, refused): the (key, stored value, new value) of every setting that differs between a run's
+    recorded config and the config it is resumed with, split by RESUMABLE. ``train_prefix`` is where the
+    TrainConfig sits in both (``"train."``, or ``""`` for a bare TrainConfig)."""
+    old, now = flatten(stored), flatten(new)
+    allowed, refused = [], []
+    for key in sorted(old.keys() | now.keys()):
+        a, b = old.get(key), now.get(key)
+        if _same_value(a, b):
+            continue
+        resumable = key.startswith(train_prefix) and key[len(train_prefix):] in RESUMABLE
+        (allowed if resumable else refused).append((key, a, b))
+    return allowed, refused
+
+
+def describe_changes(changes: list[tuple[str, Any, Any]]) -> str:
+    return ", ".join(f"{key}: {a!r} -> {b!r}" for key, a, b in changes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -216,7 +281,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-reproducible runs and resumes on CPU)")
     g.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its latest checkpoint. Only these settings may differ from "
+                        "the run's (--set train.KEY=VALUE; --steps, --device, --checkpoint-every): "
+                        + ", ".join(RESUMABLE) + "; any other difference (data, window, model, preset, task, "
+                        "optimiser, seed, batch size) is refused, naming each field")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
     return parser
 

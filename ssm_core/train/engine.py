@@ -31,13 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, checkpoint_name, load_checkpoint, prune_checkpoints, save_checkpoint
-from .config import EarlyStopConfig, OptimConfig, TrainConfig, to_dict
+from .config import (RESUMABLE, EarlyStopConfig, OptimConfig, ResumeMismatchError, TrainConfig, describe_changes,
+                     flatten, resume_changes, to_dict)
 from .data import EpochIndexed, RankShard, StepBatchSampler
-from .distributed import (DistContext, barrier, gather_objects, init_distributed, layer_stack, reduce_means,
-                          all_reduce_sum, shutdown, wrap_model)
+from .distributed import (DistContext, barrier, broadcast_object, gather_objects, init_distributed, layer_stack,
+                          reduce_means, all_reduce_sum, shutdown, wrap_model)
 from .metrics import MetricsLogger, plot_metrics
 from ..models.io import ModelInfo, model_class_name
 from ..models.registry import registered
+from ..utils.dirlock import DirectoryLock
 from .run_dir import RunDir
 
 
@@ -233,13 +235,6 @@ def _say(ctx: DistContext, message: str) -> None:
         tqdm.write(message, file=sys.stderr)
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _check_resumable(state: dict[str, Any], path: Path, model: nn.Module, data: dict[str, Any]) -> None:
     """Refuse a checkpoint made for another model or another data order, naming what differs."""
     if state.get("format") != 1:
@@ -247,7 +242,7 @@ def _check_resumable(state: dict[str, Any], path: Path, model: nn.Module, data: 
     if state["model_class"] != model_class_name(model):
         raise CheckpointError(f"checkpoint {path} holds a {state['model_class']}, but this run builds a "
                               f"{model_class_name(model)}")
-    saved, now = _flatten(state["model_config"]), _flatten(to_dict(model.config))
+    saved, now = flatten(state["model_config"]), flatten(to_dict(model.config))
     diff = {k: (saved.get(k), now.get(k)) for k in saved.keys() | now.keys() if saved.get(k) != now.get(k)}
     if diff:
         listing = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
@@ -267,23 +262,60 @@ def train(task: Task, cfg: TrainConfig, run_dir: str | Path, *, resume: bool = F
           config_record: dict[str, Any] | None = None) -> TrainResult:
     """Train `task` under `cfg`, writing the run directory `run_dir` (see run_dir.py for its layout).
 
-    `config_record` is the full resolved config written to RUN/config.json (default: just `cfg`). Raises
-    RunExistsError for a used `run_dir` without `resume`, CheckpointError for an unusable checkpoint, and
-    NonFiniteLossError when the loss diverges (the last good checkpoint is kept).
+    `config_record` is the full resolved config written to RUN/config.json (default: just `cfg`). The process
+    (rank 0 under torchrun) holds RUN's lock throughout. Raises RunExistsError for a used `run_dir` without
+    `resume` (or a file, or a folder of other files), DirectoryInUseError while another process trains in it,
+    ResumeMismatchError when `resume` would change a setting outside RESUMABLE, CheckpointError for an unusable
+    checkpoint, and NonFiniteLossError when the loss diverges (the last good checkpoint is kept).
     """
     ctx = init_distributed(cfg.device)
+    run = RunDir(run_dir)
+    config_record = config_record or {"train": to_dict(cfg)}
     try:
-        return _train(task, cfg, RunDir(run_dir), resume, config_record or {"train": to_dict(cfg)}, ctx)
+        with _locked(run, resume, config_record, _train_prefix(config_record, cfg), ctx):
+            return _train(task, cfg, run, resume, config_record, ctx)
     finally:
         shutdown(ctx)
 
 
+def _train_prefix(config_record: dict[str, Any], cfg: TrainConfig) -> str:
+    """Where `cfg` sits in the recorded config: "train." for a domain's experiment, "" for a bare TrainConfig."""
+    mine = to_dict(cfg)
+    return next((f"{key}." for key, value in config_record.items() if value == mine), "")
+
+
+@contextlib.contextmanager
+def _locked(run: RunDir, resume: bool, config_record: dict[str, Any], train_prefix: str, ctx: DistContext):
+    """Rank 0 checks RUN, creates it and holds its lock for the block; a refusal is raised on every rank."""
+    lock = DirectoryLock(run.root)
+    refusal = None
+    if ctx.is_main:
+        try:
+            run.refuse_unusable(resume=True)  # a file or a folder of other files: refused before writing a lock
+            run.root.mkdir(parents=True, exist_ok=True)
+            lock.acquire()  # before the used-run check, so a second process is told who is training there
+            run.refuse_unusable(resume)
+            previous = run.read_config() if resume else None
+            refused = resume_changes(previous, config_record, train_prefix)[1] if previous is not None else []
+            if refused:
+                raise ResumeMismatchError(
+                    f"--resume would change what the run in {run.root} is: {describe_changes(refused)}. On resume "
+                    f"only these may change: {', '.join(train_prefix + k for k in RESUMABLE)}; start a new run "
+                    "(another --out) for other settings")
+        except (OSError, ValueError) as err:  # RunExistsError, DirectoryInUseError, ResumeMismatchError, ...
+            lock.release()
+            refusal = err
+    refusal = broadcast_object(refusal, ctx)
+    if refusal is not None:
+        raise refusal
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_record: dict[str, Any],
            ctx: DistContext) -> TrainResult:
-    # --- run directory: every rank checks before rank 0 creates anything, so a refusal reaches all ranks
-    if not resume:
-        run.refuse_existing()
-    barrier(ctx)
     if ctx.is_main:
         run.create()
     barrier(ctx)
@@ -313,6 +345,7 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
 
     # --- resume: model, optimiser, schedule, early stopping, RNG and data position from the latest checkpoint
     start_step = 0
+    saved_window = None  # the training metrics summed since the last log line, per rank
     last_checkpoint = run.latest_checkpoint() if resume else None
     if last_checkpoint is not None:
         state = load_checkpoint(last_checkpoint)
@@ -326,6 +359,7 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         scheduler.load_state_dict(state["scheduler"])
         early_stopping.load_state_dict(state["early_stop"])
         start_step = state["step"]
+        saved_window = state.get("log_window")
         if len(state["rng"]) == ctx.world_size:
             set_rng_state(state["rng"][ctx.rank])
         else:
@@ -341,10 +375,10 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
 
     if ctx.is_main:
         previous = run.read_config()
-        if previous is not None and previous != config_record:
-            changed = sorted(k for k in _flatten(previous).keys() | _flatten(config_record).keys()
-                             if _flatten(previous).get(k) != _flatten(config_record).get(k))
-            _say(ctx, f"config changed since the run started: {', '.join(changed)}")
+        if previous is not None:  # only RESUMABLE settings can differ here (see _locked)
+            changed = resume_changes(previous, config_record, _train_prefix(config_record, cfg))[0]
+            if changed:
+                _say(ctx, f"resuming with changed settings: {describe_changes(changed)}")
         run.write_config(config_record)
 
     # --- data: this rank's slice of each step's global batch; a fixed generator so loaders never touch the
@@ -380,13 +414,16 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         from torch.distributed.checkpoint.state_dict import get_state_dict
         model_state, optim_state = get_state_dict(model, optimizer, options=full_options)  # collective
         rng = gather_objects(rng_state(), ctx)
+        # the metrics summed since the last log line, so a resumed run logs the same averages as an uninterrupted one
+        log_window = gather_objects({"sums": dict(window), "task": {k: float(v) for k, v in window_metrics.items()},
+                                     "steps": window_steps}, ctx)
         path = run.checkpoints / checkpoint_name(step)
         if ctx.is_main:
             save_checkpoint(path, {
                 "format": 1, "step": step, "model_class": model_class_name(model),
                 "model_config": to_dict(model.config), "model": model_state, "optimizer": optim_state,
                 "scheduler": scheduler.state_dict(), "early_stop": early_stopping.state_dict(), "rng": rng,
-                "data": data_identity, "train_config": to_dict(cfg)})
+                "data": data_identity, "train_config": to_dict(cfg), "log_window": log_window})
             prune_checkpoints(run.checkpoints, cfg.keep_last)
         barrier(ctx)
         return path
@@ -396,6 +433,12 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
     window: dict[str, float] = defaultdict(float)
     window_metrics: dict[str, torch.Tensor] = {}  # the task's metrics, summed on the device until logged
     window_steps, window_units, window_start = 0, 0, time.perf_counter()
+    if saved_window is not None and len(saved_window) == ctx.world_size:
+        mine = saved_window[ctx.rank]
+        window.update(mine["sums"])
+        window_metrics.update({k: torch.tensor(v, dtype=torch.float32, device=ctx.device)
+                               for k, v in mine["task"].items()})
+        window_steps = mine["steps"]
     eval_metrics: dict[str, float] = {}
     eval_step = -1
     stopped_early = False

@@ -8,6 +8,10 @@
     RUN/metrics.csv          step,metric,value,time_s (one row per metric)
     RUN/tensorboard/         the same metrics for TensorBoard
     RUN/plots/               PNG plots written at the end
+    RUN/.lock                the lock the training process holds (ssm_core/utils/dirlock.py)
+
+A directory is recognised as a run by its config.json (a JSON object) beside checkpoints/. A new run needs an
+absent or empty directory; `--resume` needs a run (or an absent or empty directory, where it starts afresh).
 """
 from __future__ import annotations
 
@@ -19,11 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils.dirlock import LOCK_NAME
 from .checkpoint import atomic_write_bytes, list_checkpoints, load_checkpoint, resolve_checkpoint
 
 
 class RunExistsError(FileExistsError):
-    """A training command pointed at a used run directory without --resume."""
+    """A training command pointed at a used run directory without --resume, or at a file or a folder of other
+    files."""
 
 
 class RunDir:
@@ -35,9 +41,26 @@ class RunDir:
         self.tensorboard = self.root / "tensorboard"
         self.plots = self.root / "plots"
 
-    def refuse_existing(self) -> None:
-        """A new run must not overwrite another: refuse a non-empty RUN (the user passes --resume to continue)."""
-        if self.root.exists() and any(self.root.iterdir()):
+    def is_run(self) -> bool:
+        """True when RUN holds a run: its config.json (a JSON object) and checkpoints/."""
+        if not (self.config.is_file() and self.checkpoints.is_dir()):
+            return False
+        try:
+            return isinstance(json.loads(self.config.read_bytes()), dict)
+        except ValueError:
+            return False
+
+    def refuse_unusable(self, resume: bool) -> None:
+        """Refuse to train into RUN when that would write over what is there: a file; a folder of other files; a
+        run, unless resuming it (the lock file a finished or killed run leaves does not count)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise RunExistsError(f"--out {self.root} is a file, not a run directory; choose another --out")
+        if not self.root.exists() or not any(p.name != LOCK_NAME for p in self.root.iterdir()):
+            return
+        if not self.is_run():
+            raise RunExistsError(f"--out {self.root} holds files but no run (no config.json with checkpoints/); "
+                                 "training would write over them: choose another --out")
+        if not resume:
             raise RunExistsError(f"run directory {self.root} already holds a run; pass --resume to continue it, "
                                  "or choose another --out")
 

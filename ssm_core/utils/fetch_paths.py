@@ -136,18 +136,19 @@ def write_stamp(dest: str | os.PathLike, output: str, record: dict) -> None:
         tmp.write_text(json.dumps(record, indent=1))
 
 
-def claim(dest: str | os.PathLike, output: str, manifest: str, where: str) -> None:
+def claim(dest: str | os.PathLike, output: str, manifest: str, where: str, overwrite: bool = False) -> None:
     """Refuse (:class:`ExistingPathError`) when ``DEST/<output>`` exists but no stamp says that the fetch of
-    ``manifest`` made it: fetch never replaces what a user (or another manifest) put there."""
+    ``manifest`` made it: fetch never replaces what a user (or another manifest) put there, unless ``overwrite``
+    (the user's ``--overwrite``)."""
     target = Path(dest) / output
-    if not (target.exists() or target.is_symlink()):
+    if overwrite or not (target.exists() or target.is_symlink()):
         return
     stamp = read_stamp(dest, output)
     if stamp is None or stamp.get("manifest") != manifest:
         made_by = (f"was made by the fetch of manifest {stamp.get('manifest')!r}, not {manifest!r}" if stamp else
                    f"fetch did not make it (there is no stamp {stamp_path(dest, output)})")
         raise ExistingPathError(f"{where}: {target} already exists and {made_by}; fetch replaces only what it "
-                                "made itself: move it away or choose another --dest")
+                                "made itself: move it away, choose another --dest, or pass --overwrite")
 
 
 @contextmanager
