@@ -435,8 +435,20 @@ def _is_classify_output(path) -> bool:
     """A TSV or JSON file an earlier `classify` wrote (its header line, or its JSON opening)."""
     from ssm_core.utils.outputs import first_line_matches, starts_with
 
-    return (first_line_matches(r"file\trecord\tlength\t(start\tend\t)?predicted(\tp_[^\t]+)+")(path)
+    return (first_line_matches(r"file\trecord\tlength\t(start\tend\t)?predicted(\tp_[^\t]+)+"
+                               r"(\tstrand\tp_forward\tp_reverse\tflag)?")(path)
             or starts_with(b'{\n  "classes": [')(path))
+
+
+def _is_embed_output(path) -> bool:
+    """An .npz an earlier `embed` wrote: a zip holding records.npy, lengths.npy and embeddings.npy."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as npz:
+            return {"records.npy", "lengths.npy", "embeddings.npy"} <= set(npz.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -489,6 +501,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
                    help="also window_embeddings, window_record and window_start")
     p.add_argument("--window", type=_positive_int,
                    help="window length in bases (default: the fine-tuning window; 1024 for a pretraining run)")
+    add_overwrite_argument(p)
     add_device_argument(p)
     p.set_defaults(func=cmd_embed)
     return p
@@ -501,8 +514,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from genomics.embed import Embedder
     from ssm_core.train.checkpoint import atomic_write_bytes
 
+    from ssm_core.utils.outputs import check_output
+
     if Path(args.out).is_dir():  # checked before a long pass, not after it
         raise GenomicsInputError(f"--out {args.out}: a directory; give the name of the .npz file to write")
+    check_output(args.out, _is_embed_output, inputs=[args.fasta, args.checkpoint], overwrite=args.overwrite)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     embedder = Embedder(args.checkpoint, resolve_device(args.device), window=args.window)
     result = embedder.embed_file(args.fasta)

@@ -770,3 +770,18 @@ def test_a_tiny_finetune_beats_chance_on_held_out_chromosomes(tmp_path):
     assert metrics["classes"] == list(SPECIES)
     # chance is 20 %; 300 test windows from held-out chromosomes (5, 7, 9, 10, 11): 45 % is > 8 sigma above it
     assert metrics["test_accuracy"] > 0.45, metrics["per_class_accuracy"]
+
+
+def test_embed_never_writes_over_its_input_or_a_file_it_did_not_write(workspace, tmp_path, capsys):
+    query = write_fasta(tmp_path / "q.fa", {"r": "ACGTTGCA" * 30})
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", query) == 1
+    assert "also an input" in capsys.readouterr().err and query.read_text().startswith(">r")
+    notes = tmp_path / "notes.npz"
+    notes.write_bytes(b"my notes")
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", notes) == 1
+    assert notes.read_bytes() == b"my notes"
+    out = tmp_path / "e.npz"
+    for _ in range(2):  # its own output is written again
+        assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", out) == 0
+    assert run_cli("embed", "--checkpoint", workspace["ft"], "--fasta", query, "--out", notes, "--overwrite") == 0
+    assert set(np.load(notes, allow_pickle=False).files) >= {"records", "lengths", "embeddings"}

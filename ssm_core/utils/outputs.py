@@ -21,7 +21,9 @@ training run directory (every training --out)   it holds a config.json JSON obje
 main job run (``suite run --out``)              it holds stages.json (suite/stages.py)
 main job report (RUN/report/)                   each file is listed in report/.files, the list the report writes
 ``genomics classify --out`` TSV                 its first line is classify's header: file, record, length,
-                                                [start, end,] predicted, p_<class>... (tab-separated)
+                                                [start, end,] predicted, p_<class>..., strand, p_forward,
+                                                p_reverse, flag (tab-separated)
+``genomics embed --out`` .npz                   a zip holding records.npy, lengths.npy and embeddings.npy
 ``genomics classify --json --out``              it starts with classify's opening ``{"classes": [``
 ``audio metrics --json``                        a JSON object with fid, is, mis, am, n_generated and n_reference
 PNG plots (``audio plot``, ``plot-lengths``)    its PNG text chunk ``Software`` is ``mamba-seq-suite`` (every figure
