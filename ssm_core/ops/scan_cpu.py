@@ -59,6 +59,21 @@ def _decay_into(dt, Ad, out, exp_bits, exp_scale, fast_exp):
             out[n] = math.exp(dt * Ad[n])
 
 
+@njit(inline="never", cache=True)
+def _start_sequence(t, i, cu, h, h0, last_state, row0, d):
+    """In the forward, at step t where sequence i (-1 before the first) has ended: store its last state, skip the
+    zero-length sequences that follow (their last state is their initial state), load the initial state of the
+    one starting at t into h. Returns its index."""
+    if i >= 0:
+        last_state[row0 + i, d] = h
+    i += 1
+    while cu[i + 1] == t:
+        last_state[row0 + i, d] = h0[row0 + i, d]
+        i += 1
+    h[:] = h0[row0 + i, d]
+    return i
+
+
 @njit(parallel=True, fastmath=True, cache=True)
 def _forward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, softplus, has_z, fast_exp, out, last_state,
                     chunk_states):
@@ -81,27 +96,35 @@ def _forward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, softplus, has_z, fa
         decay = np.empty(N, dtype=u.dtype)
         exp_bits = np.empty(N, dtype=np.int32)
         exp_scale = exp_bits.view(np.float32)
-        for i in range(n_seq):
-            row = b * n_seq + i
-            h[:] = h0[row, d]
-            for t in range(cu[i], cu[i + 1]):
-                if save and t % CHUNK == 0:
-                    chunk_states[b, d, t // CHUNK] = h
-                dt = deltab[t] + bias[d]
-                if softplus:
-                    dt = _softplus(dt)
-                du = dt * ub[t]
-                _decay_into(dt, Ad, decay, exp_bits, exp_scale, fast_exp)
-                y = Ad[0] * 0  # typed like the inputs: a float32 reduction vectorises twice as wide
-                for n in range(N):
-                    h[n] = decay[n] * h[n] + du * Bg[t, n]
-                    y += Cg[t, n] * h[n]
-                y += D[d] * ub[t]
-                if has_z:
-                    zz = z[b, d, t]
-                    y *= zz / (1.0 + math.exp(-zz))
-                outb[t] = y
-            last_state[row, d] = h
+        # One loop over all steps, switching sequence where the next one starts (measured without packing, a loop
+        # per sequence ran 8% slower, and this switch written inline 2%).
+        row0 = b * n_seq
+        i = -1           # the sequence of step t
+        next_start = 0
+        for t in range(L):
+            if t == next_start:
+                i = _start_sequence(t, i, cu, h, h0, last_state, row0, d)
+                next_start = cu[i + 1]
+            if save and t % CHUNK == 0:
+                chunk_states[b, d, t // CHUNK] = h
+            dt = deltab[t] + bias[d]
+            if softplus:
+                dt = _softplus(dt)
+            du = dt * ub[t]
+            _decay_into(dt, Ad, decay, exp_bits, exp_scale, fast_exp)
+            y = Ad[0] * 0  # typed like the inputs: a float32 reduction vectorises twice as wide
+            for n in range(N):
+                h[n] = decay[n] * h[n] + du * Bg[t, n]
+                y += Cg[t, n] * h[n]
+            y += D[d] * ub[t]
+            if has_z:
+                zz = z[b, d, t]
+                y *= zz / (1.0 + math.exp(-zz))
+            outb[t] = y
+        if i >= 0:
+            last_state[row0 + i, d] = h
+        for j in range(i + 1, n_seq):  # trailing zero-length sequences (all of them if L = 0)
+            last_state[row0 + j, d] = h0[row0 + j, d]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -217,7 +240,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
             bias=_np(delta_bias, acc) if delta_bias is not None else np.zeros(dim, acc_np(acc)),
             h0=(_np(initial_state, acc) if initial_state is not None
                 else np.zeros((batch * n_seq, dim, N), acc_np(acc))),
-            cu=np.array([0, L], np.int32) if cu_seqlens is None else cu_seqlens.contiguous().numpy(),
+            cu=np.array([0, L], np.int64) if cu_seqlens is None else cu_seqlens.numpy().astype(np.int64),
         )
         needs_grad = any(ctx.needs_input_grad)
         n_chunks = (L + CHUNK - 1) // CHUNK if needs_grad else 0
