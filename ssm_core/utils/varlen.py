@@ -31,7 +31,8 @@ def check_cu_seqlens(cu_seqlens, batch: int, seqlen: int, device: torch.device, 
         fail(f"must be on the inputs' device {device}; got {cu_seqlens.device}")
     if batch != 1:
         fail(f"packs the sequences along seqlen, so batch must be 1; got batch {batch}")
-    checked = (cu_seqlens._version, seqlen)   # _version counts in-place changes
+    # _version counts in-place changes; data_ptr tells a copy (e.g. unpickled with the attribute) from the original
+    checked = (cu_seqlens.data_ptr(), cu_seqlens._version, seqlen)
     if getattr(cu_seqlens, "_ssm_checked", None) == checked:
         return
     cu = cu_seqlens.cpu()
