@@ -306,7 +306,7 @@ GPU_CASES = [
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"{len(c[0])}seqs-{c[5]}-{c[6]}")
+@pytest.mark.parametrize("case", GPU_CASES, ids=["mixed-fp32", "mixed-bf16-5-segments", "300x37-fp32", "3d-BC-fp32"])
 def test_triton_packed_gpu(case):
     check_triton_case(case, "cuda")
 

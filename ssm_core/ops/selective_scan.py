@@ -11,7 +11,8 @@ code can switch between the two. Backends:
   ``triton`` chooses;
 - ``auto``: ``gpu`` for CUDA tensors, ``cpu`` otherwise.
 
-Every backend takes packed variable-length sequences (``cu_seqlens``, see ``ssm_core/utils/varlen.py``).
+Every backend takes packed variable-length sequences (``cu_seqlens``, see ``ssm_core/utils/varlen.py``); on the
+``gpu`` backend they go to the Triton kernels whatever ``SSM_CORE_GPU_SCAN`` says, until the CUDA kernels take them.
 """
 from __future__ import annotations
 
@@ -110,13 +111,11 @@ def _warn_no_cuda_kernels(why: str) -> None:
                   "Set SSM_CORE_GPU_SCAN=triton to silence this.", RuntimeWarning, stacklevel=3)
 
 
-def _gpu_scan(u, delta, A, B, cu_seqlens=None):
+def _gpu_scan(u, delta, A, B):
     """The GPU scan implementation for these inputs, as SSM_CORE_GPU_SCAN chooses (see the module docstring)."""
     choice = os.environ.get("SSM_CORE_GPU_SCAN", "auto")
     if choice not in GPU_KERNELS:
         raise ValueError(f"SSM_CORE_GPU_SCAN must be one of {GPU_KERNELS}; got {choice!r}")
-    if cu_seqlens is not None:  # VARLEN-CUDA: the CUDA kernels have no cu_seqlens yet; Triton's have (to replace)
-        return _gpu_module().selective_scan_gpu
     if choice != "triton":
         from . import scan_cuda
         ok, why = scan_cuda.available()
@@ -156,8 +155,9 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     if backend == "cpu":
         from .scan_cpu import selective_scan_cpu
         return selective_scan_cpu(*args, cu_seqlens=cu_seqlens)
-    scan = _gpu_scan(u, delta, A, B, cu_seqlens)
-    return scan(*args) if cu_seqlens is None else scan(*args, cu_seqlens=cu_seqlens)
+    if cu_seqlens is not None:  # VARLEN-CUDA: Triton's kernels until the CUDA ones take cu_seqlens (to replace)
+        return _gpu_module().selective_scan_gpu(*args, cu_seqlens=cu_seqlens)
+    return _gpu_scan(u, delta, A, B)(*args)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
