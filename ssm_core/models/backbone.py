@@ -2,7 +2,9 @@
 
 embedding -> n_layer x (RMSNorm -> Mamba, residual stream kept in float32) -> final RMSNorm, then either a
 next-token head (tied to the embedding) or a sequence-classification head (last or mean pooling).
-Every model runs in three modes that agree: full sequence, chunks carrying state, one step at a time.
+Every model runs in three modes that agree: full sequence, chunks carrying state, one step at a time. A full
+sequence may also be a pack of n sequences (``cu_seqlens``, batch 1: ``ssm_core/utils/varlen.py``), each processed
+as if alone; the classifier then returns one row of logits per sequence.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..modules.mamba import Mamba, MambaState
+from ..utils.varlen import CuSeqlensError, check_cu_seqlens, sequence_ids
 from .config import MambaConfig
 from .io import PretrainedModel
 from .registry import register_model
@@ -29,11 +32,11 @@ class ResidualBlock(nn.Module):
         self.mixer = Mamba(c.d_model, c.d_state, c.d_conv, c.expand, c.dt_rank, c.dt_min, c.dt_max, c.dt_init_floor,
                            c.conv_bias, c.bias, c.selective, c.bidirectional, c.scan_backend)
 
-    def forward(self, h: torch.Tensor, state: MambaState | None = None):
+    def forward(self, h: torch.Tensor, state: MambaState | None = None, cu_seqlens: torch.Tensor | None = None):
         x = self.norm(h.to(self.norm.weight.dtype))
         if state is None:
-            return h + self.mixer(x).to(h.dtype)
-        y, new_state = self.mixer(x, state)
+            return h + self.mixer(x, cu_seqlens=cu_seqlens).to(h.dtype)
+        y, new_state = self.mixer(x, state, cu_seqlens=cu_seqlens)
         return h + y.to(h.dtype), new_state
 
     # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
@@ -92,21 +95,25 @@ class MambaBackbone(nn.Module):
         self.norm_f = nn.RMSNorm(config.d_model, eps=config.norm_eps)
         self.gradient_checkpointing = False  # recompute each layer in the backward (needed at seqlen 2^20)
 
-    def forward(self, input_ids: torch.Tensor, states: list[MambaState] | None = None):
-        """With ``states`` (from ``allocate_states``), processes one chunk and returns (hidden, new_states)."""
+    def forward(self, input_ids: torch.Tensor, states: list[MambaState] | None = None,
+                cu_seqlens: torch.Tensor | None = None):
+        """With ``states`` (from ``allocate_states``), processes one chunk and returns (hidden, new_states).
+        With ``cu_seqlens`` ((n + 1,) int32), input_ids (1, seqlen) packs n sequences, each processed alone."""
+        if cu_seqlens is not None:
+            check_cu_seqlens(cu_seqlens, input_ids.shape[0], input_ids.shape[1], input_ids.device, "MambaBackbone")
         h = self.embedding(input_ids)
         h = h.to(residual_dtype(h))
         if states is not None:
             new_states = []
             for layer, state in zip(self.layers, states):
-                h, s = layer(h, state)
+                h, s = layer(h, state, cu_seqlens=cu_seqlens)
                 new_states.append(s)
             return self.norm_f(h.to(self.norm_f.weight.dtype)), new_states
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = checkpoint(layer, h, use_reentrant=False)
+                h = checkpoint(layer, h, cu_seqlens=cu_seqlens, use_reentrant=False)
             else:
-                h = layer(h)
+                h = layer(h, cu_seqlens=cu_seqlens)
         return self.norm_f(h.to(self.norm_f.weight.dtype))
 
     def step(self, input_ids: torch.Tensor, states: list[MambaState]) -> torch.Tensor:
@@ -171,10 +178,11 @@ class MambaLMHeadModel(nn.Module, PretrainedModel):
         if config.tie_embeddings:
             self.lm_head.weight = self.backbone.embedding.weight
 
-    def forward(self, input_ids: torch.Tensor, states: list[MambaState] | None = None):
+    def forward(self, input_ids: torch.Tensor, states: list[MambaState] | None = None,
+                cu_seqlens: torch.Tensor | None = None):
         if states is None:
-            return self.lm_head(self.backbone(input_ids))
-        h, states = self.backbone(input_ids, states)
+            return self.lm_head(self.backbone(input_ids, cu_seqlens=cu_seqlens))
+        h, states = self.backbone(input_ids, states, cu_seqlens=cu_seqlens)
         return self.lm_head(h), states
 
     def step(self, input_ids: torch.Tensor, states: list[MambaState]) -> torch.Tensor:
@@ -251,7 +259,8 @@ class RunningStandardize(nn.Module):
 @register_model("ssm_core.MambaSequenceClassifier", "a Mamba sequence classifier")
 class MambaSequenceClassifier(nn.Module, PretrainedModel):
     """input_ids (batch, seqlen) -> class logits (batch, num_classes), pooling the last position or the mean
-    (then, with ``config.standardize_pooled``, standardising the pooled features: :class:`RunningStandardize`)."""
+    (then, with ``config.standardize_pooled``, standardising the pooled features: :class:`RunningStandardize`).
+    Packed (``cu_seqlens``): input_ids (1, seqlen) of n sequences -> (n, num_classes), pooled per sequence."""
 
     config_class = MambaConfig
 
@@ -275,12 +284,32 @@ class MambaSequenceClassifier(nn.Module, PretrainedModel):
         last = (mask * torch.arange(1, mask.shape[1] + 1, device=mask.device)).argmax(1)  # last real position
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
+    def pool_packed(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """hidden (1, seqlen, d_model) of the n sequences that cu_seqlens (n + 1,) packs -> (n, d_model), each
+        pooled over its own positions. Every sequence needs at least one position."""
+        lengths = cu_seqlens.diff()
+        if (lengths == 0).any():
+            i = int((lengths == 0).nonzero()[0])
+            raise CuSeqlensError(f"MambaSequenceClassifier: sequence {i} of `cu_seqlens` is empty; a classifier "
+                                 "needs at least one position per sequence")
+        if self.config.pooling == "last":
+            return hidden[0, cu_seqlens[1:].long() - 1]
+        ids = sequence_ids(cu_seqlens, hidden.shape[1]).long()
+        sums = hidden.new_zeros(lengths.numel(), hidden.shape[-1]).index_add(0, ids, hidden[0])
+        return sums / lengths[:, None].to(hidden.dtype)
+
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled (batch, d_model) -> logits (batch, num_classes)."""
         return self.head(self.standardize(pooled))
 
-    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.classify(self.pool(self.backbone(input_ids), mask))
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        if cu_seqlens is None:
+            return self.classify(self.pool(self.backbone(input_ids), mask))
+        if mask is not None:
+            raise ValueError("MambaSequenceClassifier: pass a mask (padded batch) or cu_seqlens (packed sequences), "
+                             "not both")
+        return self.classify(self.pool_packed(self.backbone(input_ids, cu_seqlens=cu_seqlens), cu_seqlens))
 
     @torch.no_grad()
     def forward_chunked(self, input_ids: torch.Tensor, chunk_size: int = 65536) -> torch.Tensor:

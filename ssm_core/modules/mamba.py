@@ -5,6 +5,8 @@ Three ways to run it, all computing the same function of the sequence:
 - ``forward(x, state)``: one chunk of a longer sequence, carrying ``state`` (conv inputs and SSM state) across
   chunks, so memory does not grow with the total length;
 - ``step(x_t, state)``: one time step (autoregressive generation).
+``forward(x, cu_seqlens=cu)`` runs n sequences packed along seqlen (batch 1, ``ssm_core/utils/varlen.py``) as if
+each ran alone: the conv and the scan restart at every sequence start (always through ``selective_scan``).
 Without autograd, a float32 CPU model runs the first two through fused numba kernels that read the projections in
 their (batch, seqlen, channels) layout (``_ScanBranch.forward_time_major``); training uses ``selective_scan``.
 """
@@ -18,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan, selective_state_update
+from ..utils.varlen import check_cu_seqlens, sequence_ids
 
 
 @dataclass
@@ -53,20 +56,27 @@ class Mamba(nn.Module):
         self.fwd = _ScanBranch(self, conv_bias, dt_min, dt_max, dt_init_floor)
         self.rev = _ScanBranch(self, conv_bias, dt_min, dt_max, dt_init_floor) if bidirectional else None
 
-    def forward(self, hidden: torch.Tensor, state: MambaState | None = None):
-        """hidden: (batch, seqlen, d_model). Returns (batch, seqlen, d_model); with ``state``, also the new state."""
+    def forward(self, hidden: torch.Tensor, state: MambaState | None = None, cu_seqlens: torch.Tensor | None = None):
+        """hidden: (batch, seqlen, d_model). Returns (batch, seqlen, d_model); with ``state``, also the new state.
+        cu_seqlens: (n + 1,) int32, n sequences packed in hidden (1, seqlen, d_model), each processed alone."""
         if state is not None and self.bidirectional:
             raise ValueError("a bidirectional Mamba sees the whole sequence: it has no chunked or step mode")
-        if self._cpu_inference(hidden):  # .float(): under torch.autocast the projections come out in bf16
+        if cu_seqlens is not None:
+            if state is not None:
+                raise ValueError("Mamba: packed sequences (cu_seqlens) are processed whole; there is no chunked "
+                                 "mode with a state for them")
+            check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.shape[1], hidden.device, "Mamba")
+        elif self._cpu_inference(hidden):  # .float(): under torch.autocast the projections come out in bf16
             y, new_state = self.fwd.forward_time_major(self.in_proj(hidden).float(), state)
             out = self.out_proj(y)
             return out if state is None else (out, new_state)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)   # (batch, d_inner, seqlen) each
-        if self.bidirectional:
-            y = self.fwd(x, z) + self.rev(x.flip(-1), z.flip(-1)).flip(-1)
+        if self.bidirectional:  # reversed, a pack holds the reversed sequences in reverse order
+            rev_cu = None if cu_seqlens is None else hidden.shape[1] - cu_seqlens.flip(0)
+            y = self.fwd(x, z, cu_seqlens=cu_seqlens) + self.rev(x.flip(-1), z.flip(-1), cu_seqlens=rev_cu).flip(-1)
             return self.out_proj(y.transpose(1, 2))
         if state is None:
-            return self.out_proj(self.fwd(x, z).transpose(1, 2))
+            return self.out_proj(self.fwd(x, z, cu_seqlens=cu_seqlens).transpose(1, 2))
         y, new_state = self.fwd(x, z, state)
         return self.out_proj(y.transpose(1, 2)), new_state
 
@@ -136,10 +146,13 @@ class _ScanBranch(nn.Module):
         delta = (dt @ self.dt_proj.weight.t()).transpose(1, 2)                      # (batch, d_inner, seqlen)
         return delta, B.transpose(1, 2), C.transpose(1, 2), self.dt_proj.bias
 
-    def forward(self, x, z, state: MambaState | None = None):
-        """x, z: (batch, d_inner, seqlen). Returns y (batch, d_inner, seqlen) [and the new state]."""
+    def forward(self, x, z, state: MambaState | None = None, cu_seqlens: torch.Tensor | None = None):
+        """x, z: (batch, d_inner, seqlen). Returns y (batch, d_inner, seqlen) [and the new state].
+        cu_seqlens (checked by the caller; then no state): the packed sequences of x (1, d_inner, seqlen)."""
         seqlen = x.shape[-1]
-        if state is None:
+        if cu_seqlens is not None:
+            x_conv = self._packed_conv(x, cu_seqlens)
+        elif state is None:
             x_conv = self.conv1d(x)[..., :seqlen]
         else:  # the previous chunk's last inputs are this chunk's left context
             x_ctx = torch.cat([state.conv.to(x.dtype), x], dim=-1)
@@ -149,11 +162,21 @@ class _ScanBranch(nn.Module):
         A = -torch.exp(self.A_log.float())
         if state is None:
             return selective_scan(x_conv, delta, A, B, C, self.D.float(), z, delta_bias.float(),
-                                  delta_softplus=True, backend=self.scan_backend)
+                                  delta_softplus=True, backend=self.scan_backend, cu_seqlens=cu_seqlens)
         y, last = selective_scan(x_conv, delta, A, B, C, self.D.float(), z, delta_bias.float(),
                                  delta_softplus=True, initial_state=state.ssm, return_last_state=True,
                                  backend=self.scan_backend)
         return y, MambaState(conv=self._next_conv_context(state.conv, x), ssm=last)
+
+    def _packed_conv(self, x: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """The causal conv of each packed sequence of x (1, d_inner, seqlen) alone: every sequence is moved behind
+        its own d_conv - 1 zeros (the left padding it gets alone), one conv runs over that, and each position's
+        output is read back. Returns (1, d_inner, seqlen)."""
+        width = self.conv1d.kernel_size[0] - 1
+        seqlen = x.shape[-1]
+        slot = torch.arange(seqlen, device=x.device) + width * (sequence_ids(cu_seqlens, seqlen).long() + 1)
+        spread = x.new_zeros(*x.shape[:2], seqlen + width * (cu_seqlens.numel() - 1)).index_copy(-1, slot, x)
+        return F.conv1d(spread, self.conv1d.weight, self.conv1d.bias, groups=x.shape[1])[..., slot - width]
 
     def _next_conv_context(self, context: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The conv's left context for the next chunk: the last d_conv - 1 inputs of (context, x), both

@@ -17,11 +17,13 @@ def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                             initial_state=None, return_last_state=False):
+                             initial_state=None, return_last_state=False, cu_seqlens=None):
     """Selective scan by the definition, one time step after another.
 
     u, delta, z: (batch, dim, seqlen); A: (dim, dstate); B, C: (batch, [groups,] dstate, seqlen);
     D, delta_bias: (dim,); initial_state: (batch, dim, dstate).
+    With cu_seqlens ((n + 1,), batch 1): one sequence after another, each from zero or from initial_state[i]
+    (initial_state and last_state are then (n, dim, dstate)).
     Returns out (batch, dim, seqlen) in u's dtype, and last_state (batch, dim, dstate) when asked.
     """
     dtype_in = u.dtype
@@ -35,13 +37,22 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         delta = F.softplus(delta)
     deltaA = torch.exp(delta.unsqueeze(-1) * A[:, None, :])                      # (batch, dim, seqlen, dstate)
     deltaB_u = (delta * u).unsqueeze(-1) * B.transpose(-1, -2)                   # (batch, dim, seqlen, dstate)
-    h = (initial_state.to(acc) if initial_state is not None
-         else u.new_zeros(batch, dim, A.shape[1]))
-    ys = []
+    n_seq = 1 if cu_seqlens is None else cu_seqlens.numel() - 1
+    h0 = (initial_state.to(acc) if initial_state is not None
+          else u.new_zeros(batch * n_seq, dim, A.shape[1]))
+    if cu_seqlens is None:
+        bounds, starts = [0, seqlen], [h0]
+    else:
+        bounds, starts = cu_seqlens.tolist(), [h.unsqueeze(0) for h in h0.unbind(0)]
     # unbind once: indexing [:, :, t] in the loop would make each step's backward allocate a full-size gradient
-    for dA_t, dBu_t, C_t in zip(deltaA.unbind(2), deltaB_u.unbind(2), C.unbind(3)):
-        h = dA_t * h + dBu_t
-        ys.append((h * C_t).sum(-1))
+    steps = list(zip(deltaA.unbind(2), deltaB_u.unbind(2), C.unbind(3)))
+    ys, lasts = [], []
+    for i, h in enumerate(starts):
+        for dA_t, dBu_t, C_t in steps[bounds[i]:bounds[i + 1]]:
+            h = dA_t * h + dBu_t
+            ys.append((h * C_t).sum(-1))
+        lasts.append(h)
+    h = torch.cat(lasts)
     y = torch.stack(ys, dim=-1) if seqlen else u.new_zeros(batch, dim, 0)
     if D is not None:
         y = y + D.to(acc)[:, None] * u

@@ -10,6 +10,9 @@ code can switch between the two. Backends:
   ``SSM_CORE_GPU_SCAN`` = ``auto`` (CUDA kernels where they compile and take the inputs, else Triton, with a
   warning that says why and what it costs), ``cuda`` (the CUDA kernels or an error) or ``triton`` chooses;
 - ``auto``: ``gpu`` for CUDA tensors, ``cpu`` otherwise.
+
+Every backend takes packed variable-length sequences (``cu_seqlens``, see ``ssm_core/utils/varlen.py``); on the
+``gpu`` backend they go to the Triton kernels whatever ``SSM_CORE_GPU_SCAN`` says, until the CUDA kernels take them.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import warnings
 
 import torch
 
+from ..utils.varlen import check_cu_seqlens
 from .scan_reference import selective_scan_reference, selective_state_update_reference
 
 BACKENDS = ("auto", "reference", "cpu", "gpu")
@@ -35,8 +39,10 @@ def _describe(t: torch.Tensor) -> str:
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
-def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None) -> None:
-    """Raise ValueError naming the argument when a shape, dtype or device is wrong."""
+def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initial_state=None,
+                      cu_seqlens=None) -> None:
+    """Raise ValueError naming the argument when a shape, dtype or device is wrong (``CuSeqlensError``, a
+    ValueError, for ``cu_seqlens``)."""
     for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
         _expect(isinstance(t, torch.Tensor), name, "a torch.Tensor", type(t).__name__)
     _expect(u.dim() == 3, "u", "(batch, dim, seqlen)", _describe(u))
@@ -61,9 +67,13 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
         if t is not None:
             _expect(t.shape == (dim,) and t.dtype in _REAL, name, f"a fp32/fp64 tensor of shape (dim,) = ({dim},)",
                     _describe(t))
+    if cu_seqlens is not None:
+        check_cu_seqlens(cu_seqlens, batch, seqlen, u.device, "selective_scan")
     if initial_state is not None:
-        _expect(initial_state.shape == (batch, dim, dstate) and initial_state.dtype in _REAL, "initial_state",
-                f"a fp32 tensor of shape (batch, dim, dstate) = {(batch, dim, dstate)}", _describe(initial_state))
+        # packed: one initial state per sequence
+        rows, what = (batch, "batch") if cu_seqlens is None else (cu_seqlens.numel() - 1, "n")
+        _expect(initial_state.shape == (rows, dim, dstate) and initial_state.dtype in _REAL, "initial_state",
+                f"a fp32 tensor of shape ({what}, dim, dstate) = {(rows, dim, dstate)}", _describe(initial_state))
     for name, t in (("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
                     ("delta_bias", delta_bias), ("initial_state", initial_state)):
         if t is not None:
@@ -133,7 +143,7 @@ def _gpu_scan(u, delta, A, B):
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   initial_state=None, return_last_state=False, backend="auto"):
+                   initial_state=None, return_last_state=False, backend="auto", cu_seqlens=None):
     """Selective scan (S6), differentiable in every tensor input.
 
     Args:
@@ -142,18 +152,25 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         B, C: (batch, dstate, seqlen) or (batch, groups, dstate, seqlen); dim is split evenly over the groups.
         D, delta_bias: optional (dim,).
         initial_state: optional (batch, dim, dstate) float32 state before the first step.
+        cu_seqlens: optional (n + 1,) int32 cumulative lengths of n sequences packed along seqlen, batch 1:
+            sequence i is positions cu_seqlens[i]:cu_seqlens[i + 1] (zero-length sequences allowed). The state
+            restarts at each sequence's start, from zero or from initial_state[i] (initial_state is then
+            (n, dim, dstate)), and last_state is (n, dim, dstate): each sequence's state after its last step (its
+            initial state if it is empty). Same results as one call per sequence.
     Computes Δ = softplus(delta + delta_bias) (or delta + delta_bias), h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t,
     y_t = <C_t, h_t> + D u_t, out = y * silu(z), accumulating in float32 (float64 for float64 inputs).
     Returns out (batch, dim, seqlen) in u's dtype, or (out, last_state (batch, dim, dstate)) if asked.
     """
-    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
     backend = resolve_backend(backend, u.device)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     if backend == "reference":
-        return selective_scan_reference(*args)
+        return selective_scan_reference(*args, cu_seqlens=cu_seqlens)
     if backend == "cpu":
         from .scan_cpu import selective_scan_cpu
-        return selective_scan_cpu(*args)
+        return selective_scan_cpu(*args, cu_seqlens=cu_seqlens)
+    if cu_seqlens is not None:  # VARLEN-CUDA: Triton's kernels until the CUDA ones take cu_seqlens (to replace)
+        return _gpu_module().selective_scan_gpu(*args, cu_seqlens=cu_seqlens)
     return _gpu_scan(u, delta, A, B)(*args)
 
 
