@@ -52,7 +52,7 @@ case $workload in
           rc=$?
           cat "$RESULTS/gpu_scan_install.log"
           [ $rc -eq 0 ] || { echo "scan: installing the wheel failed"; exit 1; }
-          tests=("$TEST_DIR/test_scan_cuda.py" "$TEST_DIR/test_scan_gpu.py") ;;
+          tests=("$TEST_DIR/test_scan_cuda.py" "$TEST_DIR/test_scan_gpu.py" "$TEST_DIR/test_varlen.py") ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
     genomics|genomics-accuracy|main-job) tests=() ;;
     tests) tests=("$TEST_DIR") ;;
