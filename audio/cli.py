@@ -287,14 +287,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ssm_core.utils.cli import add_version_argument, program_name
+
     parser = argparse.ArgumentParser(
-        prog="python -m audio",
+        prog=program_name("python -m audio", "mamba-audio"),
         description="Raw-audio tools of the Mamba suite: build the embedded spoken-digits set, fetch SC09 and "
                     "YouTubeMix, train the SaShiMi-Mamba waveform model and generate clips with it, train the SC09 "
                     "classifier, score generated clips with the SC09 metrics (FID, IS, mIS, AM), plot clips.",
         epilog="Run `python -m audio COMMAND --help` for a command's manual.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:

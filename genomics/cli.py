@@ -561,8 +561,12 @@ def cmd_plot_lengths(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m genomics", description=DESCRIPTION, epilog=EPILOG,
+    from ssm_core.utils.cli import add_version_argument, program_name
+
+    parser = argparse.ArgumentParser(prog=program_name("python -m genomics", "mamba-genomics"),
+                                     description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version_argument(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_simulate_parser(subparsers)
     add_fetch_parser(subparsers)

@@ -25,7 +25,11 @@ RUN/stages.json records the finished stages; RUN/report/report.html (and report.
 def build_parser() -> argparse.ArgumentParser:
     from suite.stages import SIZES
 
-    parser = argparse.ArgumentParser(prog="python -m suite", description="The Mamba suite's main job.")
+    from ssm_core.utils.cli import add_version_argument, program_name
+
+    parser = argparse.ArgumentParser(prog=program_name("python -m suite", "mamba-suite"),
+                                     description="The Mamba suite's main job.")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run the whole suite and write its report", description=__doc__.split("\n\n")[0],
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -95,6 +95,10 @@ def test_installed_wheel_runs_outside_the_checkout(venv_python, tmp_path):
         print("smoke ok")
     """).format(repo=REPO)
     assert "smoke ok" in _run([str(venv_python), "-c", smoke], cwd=tmp_path, env=env).stdout
+    from ssm_core import __version__
+    for script in ("mamba-genomics", "mamba-audio", "mamba-suite"):  # console commands, the same as python -m
+        out = _run([str(venv_python.parent / script), "--version"], cwd=tmp_path, env=env).stdout
+        assert out.strip() == f"{script} (mamba-seq-suite) {__version__}", out
     genome = tmp_path / "apes"
     _run([str(venv_python), "-m", "genomics", "simulate", "--out", str(genome), "--size", "tiny"], cwd=tmp_path,
          env=env)
