@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from audio.errors import AudioInputError, AudioNotice
+from ssm_core.utils.ranges import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range
+
+TOP_P = Range(0, 1, low_open=True)
 
 EPILOG_MAKE_DIGITS = """\
 examples:
@@ -277,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("make-digits", cmd_make_digits, "Synthesise the embedded spoken-digits set (ten classes, 16 kHz, 1 s).",
             EPILOG_MAKE_DIGITS)
     p.add_argument("--out", required=True, help="directory to create (must be empty or absent unless --force)")
-    p.add_argument("--per-class", type=int, default=200, help="clips per digit (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same set (default: 0)")
+    p.add_argument("--per-class", type=POSITIVE_INT, default=200, help="clips per digit (default: 200)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
     p.add_argument("--force", action="store_true", help="overwrite files in a non-empty --out")
     _add_device(p)  # synthesis runs on the CPU; accepted for a uniform command line
 
@@ -289,17 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
 
     from ssm_core.train import add_engine_args
+    from audio.io import MAX_WAV_SECONDS
     from audio.sashimi import PRESETS
+
+    clip_seconds = Range(0, MAX_WAV_SECONDS, low_open=True)
 
     p = add("train", cmd_train, "Train the SaShiMi-Mamba waveform model (NLL in bits per sample).", EPILOG_TRAIN)
     p.add_argument("--data", required=True, help="labelled set (SC09 layout) or folder of long recordings")
     p.add_argument("--out", required=True, type=Path, help="run directory to create (or continue with --resume)")
     p.add_argument("--preset", choices=PRESETS, default="6.1m", help="model size and recipe (default: 6.1m)")
-    p.add_argument("--window", type=int, help="samples per training window for a folder of recordings "
-                                              "(a multiple of 16; default: 16000)")
-    p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
-    p.add_argument("--crop", type=int, help="train on one random crop of this many samples per clip (a multiple "
-                                            "of 16; 0 = whole clips; tiny preset: 4096)")
+    p.add_argument("--window", type=POSITIVE_INT, help="samples per training window for a folder of recordings "
+                                                       "(a multiple of 16; default: 16000)")
+    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
+    p.add_argument("--crop", type=NONNEGATIVE_INT, help="train on one random crop of this many samples per clip (a "
+                                                        "multiple of 16; 0 = whole clips; tiny preset: 4096)")
     _add_rate_policy(p)
     add_engine_args(p)
 
@@ -307,15 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
             EPILOG_GENERATE)
     p.add_argument("--checkpoint", required=True, help="a run directory (or one of its checkpoints)")
     p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv")
-    p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
-    p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")
+    p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of clips (default: 64)")
+    p.add_argument("--seconds", type=clip_seconds, default=1.0,
+                   help="length of each clip in seconds (default: 1; at most what a 16-bit WAV holds, 37 h)")
     p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
-    p.add_argument("--prompt-seconds", type=float,
+    p.add_argument("--prompt-seconds", type=clip_seconds,
                    help="seconds of prompt at the start of each clip (default: 0.5, or half of --seconds if less)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default: 1)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1, off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="clips generated together (default: 64)")
+    p.add_argument("--temperature", type=NONNEGATIVE, default=1.0,
+                   help="sampling temperature; 0 = greedy (default: 1)")
+    p.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus sampling mass, in (0, 1] (default: 1, off)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed of the sampler (default: 0)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips generated together (default: 64)")
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
     p.add_argument("--compile", action="store_true",
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
@@ -328,9 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="classifier run directory to create")
     p.add_argument("--preset", choices=("resnext29", "tiny"), default="resnext29",
                    help="resnext29 (the s4 metric classifier) or tiny (CPU tests)")
-    p.add_argument("--epochs", type=float, help="passes over the train split (default: the preset's; --steps "
-                                                "overrides)")
-    p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
+    p.add_argument("--epochs", type=POSITIVE, help="passes over the train split (default: the preset's; --steps "
+                                                   "overrides)")
+    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
     _add_rate_policy(p)
     add_engine_args(p)
 
@@ -350,8 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which generated clips to score (needs --nll unless 'all'): 'most-likely' keeps the --n "
                         "lowest-NLL clips; 'band' is s4's protocol (a random half, minus its 40%% least and 5%% "
                         "most likely clips)")
-    p.add_argument("--n", type=int, help="number of clips for --select most-likely")
-    p.add_argument("--batch-size", type=int, default=64, help="clips per classifier batch (default: 64)")
+    p.add_argument("--n", type=POSITIVE_INT, help="number of clips for --select most-likely")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips per classifier batch (default: 64)")
     _add_rate_policy(p)
     _add_device(p)
 
@@ -359,8 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", required=True, help="flat folder of WAVs or a labelled set")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--kind", choices=("spectrogram", "waveform"), default="spectrogram")
-    p.add_argument("--n", type=int, default=16, help="number of clips (default: 16)")
-    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--n", type=POSITIVE_INT, default=16, help="number of clips (default: 16)")
+    p.add_argument("--columns", type=POSITIVE_INT, default=4)
     p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
                    help="split of a labelled set (default: all)")
     _add_device(p)

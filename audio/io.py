@@ -26,6 +26,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 SAMPLE_RATE = 16000
 # Peak amplitude below which a whole file counts as silence: -80 dBFS, about three 16-bit steps.
 SILENCE_PEAK = 1e-4
+# The longest clip ``save_wav`` can write: a WAV's sizes are 32-bit byte counts (16-bit mono samples), about 37 h.
+MAX_WAV_SECONDS = (2**32 - 1 - 36) // 2 / SAMPLE_RATE
 
 RateMismatch = Literal["resample", "error"]
 MonoPolicy = Literal["mix", "error"]

@@ -30,6 +30,7 @@ from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_c
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
+from ssm_core.utils.ranges import POSITIVE_INT, check_ranges
 
 from genomics.datasets import SpeciesWindows
 from genomics.errors import GenomicsInputError
@@ -48,6 +49,10 @@ class FinetuneData:
     max_batch_tokens: int = 2**20  # bases per micro-batch; larger batches are accumulated
     chunk: int = 2**16  # test windows longer than this are read in chunks carrying the state
     decompress_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        check_ranges(self, window=POSITIVE_INT, valid_samples=POSITIVE_INT, test_samples=POSITIVE_INT,
+                     max_batch_tokens=POSITIVE_INT, chunk=POSITIVE_INT)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from ssm_core import MambaConfig, MambaLMHeadModel
 from ssm_core.train import OptimConfig, Task, TrainConfig, curriculum, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
+from ssm_core.utils.ranges import NONNEGATIVE_INT, POSITIVE_INT, check_ranges
 
 from genomics.datasets import GenomeWindows
 from genomics.errors import GenomicsInputError
@@ -47,6 +48,10 @@ class PretrainData:
     rc_aug: bool = True  # reverse-complement half of the training windows
     iupac: str = "n"
     decompress_cache: str | None = None  # where a plain-gzip FASTA is decompressed for random access
+
+    def __post_init__(self) -> None:
+        check_ranges(self, seqlen=POSITIVE_INT, warmup_start=POSITIVE_INT, warmup_fraction=curriculum.WARMUP_FRACTION,
+                     valid_samples=POSITIVE_INT, max_shift=NONNEGATIVE_INT)
 
 
 @dataclass
