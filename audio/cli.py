@@ -52,7 +52,9 @@ Prints one JSON object: fid, is, mis, am (s4 SaShiMi-evaluation definitions, see
 n_generated, n_reference, and reference_accuracy / generated_accuracy for labelled sets. --generated
 and --reference take a flat folder of WAVs or a labelled set (SC09 layout); by default the reference is
 the training split of a labelled set, as in the papers. The paper's reference numbers (train / test
-split of SC09): FID 0.00 / 0.02, IS 8.56 / 8.33, mIS 292.5 / 257.6, AM 0.16 / 0.19.
+split of SC09): FID 0.00 / 0.02, IS 8.56 / 8.33, mIS 292.5 / 257.6, AM 0.16 / 0.19. Each set needs more
+clips than the classifier has features (1,025 for resnext29, 65 for tiny), or the feature covariance is
+singular; --allow-few-clips scores sets from 2 clips, with an FID biased upward.
 """
 
 EPILOG_TRAIN = """\
@@ -235,7 +237,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                   "against itself (--generated-split to choose another)", file=sys.stderr)
     report = evaluate(args.generated, args.reference, classifier, generated_split=generated_split,
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
-                      device=device, on_rate_mismatch=args.on_rate_mismatch)
+                      device=device, on_rate_mismatch=args.on_rate_mismatch, allow_few_clips=args.allow_few_clips)
     text = json.dumps(report, indent=2)
     if args.json:  # written before printing, so a failed write leaves no JSON on stdout beside exit status 1
         from ssm_core.train.checkpoint import atomic_write_bytes
@@ -360,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "most likely clips)")
     p.add_argument("--n", type=POSITIVE_INT, help="number of clips for --select most-likely")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips per classifier batch (default: 64)")
+    p.add_argument("--allow-few-clips", action="store_true",
+                   help="score sets with no more clips than the classifier has features (1024 for resnext29), down "
+                        "to 2: their feature covariance is singular, so FID is biased upward and not comparable "
+                        "with published numbers")
     _add_rate_policy(p)
     _add_device(p)
 
