@@ -32,9 +32,9 @@ from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
 from ssm_core.utils.ranges import POSITIVE_INT, check_ranges
 
-from genomics.datasets import SpeciesWindows
+from genomics.datasets import SpeciesWindows, check_window_fits_records
 from genomics.errors import GenomicsInputError
-from genomics.models import classifier_config, load_run_model, parameter_count, preset_config
+from genomics.models import check_training_memory, classifier_config, load_run_model, parameter_count, preset_config
 
 
 @dataclass
@@ -125,6 +125,10 @@ class FinetuneTask(Task):
         # one "epoch" of the paper (1024 steps) of fresh windows, redrawn each epoch: a size that does not depend
         # on --steps, so a run can be resumed with more steps
         self.train_set = self._windows("train", EPOCH_STEPS * exp.train.batch_size)
+        d = exp.data
+        check_window_fits_records({self.train_set.fastas[name].source: plan
+                                   for name, plan in self.train_set.plans.items()}, d.window, "--window")
+        check_training_memory(exp.model, exp.train, d.window, "--window", max_batch_tokens=True)
 
     def _windows(self, split: str, samples: int) -> SpeciesWindows:
         d = self.exp.data
