@@ -8,6 +8,10 @@ from pathlib import Path
 
 import torch
 
+class InsufficientMemoryError(ValueError):
+    """A run asked for more memory than the device has available; the message says how much and what to change."""
+
+
 # Autograd keeps about 9 float32 values per inner channel of a Mamba block per token for the backward (projections,
 # convolution, Δ, the scan's inputs and output, the gate), 72 bytes per d_model measured on CPU for the 1.4m and 7m
 # DNA presets; 8 values makes the estimate a lower bound, so that only a run that cannot fit is refused.
