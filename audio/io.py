@@ -173,10 +173,10 @@ def check_samples(info: AudioInfo, allow_silence: bool = False, block: int = 1 <
     block, not the whole file; a float file is read to its end."""
     audible = allow_silence
     for start in range(0, info.frames, block):
-        peak = float(np.abs(_read_frames(info, start, block)).max())  # read even once audible: NaN may follow
-        audible = audible or peak >= SILENCE_PEAK
         if audible and not info.floating:
             return
+        peak = float(np.abs(_read_frames(info, start, block)).max())  # read even once audible: NaN may follow
+        audible = audible or peak >= SILENCE_PEAK
     if not audible:
         raise _silence_error(info)
 
