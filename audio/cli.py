@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from audio.errors import AudioInputError, AudioNotice
+from ssm_core.utils.ranges import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range
+
+TOP_P = Range(0, 1, low_open=True)
 
 EPILOG_MAKE_DIGITS = """\
 examples:
@@ -49,7 +52,9 @@ Prints one JSON object: fid, is, mis, am (s4 SaShiMi-evaluation definitions, see
 n_generated, n_reference, and reference_accuracy / generated_accuracy for labelled sets. --generated
 and --reference take a flat folder of WAVs or a labelled set (SC09 layout); by default the reference is
 the training split of a labelled set, as in the papers. The paper's reference numbers (train / test
-split of SC09): FID 0.00 / 0.02, IS 8.56 / 8.33, mIS 292.5 / 257.6, AM 0.16 / 0.19.
+split of SC09): FID 0.00 / 0.02, IS 8.56 / 8.33, mIS 292.5 / 257.6, AM 0.16 / 0.19. Each set needs more
+clips than the classifier has features (1,025 for resnext29, 65 for tiny), or the feature covariance is
+singular; --allow-few-clips scores sets from 2 clips, with an FID biased upward.
 """
 
 EPILOG_TRAIN = """\
@@ -257,7 +262,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
                   "against itself (--generated-split to choose another)", file=sys.stderr)
     report = evaluate(args.generated, args.reference, classifier, generated_split=generated_split,
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
-                      device=device, on_rate_mismatch=args.on_rate_mismatch)
+                      device=device, on_rate_mismatch=args.on_rate_mismatch, allow_few_clips=args.allow_few_clips)
     text = json.dumps(report, indent=2)
     if args.json:  # written before printing, so a failed write leaves no JSON on stdout beside exit status 1
         from ssm_core.train.checkpoint import atomic_write_bytes
@@ -309,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("make-digits", cmd_make_digits, "Synthesise the embedded spoken-digits set (ten classes, 16 kHz, 1 s).",
             EPILOG_MAKE_DIGITS)
     p.add_argument("--out", required=True, help="directory to create (must be empty or absent unless --force)")
-    p.add_argument("--per-class", type=int, default=200, help="clips per digit (default: 200)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same set (default: 0)")
+    p.add_argument("--per-class", type=POSITIVE_INT, default=200, help="clips per digit (default: 200)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="write into a non-empty --out (an earlier set's clips there are replaced)")
     _add_device(p)  # synthesis runs on the CPU; accepted for a uniform command line
@@ -323,17 +328,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
 
     from ssm_core.train import add_engine_args
+    from audio.io import MAX_WAV_SECONDS
     from audio.sashimi import PRESETS
+
+    clip_seconds = Range(0, MAX_WAV_SECONDS, low_open=True)
 
     p = add("train", cmd_train, "Train the SaShiMi-Mamba waveform model (NLL in bits per sample).", EPILOG_TRAIN)
     p.add_argument("--data", required=True, help="labelled set (SC09 layout) or folder of long recordings")
     p.add_argument("--out", required=True, type=Path, help="run directory to create (or continue with --resume)")
     p.add_argument("--preset", choices=PRESETS, default="6.1m", help="model size and recipe (default: 6.1m)")
-    p.add_argument("--window", type=int, help="samples per training window for a folder of recordings "
-                                              "(a multiple of 16; default: 16000)")
-    p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
-    p.add_argument("--crop", type=int, help="train on one random crop of this many samples per clip (a multiple "
-                                            "of 16; 0 = whole clips; tiny preset: 4096)")
+    p.add_argument("--window", type=POSITIVE_INT, help="samples per training window for a folder of recordings "
+                                                       "(a multiple of 16; default: 16000)")
+    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
+    p.add_argument("--crop", type=NONNEGATIVE_INT, help="train on one random crop of this many samples per clip (a "
+                                                        "multiple of 16; 0 = whole clips; tiny preset: 4096)")
     _add_rate_policy(p)
     add_engine_args(p)
 
@@ -343,15 +351,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run directory, a copy of its model directory, or one of its checkpoints")
     p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv (new or empty, or an earlier "
                                                 "generation's: its clips are replaced)")
-    p.add_argument("--n", type=int, default=64, help="number of clips (default: 64)")
-    p.add_argument("--seconds", type=float, default=1.0, help="length of each clip in seconds (default: 1)")
+    p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of clips (default: 64)")
+    p.add_argument("--seconds", type=clip_seconds, default=1.0,
+                   help="length of each clip in seconds (default: 1; at most what a 16-bit WAV holds, 37 h)")
     p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
-    p.add_argument("--prompt-seconds", type=float,
+    p.add_argument("--prompt-seconds", type=clip_seconds,
                    help="seconds of prompt at the start of each clip (default: 0.5, or half of --seconds if less)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; 0 = greedy (default: 1)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1, off)")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the sampler (default: 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="clips generated together (default: 64)")
+    p.add_argument("--temperature", type=NONNEGATIVE, default=1.0,
+                   help="sampling temperature; 0 = greedy (default: 1)")
+    p.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus sampling mass, in (0, 1] (default: 1, off)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed of the sampler (default: 0)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips generated together (default: 64)")
     p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
     p.add_argument("--compile", action="store_true",
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
@@ -365,9 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="classifier run directory to create")
     p.add_argument("--preset", choices=("resnext29", "tiny"), default="resnext29",
                    help="resnext29 (the s4 metric classifier) or tiny (CPU tests)")
-    p.add_argument("--epochs", type=float, help="passes over the train split (default: the preset's; --steps "
-                                                "overrides)")
-    p.add_argument("--valid-samples", type=int, help="validate on at most this many clips (0 = all)")
+    p.add_argument("--epochs", type=POSITIVE, help="passes over the train split (default: the preset's; --steps "
+                                                   "overrides)")
+    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
     _add_rate_policy(p)
     add_engine_args(p)
 
@@ -387,8 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which generated clips to score (needs --nll unless 'all'): 'most-likely' keeps the --n "
                         "lowest-NLL clips; 'band' is s4's protocol (a random half, minus its 40%% least and 5%% "
                         "most likely clips)")
-    p.add_argument("--n", type=int, help="number of clips for --select most-likely")
-    p.add_argument("--batch-size", type=int, default=64, help="clips per classifier batch (default: 64)")
+    p.add_argument("--n", type=POSITIVE_INT, help="number of clips for --select most-likely")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips per classifier batch (default: 64)")
+    p.add_argument("--allow-few-clips", action="store_true",
+                   help="score sets with no more clips than the classifier has features (1024 for resnext29), down "
+                        "to 2: their feature covariance is singular, so FID is biased upward and not comparable "
+                        "with published numbers")
     _add_overwrite(p)
     _add_rate_policy(p)
     _add_device(p)
@@ -397,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clips", required=True, help="flat folder of WAVs or a labelled set")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.add_argument("--kind", choices=("spectrogram", "waveform"), default="spectrogram")
-    p.add_argument("--n", type=int, default=16, help="number of clips (default: 16)")
-    p.add_argument("--columns", type=int, default=4)
+    p.add_argument("--n", type=POSITIVE_INT, default=16, help="number of clips (default: 16)")
+    p.add_argument("--columns", type=POSITIVE_INT, default=4)
     p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
                    help="split of a labelled set (default: all)")
     _add_overwrite(p)

@@ -27,8 +27,8 @@ import torch
 from torch.utils.data import Dataset
 
 from audio.errors import AudioInputError, AudioNotice
-from audio.io import (SAMPLE_RATE, RateMismatch, audio_info, check_not_silent, check_rate, fix_length, is_audio_file,
-                      load_audio, read_segment)
+from audio.io import (SAMPLE_RATE, RateMismatch, audio_info, check_channels, check_rate, check_samples, fix_length,
+                      is_audio_file, load_audio, read_segment)
 from audio.mulaw import quantize
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -295,10 +295,10 @@ class LongRecordingWindows(_AudioSet):
         if not paths:
             raise AudioInputError(f"{self.root}: contains no WAV/FLAC files")
         self.infos = [audio_info(p) for p in paths]
-        for info in self.infos:
+        for info in self.infos:  # checked and announced here, before training reads them window by window
             check_rate(info, sample_rate, on_rate_mismatch)
-            if not allow_silence:
-                check_not_silent(info)
+            check_channels(info, "mix")
+            check_samples(info, allow_silence)
         # Length of each recording in output samples, and the first window index of each file.
         self.lengths = [int(i.frames * sample_rate // i.sample_rate) for i in self.infos]
         counts = [max(1, (n - window) // self.hop + 1) for n in self.lengths]

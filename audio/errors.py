@@ -13,3 +13,8 @@ class AudioNotice(UserWarning):
 
 class AudioConversionWarning(AudioNotice):
     """A notice that input audio was converted on load (resampled, or mixed down to mono)."""
+
+
+class MetricsError(AudioInputError):
+    """The sample-quality metrics cannot be computed from the clips given: too few clips for the statistics, a
+    classifier output that is not finite, or a matrix square root (FID) that failed."""

@@ -126,6 +126,19 @@ class Generated:
     samples_per_second: float  # generated samples (summed over clips) per second of sampling
 
 
+def _check_codes_fit(n: int, batch: int, length: int, device: torch.device) -> None:
+    """Refuse up front clips whose codes (int64, all clips on the host, a batch on the device) cannot fit."""
+    from ssm_core.utils.memory import InsufficientMemoryError, available_memory, format_bytes
+
+    for where, clips in (("cpu", n), (device, batch)):
+        needed, available = clips * length * 8, available_memory(where)
+        if available is not None and needed > available:
+            raise InsufficientMemoryError(
+                f"{clips} clips of {length:,} samples need {format_bytes(needed)} for their codes, but "
+                f"{format_bytes(available)} is available on {torch.device(where).type}: generate fewer or shorter "
+                "clips (--n, --batch-size, --seconds)")
+
+
 @torch.no_grad()
 def generate(model: SashimiModel, n: int, length: int, *, batch_size: int = 64, prompts: torch.Tensor | None = None,
              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, cuda_graph: bool = True,
@@ -144,10 +157,11 @@ def generate(model: SashimiModel, n: int, length: int, *, batch_size: int = 64, 
     prompt_len = 0 if prompts is None else prompts.shape[1]
     if prompt_len >= length:
         raise ValueError(f"the prompt ({prompt_len} samples) must be shorter than the clips ({length} samples)")
+    device = model.embedding.weight.device
+    _check_codes_fit(n, min(n, batch_size), length, device)
     model.eval()
     if compile:
         model.compile_step()
-    device = model.embedding.weight.device
     out = torch.empty(n, length, dtype=torch.long)
     nll = torch.empty(n, dtype=torch.float64)
     bar = tqdm(total=n * length, unit="sample", unit_scale=True, desc="generating", disable=not progress,

@@ -1,9 +1,10 @@
 """Reading and writing audio files (WAV/FLAC through soundfile, resampling through torchaudio).
 
 Every problem with an input file raises :class:`audio.errors.AudioInputError` naming the file:
-missing, unreadable or not audio, truncated, empty, silence only, or a sample rate / channel count the
-caller refused. Conversions the caller allowed (resampling, mixing channels down to mono) emit one
-:class:`audio.errors.AudioConversionWarning` line naming the file.
+missing, unreadable or not audio, truncated, empty, silence only, a NaN or infinite sample (naming the first),
+or a sample rate / channel count the caller refused. Conversions the caller allowed (resampling, mixing channels
+down to mono) emit one :class:`audio.errors.AudioConversionWarning` line naming the file, once per file and
+conversion in a process (a file is read again every epoch).
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 SAMPLE_RATE = 16000
 # Peak amplitude below which a whole file counts as silence: -80 dBFS, about three 16-bit steps.
 SILENCE_PEAK = 1e-4
+# The longest clip ``save_wav`` can write: a WAV's sizes are 32-bit byte counts (16-bit mono samples), about 37 h.
+MAX_WAV_SECONDS = (2**32 - 1 - 36) // 2 / SAMPLE_RATE
 
 RateMismatch = Literal["resample", "error"]
 MonoPolicy = Literal["mix", "error"]
@@ -44,6 +47,7 @@ class AudioInfo:
     sample_rate: int
     frames: int
     channels: int
+    floating: bool = False  # float samples (WAV FLOAT/DOUBLE), which can be NaN or infinite; PCM cannot
 
 
 _SHORT_DATA = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
@@ -69,11 +73,13 @@ def audio_info(path: str | os.PathLike) -> AudioInfo:
         )
     if info.frames <= 0:
         raise AudioInputError(f"{path}: the audio file contains no samples")
-    return AudioInfo(path=path, sample_rate=int(info.samplerate), frames=int(info.frames), channels=int(info.channels))
+    return AudioInfo(path=path, sample_rate=int(info.samplerate), frames=int(info.frames), channels=int(info.channels),
+                     floating=info.subtype in ("FLOAT", "DOUBLE"))
 
 
 def _read_frames(info: AudioInfo, start: int, frames: int) -> np.ndarray:
-    """Frames [start, start+frames) as float32 (frames, channels); truncated data raises AudioInputError."""
+    """Frames [start, start+frames) as float32 (frames, channels); truncated data or a NaN or infinite sample
+    raises AudioInputError."""
     try:
         data, _ = sf.read(str(info.path), start=start, frames=frames, dtype="float32", always_2d=True)
     except (sf.SoundFileError, RuntimeError) as err:
@@ -83,19 +89,40 @@ def _read_frames(info: AudioInfo, start: int, frames: int) -> np.ndarray:
             f"{info.path}: truncated audio file (read {data.shape[0]} of {min(frames, info.frames - start)} frames "
             f"from frame {start})"
         )
+    if info.floating and not np.isfinite(data).all():  # NaN would pass every peak and silence test unnoticed
+        frame, channel = (int(i) for i in np.argwhere(~np.isfinite(data))[0])
+        where = f", channel {channel}" if info.channels > 1 else ""
+        raise AudioInputError(f"{info.path}: sample {start + frame} ({(start + frame) / info.sample_rate:.4f} s"
+                              f"{where}) is {data[frame, channel]}; audio samples must be finite")
     return data
 
 
-def _to_mono(data: np.ndarray, path: Path, mono: MonoPolicy) -> np.ndarray:
-    """(frames, channels) -> (frames,); several channels are averaged (with a notice) or refused."""
-    if data.shape[1] == 1:
-        return data[:, 0]
+_NOTIFIED: set[tuple[Path, str]] = set()
+
+
+def _notice_once(path: Path, kind: str, message: str) -> None:
+    """One AudioConversionWarning per file and kind of conversion in this process: a training run reads a file
+    every epoch, and Python's own once-per-location filter is reset whenever a library changes the filters."""
+    if (path, kind) not in _NOTIFIED:
+        _NOTIFIED.add((path, kind))
+        warnings.warn(message, AudioConversionWarning, stacklevel=3)
+
+
+def check_channels(info: AudioInfo, mono: MonoPolicy) -> None:
+    """Refuse a multi-channel file (``mono="error"``) or announce that it is mixed down (``"mix"``)."""
+    if info.channels == 1:
+        return
     if mono == "error":
-        raise AudioInputError(f"{path}: has {data.shape[1]} channels; a mono file is required")
+        raise AudioInputError(f"{info.path}: has {info.channels} channels; a mono file is required")
     if mono != "mix":
         raise ValueError(f"mono must be 'mix' or 'error', got {mono!r}")
-    warnings.warn(f"{path}: {data.shape[1]} channels mixed down to mono", AudioConversionWarning, stacklevel=3)
-    return data.mean(axis=1)
+    _notice_once(info.path, "mono", f"{info.path}: {info.channels} channels mixed down to mono (their mean)")
+
+
+def _to_mono(data: np.ndarray, info: AudioInfo, mono: MonoPolicy) -> np.ndarray:
+    """(frames, channels) -> (frames,); several channels are averaged (with a notice) or refused."""
+    check_channels(info, mono)
+    return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
 
 
 def check_rate(info: AudioInfo, sample_rate: int, on_rate_mismatch: RateMismatch) -> bool:
@@ -106,9 +133,7 @@ def check_rate(info: AudioInfo, sample_rate: int, on_rate_mismatch: RateMismatch
         raise AudioInputError(f"{info.path}: sample rate is {info.sample_rate} Hz, {sample_rate} Hz is required")
     if on_rate_mismatch != "resample":
         raise ValueError(f"on_rate_mismatch must be 'resample' or 'error', got {on_rate_mismatch!r}")
-    warnings.warn(
-        f"{info.path}: resampled from {info.sample_rate} Hz to {sample_rate} Hz", AudioConversionWarning, stacklevel=3
-    )
+    _notice_once(info.path, "rate", f"{info.path}: resampled from {info.sample_rate} Hz to {sample_rate} Hz")
     return True
 
 
@@ -128,7 +153,7 @@ def load_audio(
     """
     info = audio_info(path)
     resample = check_rate(info, sample_rate, on_rate_mismatch)
-    data = _to_mono(_read_frames(info, 0, info.frames), info.path, mono)
+    data = _to_mono(_read_frames(info, 0, info.frames), info, mono)
     if not allow_silence and float(np.abs(data).max()) < SILENCE_PEAK:
         raise _silence_error(info)
     wave = torch.from_numpy(np.ascontiguousarray(data))
@@ -141,13 +166,19 @@ def _silence_error(info: AudioInfo) -> AudioInputError:
     return AudioInputError(f"{info.path}: the audio is silence only (peak amplitude below {SILENCE_PEAK:g})")
 
 
-def check_not_silent(info: AudioInfo, block: int = 1 << 20) -> None:
-    """Raise AudioInputError when a whole file is below ``SILENCE_PEAK``. Reads ``block`` frames at a time and
-    stops at the first audible block, so a long recording with sound costs one block, not the whole file."""
+def check_samples(info: AudioInfo, allow_silence: bool = False, block: int = 1 << 20) -> None:
+    """Raise AudioInputError when a whole file is below ``SILENCE_PEAK`` (unless ``allow_silence``) or holds a
+    NaN or infinite sample, before a long run reads it window by window. Reads ``block`` frames at a time: a PCM
+    file (which cannot hold either) stops at its first audible block, so a long recording with sound costs one
+    block, not the whole file; a float file is read to its end."""
+    audible = allow_silence
     for start in range(0, info.frames, block):
-        if float(np.abs(_read_frames(info, start, block)).max()) >= SILENCE_PEAK:
+        if audible and not info.floating:
             return
-    raise _silence_error(info)
+        peak = float(np.abs(_read_frames(info, start, block)).max())  # read even once audible: NaN may follow
+        audible = audible or peak >= SILENCE_PEAK
+    if not audible:
+        raise _silence_error(info)
 
 
 def read_segment(
@@ -168,7 +199,7 @@ def read_segment(
     if first >= info.frames:
         return torch.zeros(length)
     count = min(int(np.ceil(length * scale)), info.frames - first)
-    data = _to_mono(_read_frames(info, first, count), info.path, mono)
+    data = _to_mono(_read_frames(info, first, count), info, mono)
     wave = torch.from_numpy(np.ascontiguousarray(data))
     if info.sample_rate != sample_rate:
         wave = AF.resample(wave, info.sample_rate, sample_rate)

@@ -9,7 +9,11 @@ its quirks, so that numbers are comparable with the SaShiMi and Mamba papers' SC
   normaliser (``np.cov``); when ``sqrtm`` is not finite both covariances get ``1e-4`` added to the
   diagonal and it is retried. The s4 code keeps a complex ``sqrtm`` result as it is; we take the real part
   (the imaginary part is numerical noise) so the score is a plain number, and clip it at 0 (a set against
-  itself comes out as about -1e-6 from round-off, and a distance is never negative).
+  itself comes out as about -1e-6 from round-off, and a distance is never negative). A covariance of ``d``
+  features is full-rank only from ``d + 1`` clips (the papers score 2,048 or more clips in 1,024 features); with
+  fewer it is singular and the FID is biased upward, so each set needs ``d + 1`` clips unless that is
+  explicitly allowed (then 2, for the ``N - 1`` normaliser). Features that are not finite, or a square root
+  that stays non-finite or clearly complex after the retry, raise :class:`audio.errors.MetricsError`.
 * **IS** -- *quirk*: the clips are shuffled with NumPy seed 0 and split in two halves; s4 then calls
   ``scipy.stats.entropy(half1, mean_of_half2 repeated)`` on ``(clips, classes)`` arrays, and scipy's
   entropy runs over **axis 0, the clip axis**. So for each class ``c`` it is the KL divergence between
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -44,29 +49,71 @@ from tqdm.auto import tqdm
 
 from audio.classifier import ResNeXtClassifier
 from audio.datasets import LabelledAudioSet
-from audio.errors import AudioInputError
+from audio.errors import MetricsError
 
 MIS_PAIRS = 10_000
+MIN_CLIPS = 2  # a covariance with the N - 1 normaliser, and IS's two halves, need two clips at least
+SQRTM_MAX_IMAG = 1e-3  # largest imaginary part of sqrtm's diagonal, relative to its real part, taken as round-off
+
+
+def fid_min_clips(dims: int) -> int:
+    """Clips per set for a full-rank covariance of ``dims`` features: ``dims + 1``."""
+    return dims + 1
 
 
 def _as_float64_2d(name: str, x) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"{name} must be a (clips, dims) array with at least 2 clips, got shape {x.shape}")
+    if x.ndim != 2 or x.shape[0] < MIN_CLIPS:
+        raise MetricsError(f"{name} must be a (clips, dims) array with at least {MIN_CLIPS} clips, got shape "
+                           f"{x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if len(bad):  # NaN made scipy's sqrtm spin for minutes; nothing downstream means anything with it
+        raise MetricsError(f"{name}: {len(bad)} of {len(x)} clips have values that are not finite (first: clip "
+                           f"{bad[0]})")
     return x
 
 
-def fid(features_ref, features_gen) -> float:
-    """Frechet distance between Gaussians fitted to ``(clips, dims)`` feature arrays (see module docstring)."""
+def _sqrtm(matrix: np.ndarray) -> np.ndarray | None:
+    """scipy's matrix square root, None where it fails or is not finite; its warnings (a singular matrix, the
+    deprecated error estimate) stay here, since the caller checks the result."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            root = scipy.linalg.sqrtm(matrix)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
+    return root if np.isfinite(root).all() else None
+
+
+def fid(features_ref, features_gen, allow_singular: bool = False) -> float:
+    """Frechet distance between Gaussians fitted to ``(clips, dims)`` feature arrays (see module docstring).
+
+    Each set needs ``fid_min_clips(dims)`` clips (full-rank covariances) unless ``allow_singular``; raises
+    MetricsError for fewer clips, values that are not finite, or a failed matrix square root."""
     ref, gen = _as_float64_2d("features_ref", features_ref), _as_float64_2d("features_gen", features_gen)
     if ref.shape[1] != gen.shape[1]:
         raise ValueError(f"feature sizes differ: {ref.shape[1]} (reference) vs {gen.shape[1]} (generated)")
+    needed = fid_min_clips(ref.shape[1])
+    for name, x in (("reference", ref), ("generated", gen)):
+        if len(x) < needed and not allow_singular:
+            raise MetricsError(f"FID needs at least {needed} {name} clips for a full-rank covariance of "
+                               f"{ref.shape[1]} features; got {len(x)}")
     mu_ref, mu_gen = ref.mean(axis=0), gen.mean(axis=0)
     sigma_ref, sigma_gen = np.atleast_2d(np.cov(ref, rowvar=False)), np.atleast_2d(np.cov(gen, rowvar=False))
-    covmean = scipy.linalg.sqrtm(sigma_ref @ sigma_gen)
-    if not np.isfinite(covmean).all():
+    if not (np.isfinite(sigma_ref).all() and np.isfinite(sigma_gen).all()):
+        largest = max(np.abs(ref).max(), np.abs(gen).max())
+        raise MetricsError(f"FID: the feature covariances overflow (features up to {largest:.3g})")
+    covmean = _sqrtm(sigma_ref @ sigma_gen)
+    if covmean is None:
         offset = np.eye(len(sigma_ref)) * 1e-4
-        covmean = scipy.linalg.sqrtm((sigma_ref + offset) @ (sigma_gen + offset))
+        covmean = _sqrtm((sigma_ref + offset) @ (sigma_gen + offset))
+    if covmean is None:
+        raise MetricsError(f"FID: the matrix square root of the product of the two {len(sigma_ref)}x"
+                           f"{len(sigma_ref)} feature covariances failed, even with 1e-4 added to their diagonals")
+    diagonal = np.diagonal(covmean)
+    if np.abs(diagonal.imag).max() > SQRTM_MAX_IMAG * max(np.abs(diagonal.real).max(), np.finfo(float).tiny):
+        raise MetricsError(f"FID: the matrix square root of the covariance product is complex (imaginary part up "
+                           f"to {np.abs(diagonal.imag).max():.3g} on its diagonal), not round-off")
     value = np.sum((mu_gen - mu_ref) ** 2) + np.trace(sigma_gen + sigma_ref - 2 * np.real(covmean))
     return max(float(value), 0.0)
 
@@ -196,10 +243,11 @@ def class_accuracy(model: ResNeXtClassifier, dataset: Dataset, result: Classifie
     return float((result.probs.argmax(axis=1) == to_model[result.labels]).mean())
 
 
-def score(reference: Classified, generated: Classified) -> dict[str, float]:
-    """FID, IS, mIS and AM of generated clips against reference clips."""
+def score(reference: Classified, generated: Classified, allow_few_clips: bool = False) -> dict[str, float]:
+    """FID, IS, mIS and AM of generated clips against reference clips (``allow_few_clips``: FID from singular
+    covariances, see :func:`fid`)."""
     return {
-        "fid": fid(reference.features, generated.features),
+        "fid": fid(reference.features, generated.features, allow_singular=allow_few_clips),
         "is": inception_score(generated.probs),
         "mis": modified_inception_score(generated.probs),
         "am": am_score(reference.probs, generated.probs),
@@ -209,14 +257,15 @@ def score(reference: Classified, generated: Classified) -> dict[str, float]:
 def evaluate(generated: str | os.PathLike, reference: str | os.PathLike, classifier: ResNeXtClassifier, *,
              generated_split: str = "all", reference_split: str = "train", generated_files: Sequence[str] | None = None,
              batch_size: int = 64, device: str | torch.device = "cpu", progress: bool = True,
-             on_rate_mismatch: str = "resample") -> dict:
+             on_rate_mismatch: str = "resample", allow_few_clips: bool = False) -> dict:
     """The metrics report for two directories (flat folders of WAVs or labelled sets).
 
     ``*_split`` choose a split of a labelled set (ignored for flat folders); ``generated_files`` restricts a
     flat generated folder to the named clips (e.g. from :func:`select_most_likely`); ``on_rate_mismatch``
-    ("resample" or "error") handles files not at the classifier's sample rate. Returns a dict with
-    ``fid``, ``is``, ``mis``, ``am``, ``n_generated``, ``n_reference``, and ``reference_accuracy`` /
-    ``generated_accuracy`` for labelled sets.
+    ("resample" or "error") handles files not at the classifier's sample rate. Each set needs more clips than
+    the classifier has features (:func:`fid_min_clips`), or 2 with ``allow_few_clips``; checked before any clip
+    is classified. Returns a dict with ``fid``, ``is``, ``mis``, ``am``, ``n_generated``, ``n_reference``, and
+    ``reference_accuracy`` / ``generated_accuracy`` for labelled sets.
     """
     from audio.datasets import FlatAudioFolder, is_labelled_set, open_audio_set
 
@@ -230,15 +279,29 @@ def evaluate(generated: str | os.PathLike, reference: str | os.PathLike, classif
         gen_set = FlatAudioFolder(generated, allow_silence=True, files=generated_files, **common)
     else:
         gen_set = open_audio_set(generated, split=generated_split, allow_silence=True, **common)
+    needed = MIN_CLIPS if allow_few_clips else fid_min_clips(config.feature_dim)
     for name, directory, dataset in (("reference", reference, ref_set), ("generated", generated, gen_set)):
-        if len(dataset) < 2:  # a mean and covariance of features need two clips at least
-            raise AudioInputError(f"{directory}: only {len(dataset)} {name} clip; the metrics need at least 2")
+        if len(dataset) < needed:
+            why = (f"the metrics need at least {needed}" if allow_few_clips else
+                   f"FID needs at least {needed} for a full-rank covariance of the classifier's "
+                   f"{config.feature_dim} features (--allow-few-clips: from {MIN_CLIPS}, biased upward)")
+            raise MetricsError(f"{directory}: {len(dataset)} {name} clip{'s' if len(dataset) != 1 else ''}; {why}")
     ref = classify(classifier, ref_set, batch_size, device, progress, desc="reference clips")
     gen = classify(classifier, gen_set, batch_size, device, progress, desc="generated clips")
-    report: dict = score(ref, gen)
+    for name, dataset, result in (("reference", ref_set, ref), ("generated", gen_set, gen)):
+        bad = np.flatnonzero(~(np.isfinite(result.features).all(1) & np.isfinite(result.probs).all(1)))
+        if len(bad):
+            raise MetricsError(f"{_clip_path(dataset, bad[0])}: the classifier's output for this {name} clip is not "
+                               f"finite ({len(bad)} clip(s) in all); is the classifier's checkpoint intact?")
+    report: dict = score(ref, gen, allow_few_clips)
     report.update(n_generated=len(gen_set), n_reference=len(ref_set))
     for key, dataset, result in (("reference_accuracy", ref_set, ref), ("generated_accuracy", gen_set, gen)):
         accuracy = class_accuracy(classifier, dataset, result)
         if accuracy is not None:
             report[key] = accuracy
     return report
+
+
+def _clip_path(dataset: Dataset, index: int) -> Path:
+    """The file behind item ``index`` of a labelled set or a flat folder."""
+    return dataset.clips[index].path if isinstance(dataset, LabelledAudioSet) else dataset.paths[index]

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, Subset
 from ssm_core.models import update_model_info
 from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
+from ssm_core.utils.ranges import NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, Range, check_ranges
 
 from audio.classifier import ClassifierConfig, ResNeXtClassifier, classifier_loss
 from audio.datasets import LabelledAudioSet, LongRecordingWindows, is_labelled_set, item_rng
@@ -55,6 +56,10 @@ class WaveformData:
     crop: int = 0                   # train and validate on one random crop of this many samples per item
                                     # (0, or >= the item length: whole items)
     on_rate_mismatch: str = "resample"  # a file not at 16 kHz: "resample" (with a notice) or "error"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, window=POSITIVE_INT, valid_every=Range(2, integer=True), valid_samples=NONNEGATIVE_INT,
+                     crop=NONNEGATIVE_INT)
 
 
 @dataclass
@@ -210,6 +215,9 @@ class ClassifierData:
     valid_samples: int = 0  # evaluate during training on at most this many validation clips (0 = all)
     on_rate_mismatch: str = "resample"  # a file not at 16 kHz: "resample" (with a notice) or "error"
 
+    def __post_init__(self) -> None:
+        check_ranges(self, valid_samples=NONNEGATIVE_INT)
+
 
 @dataclass
 class ClassifierExperiment:
@@ -218,6 +226,9 @@ class ClassifierExperiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "resnext29"
     epochs: float = 20.0  # converted to optimiser steps from the train split's size and the batch size
+
+    def __post_init__(self) -> None:
+        check_ranges(self, epochs=POSITIVE)
 
 
 def classifier_preset(name: str) -> ClassifierExperiment:

@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from genomics.errors import GenomicsInputError
+from ssm_core.utils.ranges import POSITIVE_INT, SEED
 
 DESCRIPTION = """\
 Byte-level DNA language models with Mamba: simulated and real genomes, pretraining by next-base
@@ -100,7 +101,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--size", choices=("tiny", "small", "full"), default="small",
                    help="genome size per species: tiny 2 Mbp, small 30 Mbp, full 300 Mbp (default: small)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default: 0)")
     p.add_argument("--signal", choices=SIGNALS,
                    help="how much sets the species apart: realistic lineage-specific insertions (about one per 30 "
                         "kbp on the human branch), or strong: 20 times as dense and more diverged, learnable in "
@@ -246,16 +247,6 @@ and plots test accuracy against window length (log scale), one line per model (p
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def add_presets_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("presets", help="list the model presets and their parameter counts",
                               description="List the model presets (tiny, 1.4m, 7m) with depth, width and "
@@ -286,6 +277,7 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     from ssm_core.train.config import add_engine_args
+    from ssm_core.train.curriculum import WARMUP_FRACTION
 
     p = subparsers.add_parser("pretrain", help="next-base pretraining on a genome (or a directory of genomes)",
                               description="Pretrain a DNA Mamba by next-base prediction, with sequence-length "
@@ -296,10 +288,11 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument("--fasta-dir", metavar="DIR", help="directory of genome FASTA files")
     p.add_argument("--bed", metavar="BED", help="intervals with a split column (chrom start end split), with --fasta")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (must be new unless --resume)")
-    p.add_argument("--seqlen", type=_positive_int, help="training sequence length (default: 1024)")
-    p.add_argument("--warmup-start", type=_positive_int,
+    p.add_argument("--seqlen", type=POSITIVE_INT, help="training sequence length (default: 1024)")
+    p.add_argument("--warmup-start", type=POSITIVE_INT,
                    help="first length of the sequence-length warmup (default: 1024; >= seqlen disables it)")
-    p.add_argument("--warmup-fraction", type=float, help="share of the steps spent warming up (default: 0.5)")
+    p.add_argument("--warmup-fraction", type=WARMUP_FRACTION,
+                   help="share of the steps spent warming up, in [0, 1) (default: 0.5)")
     p.add_argument("--decompress-cache", metavar="DIR", help="where to decompress plain-gzip FASTA files")
     _add_model_arguments(p)
     add_engine_args(p)
@@ -351,16 +344,16 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                    help="initialise the backbone from a pretraining run (its model size is used; --preset ignored), "
                         "or the whole classifier from a fine-tuning run of the same classes (e.g. a shorter "
                         "window's run, to continue at a longer window)")
-    p.add_argument("--window", type=_positive_int, help="window length in bases (default: 1024)")
+    p.add_argument("--window", type=POSITIVE_INT, help="window length in bases (default: 1024)")
     p.add_argument("--pooling", choices=("last", "mean"), default="last",
                    help="classify from the last position (default, causal) or the mean of all positions")
     p.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=True,
                    help="standardise the pooled features with running statistics before the head (default; "
                         "without it a mean over a long window barely varies between windows and the head learns "
                         "slowly); --no-standardize for a plain linear head")
-    p.add_argument("--test-samples", type=_positive_int, help="test windows classified at the end (default 2048)")
-    p.add_argument("--valid-samples", type=_positive_int, help="validation windows (default 512)")
-    p.add_argument("--max-batch-tokens", type=_positive_int,
+    p.add_argument("--test-samples", type=POSITIVE_INT, help="test windows classified at the end (default 2048)")
+    p.add_argument("--valid-samples", type=POSITIVE_INT, help="validation windows (default 512)")
+    p.add_argument("--max-batch-tokens", type=POSITIVE_INT,
                    help="bases per micro-batch before gradient accumulation kicks in (default 2^20)")
     p.add_argument("--split", choices=("auto", "chromosome", "contig", "block"), default=None,
                    help="how genomes are split into train/valid/test (default auto: chromosome, contig, block)")
@@ -404,22 +397,22 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
                         "model.json), or one of its checkpoints/step-*.ckpt")
     p.add_argument("--fasta", required=True, nargs="+", metavar="FILE",
                    help="FASTA or FASTQ files (plain, gzip, bgzip; recognised from the content); - reads stdin")
-    p.add_argument("--window", type=_positive_int, help="window length in bases (default: the fine-tuning window)")
+    p.add_argument("--window", type=POSITIVE_INT, help="window length in bases (default: the fine-tuning window)")
     p.add_argument("--out", metavar="FILE",
                    help="write here instead of stdout (its directory is created; written only on success)")
     p.add_argument("--per-window", action="store_true", help="one row per window, with start and end")
     p.add_argument("--strand", choices=STRANDS, default="both",
                    help="both: average each window's probabilities with its reverse complement's (default); "
                         "forward: read the records as given")
-    p.add_argument("--min-bases", type=_positive_int, default=MIN_BASES,
+    p.add_argument("--min-bases", type=POSITIVE_INT, default=MIN_BASES,
                    help=f"records with fewer A/C/G/T bases are flagged, not classified (default {MIN_BASES})")
     p.add_argument("--json", action="store_true", help="JSON instead of TSV")
     add_overwrite_argument(p)
     p.add_argument("--iupac", choices=("n", "error"), default="n",
                    help="IUPAC ambiguity codes: read as N (default) or refuse them")
-    p.add_argument("--batch-tokens", type=_positive_int, default=2**18,
+    p.add_argument("--batch-tokens", type=POSITIVE_INT, default=2**18,
                    help="bases per forward pass (default 262144)")
-    p.add_argument("--chunk", type=_positive_int,
+    p.add_argument("--chunk", type=POSITIVE_INT,
                    help="longest piece of a window read at once; memory scales with it (default 1024 on CPU, "
                         "65536 on GPU)")
     p.add_argument("--bf16", action="store_true",
@@ -499,7 +492,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
                    help="the .npz to write (its directory is created; written only on success)")
     p.add_argument("--per-window", action="store_true",
                    help="also window_embeddings, window_record and window_start")
-    p.add_argument("--window", type=_positive_int,
+    p.add_argument("--window", type=POSITIVE_INT,
                    help="window length in bases (default: the fine-tuning window; 1024 for a pretraining run)")
     add_overwrite_argument(p)
     add_device_argument(p)

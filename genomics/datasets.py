@@ -36,6 +36,20 @@ def _check_window(window: int):
         raise GenomicsInputError(f"window must be a positive integer, got {window!r}")
 
 
+def check_window_fits_records(plans: dict[str, SplitPlan], window: int, flag: str) -> None:
+    """Refuse a training window longer than every training region of a genome (``plans``: source -> split plan):
+    its windows would be mostly padding, and one beyond every record was killed for memory. BED plans are exempt:
+    their windows are centred on the intervals and reach into the flanking sequence."""
+    longest = {source: max(plan.regions["train"], key=lambda r: r.length) for source, plan in plans.items()
+               if plan.strategy != "bed" and plan.regions["train"]}
+    short = [source for source, region in longest.items() if region.length < window]
+    if short:
+        files = ", ".join(f"{source} (longest: {longest[source].record}, {longest[source].length:,} bp)"
+                          for source in short)
+        raise GenomicsInputError(f"{flag} {window:,} is longer than every training record of {files}; the longest "
+                                 f"window every genome can fill is {min(r.length for r in longest.values()):,} bp")
+
+
 class _RegionSampler:
     """Draws windows from the regions of one split of one FASTA file.
 

@@ -33,10 +33,11 @@ from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_c
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
+from ssm_core.utils.ranges import POSITIVE_INT, check_ranges
 
-from genomics.datasets import SpeciesWindows
+from genomics.datasets import SpeciesWindows, check_window_fits_records
 from genomics.errors import GenomicsInputError
-from genomics.models import classifier_config, load_run_model, parameter_count, preset_config
+from genomics.models import check_training_memory, classifier_config, load_run_model, parameter_count, preset_config
 from genomics.tokenizer import tokenizer_settings
 
 
@@ -52,6 +53,10 @@ class FinetuneData:
     max_batch_tokens: int = 2**20  # bases per micro-batch; larger batches are accumulated
     chunk: int = 2**16  # test windows longer than this are read in chunks carrying the state
     decompress_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        check_ranges(self, window=POSITIVE_INT, valid_samples=POSITIVE_INT, test_samples=POSITIVE_INT,
+                     max_batch_tokens=POSITIVE_INT, chunk=POSITIVE_INT)
 
 
 @dataclass
@@ -124,6 +129,10 @@ class FinetuneTask(Task):
         # one "epoch" of the paper (1024 steps) of fresh windows, redrawn each epoch: a size that does not depend
         # on --steps, so a run can be resumed with more steps
         self.train_set = self._windows("train", EPOCH_STEPS * exp.train.batch_size)
+        d = exp.data
+        check_window_fits_records({self.train_set.fastas[name].source: plan
+                                   for name, plan in self.train_set.plans.items()}, d.window, "--window")
+        check_training_memory(exp.model, exp.train, d.window, "--window", max_batch_tokens=True)
 
     def _windows(self, split: str, samples: int) -> SpeciesWindows:
         d = self.exp.data

@@ -16,6 +16,7 @@ the classification head adds ``d_model x classes + classes``). ``python -m genom
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -42,6 +43,33 @@ def preset_config(name: str, *, num_classes: int = 0, pooling: str = "last") -> 
         raise GenomicsInputError(f"unknown model preset {name!r}; presets are {sorted(PRESETS)}")
     return MambaConfig(vocab_size=VOCAB_SIZE, num_classes=num_classes, pooling=pooling,
                        standardize_pooled=num_classes > 0, **PRESETS[name])
+
+
+def check_training_memory(model: MambaConfig, train, seqlen: int, flag: str, max_batch_tokens: bool = False) -> None:
+    """Refuse, before a run starts, a micro-batch (``train``: the TrainConfig) of ``seqlen``-base sequences whose
+    activations cannot fit the device's memory (a lower bound, :func:`ssm_core.utils.memory.mamba_training_bytes`),
+    saying which flags make it fit; ``max_batch_tokens``: the command accumulates micro-batches by that flag."""
+    from ssm_core.train.distributed import resolve_device
+    from ssm_core.utils.memory import available_memory, format_bytes, mamba_training_bytes
+
+    device = resolve_device(train.device)
+    micro = max(1, train.batch_size // (train.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))))
+    needed = mamba_training_bytes(model, micro, seqlen, activation_checkpointing=train.activation_checkpointing,
+                                  bytes_per_value=2 if device.type == "cuda" and train.precision == "bf16" else 4)
+    available = available_memory(device)
+    if available is None or needed <= available:
+        return
+    fixes = [f"a smaller --batch-size or {flag}"]
+    if micro > 1:
+        fixes.append(f"--max-batch-tokens below {micro * seqlen:,} (smaller micro-batches, accumulated)"
+                     if max_batch_tokens else f"--set train.grad_accum={2 * train.grad_accum} (accumulated halves)")
+    if not train.activation_checkpointing:
+        fixes.append("--activation-checkpointing")
+    advice = fixes[0] if len(fixes) == 1 else f"{', '.join(fixes[:-1])} or {fixes[-1]}"
+    raise GenomicsInputError(
+        f"a micro-batch of {micro} sequence(s) of {seqlen:,} bases needs at least {format_bytes(needed)} for the "
+        f"activations of a {model.n_layer}-layer, width-{model.d_model} model, but {format_bytes(available)} is "
+        f"available on {device.type}: use {advice}")
 
 
 def parameter_count(config: MambaConfig) -> int:

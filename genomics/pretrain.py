@@ -27,11 +27,12 @@ from ssm_core import MambaConfig, MambaLMHeadModel
 from ssm_core.models import update_model_info
 from ssm_core.train import OptimConfig, Task, TrainConfig, curriculum, to_dict, train_from_cli
 from ssm_core.train.checkpoint import atomic_write_bytes
+from ssm_core.utils.ranges import NONNEGATIVE_INT, POSITIVE_INT, check_ranges
 
-from genomics.datasets import GenomeWindows
+from genomics.datasets import GenomeWindows, check_window_fits_records
 from genomics.errors import GenomicsInputError
 from genomics.fasta import list_fasta_dir
-from genomics.models import parameter_count, preset_config
+from genomics.models import check_training_memory, parameter_count, preset_config
 from genomics.tokenizer import A, T, tokenizer_settings
 
 
@@ -48,6 +49,10 @@ class PretrainData:
     rc_aug: bool = True  # reverse-complement half of the training windows
     iupac: str = "n"
     decompress_cache: str | None = None  # where a plain-gzip FASTA is decompressed for random access
+
+    def __post_init__(self) -> None:
+        check_ranges(self, seqlen=POSITIVE_INT, warmup_start=POSITIVE_INT, warmup_fraction=curriculum.WARMUP_FRACTION,
+                     valid_samples=POSITIVE_INT, max_shift=NONNEGATIVE_INT)
 
 
 @dataclass
@@ -128,6 +133,9 @@ class PretrainTask(Task):
         self.schedule = length_schedule(exp.train.steps, d.seqlen, d.warmup_start, d.warmup_fraction)
         self.genomes = [d.fasta] if d.fasta else [str(p) for p in list_fasta_dir(d.fasta_dir).values()]
         self._train_parts = self._windows("train", exp.train.steps * exp.train.batch_size)
+        check_window_fits_records({path: w.plan for path, w in zip(self.genomes, self._train_parts)}, d.seqlen,
+                                  "--seqlen")
+        check_training_memory(exp.model, exp.train, d.seqlen, "--seqlen")
 
     def describe(self) -> str:
         return f"sequence-length schedule: {curriculum.describe(self.schedule, 'bp')}"

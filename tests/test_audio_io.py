@@ -68,6 +68,49 @@ def test_stereo_is_mixed_down_with_notice_or_refused(tmp_path):
         load_audio(path, mono="error")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_refused_naming_file_sample_and_channel(tmp_path, bad):
+    """A float WAV with NaN was refused as "silence only" (NaN fails every peak test) and one with Inf was trained
+    on: every reader refuses both, naming the first bad sample."""
+    x = tone(16000)
+    x[5000], x[9000] = bad, bad
+    path = write(tmp_path / "bad.wav", x, subtype="FLOAT")
+    shown = "nan" if np.isnan(bad) else str(float(bad))
+    message = rf"bad\.wav: sample 5000 \(0\.3125 s\) is {shown}; audio samples must be finite"
+    with pytest.raises(AudioInputError, match=message):
+        load_audio(path)
+    with pytest.raises(AudioInputError, match=message):
+        load_audio(path, allow_silence=True)
+    with pytest.raises(AudioInputError, match=message):  # found before training, not when a window reaches it
+        LongRecordingWindows(tmp_path, window=1000)
+    with pytest.raises(AudioInputError, match=message):
+        read_segment(audio_info(path), 4000, 2000)
+    stereo = np.stack([tone(16000), tone(16000)], axis=1)
+    stereo[700, 1] = bad
+    with pytest.raises(AudioInputError, match=rf"st\.wav: sample 700 \(0\.0437 s, channel 1\) is {shown}"):
+        load_audio(write(tmp_path / "st" / "st.wav", stereo, subtype="DOUBLE"))
+
+
+def test_non_finite_sample_deep_in_a_long_float_recording_is_found_up_front(tmp_path):
+    x = tone((1 << 20) + 50_000)
+    x[-1000] = np.nan  # past the first 2^20-frame block, where the check for sound stops reading a PCM file
+    write(tmp_path / "long.wav", x, subtype="FLOAT")
+    with pytest.raises(AudioInputError, match=rf"long\.wav: sample {len(x) - 1000} "):
+        LongRecordingWindows(tmp_path, window=16000)
+
+
+def test_mix_down_is_announced_once_per_file_and_up_front_for_recordings(tmp_path):
+    stereo = np.stack([tone(8000), tone(8000, 500)], axis=1)
+    path = write(tmp_path / "rec" / "two.wav", stereo)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        windows = LongRecordingWindows(tmp_path / "rec", window=1000)  # before any window is read
+        assert [str(w.message) for w in caught] == [f"{path}: 2 channels mixed down to mono (their mean)"]
+        windows[0], windows[3], windows[7]
+        load_audio(path)
+    assert len(caught) == 1  # a file read every epoch is announced once, not once per read
+
+
 def test_mono_file_gives_no_notice(tmp_path):
     path = write(tmp_path / "a.wav", tone(1000))
     with warnings.catch_warnings():
@@ -287,8 +330,8 @@ def test_long_recordings_report_or_refuse_another_rate_and_refuse_silence(tmp_pa
     with pytest.raises(AudioInputError, match=r"q\.wav: the audio is silence only"):
         LongRecordingWindows(tmp_path / "quiet", window=1000)
     assert len(LongRecordingWindows(tmp_path / "quiet", window=1000, allow_silence=True)) == 5
-    from audio.io import check_not_silent
+    from audio.io import check_samples
 
     quiet[4500] = 0.5
     write(tmp_path / "late" / "l.wav", quiet)
-    check_not_silent(audio_info(tmp_path / "late" / "l.wav"), block=1000)
+    check_samples(audio_info(tmp_path / "late" / "l.wav"), block=1000)

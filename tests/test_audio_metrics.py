@@ -1,6 +1,7 @@
 """SC09 metrics (closed forms, hand-built predictions, s4's exact procedures), the classifier, the metrics CLI."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from audio.classifier import ClassifierConfig, LogMel, ResNeXtClassifier, classifier_loss, load_classifier
 from audio.cli import main
+from audio.errors import MetricsError
 from ssm_core.models import ModelFileError
 from ssm_core.models.io import save_model
 from audio.metrics import (
@@ -60,11 +62,60 @@ def test_fid_of_a_set_against_itself_is_zero():
     x = np.random.default_rng(2).standard_normal((300, 16)) * 5
     assert abs(fid(x, x)) < 1e-6 * np.trace(np.cov(x, rowvar=False))
     few = np.random.default_rng(3).standard_normal((15, 64))  # singular covariances: round-off below zero
-    assert 0.0 <= fid(few, few) < 1e-4
+    assert 0.0 <= fid(few, few, allow_singular=True) < 1e-4
     with pytest.raises(ValueError, match="feature sizes differ"):
         fid(x, x[:, :3])
     with pytest.raises(ValueError, match="at least 2 clips"):
         fid(x[:1], x)
+
+
+def test_fid_refuses_fewer_clips_than_a_full_rank_covariance_needs():
+    x = np.random.default_rng(4).standard_normal((200, 64))
+    with pytest.raises(MetricsError, match=r"FID needs at least 65 generated clips for a full-rank covariance of "
+                                           r"64 features; got 64"):
+        fid(x, x[:64])
+    assert fid(x, x[:65]) >= 0.0 and fid(x, x[:64], allow_singular=True) >= 0.0
+
+
+@pytest.mark.timeout(60)  # NaN made scipy's sqrtm spin for minutes (over 150 s reported)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_fid_and_scores_refuse_values_that_are_not_finite_at_once(bad):
+    x = np.random.default_rng(5).standard_normal((100, 8))
+    y = x.copy()
+    y[7, 3] = bad
+    with pytest.raises(MetricsError, match=r"features_gen: 1 of 100 clips have values that are not finite "
+                                           r"\(first: clip 7\)"):
+        fid(x, y)
+    probs = np.full((20, 10), 0.1)
+    probs[2, 0] = bad
+    for metric in (inception_score, modified_inception_score):
+        with pytest.raises(MetricsError, match=r"probs: 1 of 20 clips .* \(first: clip 2\)"):
+            metric(probs)
+
+
+@pytest.mark.parametrize("failure", ["nan", "raises", "complex"])
+def test_a_failed_matrix_square_root_is_a_clear_error(monkeypatch, failure):
+    import scipy.linalg
+
+    def broken(matrix, *args, **kwargs):
+        if failure == "raises":
+            raise np.linalg.LinAlgError("Internal error in scipy.linalg.sqrtm: -102")
+        if failure == "nan":
+            return np.full_like(matrix, np.nan)
+        return np.eye(len(matrix)) * (1 + 1j)
+
+    monkeypatch.setattr(scipy.linalg, "sqrtm", broken)
+    x = np.random.default_rng(6).standard_normal((50, 4))
+    expected = "is complex" if failure == "complex" else "failed, even with 1e-4 added to their diagonals"
+    with pytest.raises(MetricsError, match=rf"FID: the matrix square root .*{expected}"):
+        fid(x, x + 1)
+
+
+def test_singular_covariances_leak_no_scipy_warning():
+    few = np.random.default_rng(7).standard_normal((15, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "Matrix is singular" LinAlgWarning reached the user's terminal
+        assert fid(few, few + 0.5, allow_singular=True) > 0
 
 
 # ---- IS, mIS, AM -------------------------------------------------------------------------------------------
@@ -286,7 +337,7 @@ def test_metrics_cli_on_tiny_folders(tmp_path, tiny_classifier, capsys):
     for k in range(8):
         sf.write(str(generated / f"{k}.wav"), (0.3 * rng.standard_normal(SR)).astype(np.float32), SR)
     sf.write(str(generated / "silent.wav"), np.zeros(SR, np.float32), SR)  # a silent sample is scored, not refused
-    status, out, err = run_metrics(["--generated", str(generated), "--reference", str(reference),
+    status, out, err = run_metrics(["--generated", str(generated), "--reference", str(reference), "--allow-few-clips",
                                     "--classifier", str(tiny_classifier), "--json", str(tmp_path / "m.json")], capsys)
     assert status == 0, err
     report = json.loads(out)
@@ -298,7 +349,7 @@ def test_metrics_cli_on_tiny_folders(tmp_path, tiny_classifier, capsys):
 
     # the reference against itself: FID ~ 0 and both accuracies reported
     status, out, err = run_metrics(["--generated", str(reference), "--generated-split", "train", "--reference",
-                                    str(reference), "--classifier", str(tiny_classifier)], capsys)
+                                    str(reference), "--classifier", str(tiny_classifier), "--allow-few-clips"], capsys)
     same = json.loads(out)
     # (15 clips in 64 dimensions: singular covariances, so sqrtm is only accurate to ~1e-6 here)
     assert status == 0 and abs(same["fid"]) < 1e-4 and same["generated_accuracy"] == same["reference_accuracy"]
@@ -307,7 +358,7 @@ def test_metrics_cli_on_tiny_folders(tmp_path, tiny_classifier, capsys):
     (tmp_path / "nll.csv").write_text("file,nll\n" + "".join(f"{k}.wav,{10 - k}\n" for k in range(8)))
     status, out, err = run_metrics(["--generated", str(generated), "--reference", str(reference), "--classifier",
                                     str(tiny_classifier), "--nll", str(tmp_path / "nll.csv"), "--select",
-                                    "most-likely", "--n", "4"], capsys)
+                                    "most-likely", "--n", "4", "--allow-few-clips"], capsys)
     assert status == 0, err
     assert json.loads(out)["n_generated"] == 4
 
@@ -315,7 +366,7 @@ def test_metrics_cli_on_tiny_folders(tmp_path, tiny_classifier, capsys):
 def test_metrics_of_a_labelled_set_against_itself_by_default(tmp_path, tiny_classifier, capsys):
     reference = tone_set(tmp_path / "ref", n_per_class=4)
     status, out, err = run_metrics(["--generated", str(reference), "--reference", str(reference),
-                                    "--classifier", str(tiny_classifier)], capsys)
+                                    "--classifier", str(tiny_classifier), "--allow-few-clips"], capsys)
     assert status == 0, err
     report = json.loads(out)  # stdout is the JSON object alone; the notice is on stderr
     assert report["n_generated"] == report["n_reference"] == 9 and report["fid"] == pytest.approx(0.0, abs=1e-4)
@@ -328,16 +379,62 @@ def test_metrics_refuse_one_clip_or_another_rate_on_request(tmp_path, tiny_class
     one.mkdir()
     sf.write(str(one / "a.wav"), np.full(SR, 0.1, np.float32), SR)
     status, out, err = run_metrics(["--generated", str(one), "--reference", str(reference),
-                                    "--classifier", str(tiny_classifier)], capsys)
-    assert status == 1 and out == "" and f"error: {one}: only 1 generated clip; the metrics need at least 2" in err
+                                    "--classifier", str(tiny_classifier), "--allow-few-clips"], capsys)
+    assert status == 1 and out == "" and f"error: {one}: 1 generated clip; the metrics need at least 2" in err
     sf.write(str(one / "b.wav"), np.full(SR // 2, 0.1, np.float32), SR // 2)
-    args = ["--generated", str(one), "--reference", str(reference), "--classifier", str(tiny_classifier)]
+    args = ["--generated", str(one), "--reference", str(reference), "--classifier", str(tiny_classifier),
+            "--allow-few-clips"]
     with pytest.warns(UserWarning, match=r"b\.wav: resampled from 8000 Hz to 16000 Hz"):
         status, out, err = run_metrics(args, capsys)
     assert status == 0, err
     assert json.loads(out)["n_generated"] == 2
     status, out, err = run_metrics(args + ["--on-rate-mismatch", "error"], capsys)
     assert status == 1 and f"error: {one / 'b.wav'}: sample rate is 8000 Hz, 16000 Hz is required" in err
+
+
+def test_metrics_refuse_fewer_clips_than_features_saying_how_many(tmp_path, tiny_classifier, capsys):
+    reference = tone_set(tmp_path / "ref", n_per_class=30)  # 87 training clips: enough for 64 features
+    generated = tmp_path / "gen"
+    generated.mkdir()
+    for k in range(9):
+        sf.write(str(generated / f"{k}.wav"), np.full(SR, 0.1 * (k + 1), np.float32), SR)
+    args = ["--generated", str(generated), "--reference", str(reference), "--classifier", str(tiny_classifier)]
+    status, out, err = run_metrics(args, capsys)
+    assert status == 1 and out == ""
+    assert (f"error: {generated}: 9 generated clips; FID needs at least 65 for a full-rank covariance of the "
+            "classifier's 64 features (--allow-few-clips: from 2, biased upward)") in err
+    status, out, err = run_metrics(args + ["--allow-few-clips"], capsys)
+    assert status == 0, err
+    assert json.loads(out)["n_generated"] == 9
+
+
+@pytest.mark.timeout(120)
+def test_metrics_of_clips_with_nan_samples_stop_at_once_naming_the_clip(tmp_path, tiny_classifier, capsys):
+    reference = tone_set(tmp_path / "ref", n_per_class=3)
+    generated = tmp_path / "gen"
+    generated.mkdir()
+    for k in range(3):
+        wave = np.full(SR, 0.2, np.float32)
+        if k == 1:
+            wave[100] = np.nan
+        sf.write(str(generated / f"{k}.wav"), wave, SR, subtype="FLOAT")
+    status, out, err = run_metrics(["--generated", str(generated), "--reference", str(reference), "--classifier",
+                                    str(tiny_classifier), "--allow-few-clips"], capsys)
+    assert status == 1 and out == ""
+    assert f"error: {generated / '1.wav'}: sample 100 (0.0063 s) is nan; audio samples must be finite" in err
+
+
+def test_metrics_name_the_clip_whose_classifier_output_is_not_finite(tmp_path):
+    from audio.metrics import evaluate
+
+    reference = tone_set(tmp_path / "ref", n_per_class=3)
+    torch.manual_seed(0)
+    classifier = ResNeXtClassifier(ClassifierConfig.preset("tiny")).eval()
+    with torch.no_grad():
+        classifier.head.weight[0, 0] = float("nan")  # a corrupt checkpoint
+    with pytest.raises(MetricsError, match=r"zero/0\.wav: the classifier's output for this reference clip is not "
+                                           r"finite \(6 clip\(s\) in all\)"):
+        evaluate(reference, reference, classifier, progress=False, allow_few_clips=True)
 
 
 @pytest.mark.parametrize("problem", ["no_classifier", "no_generated", "select_without_nll", "nll_names_missing_clip"])
@@ -368,7 +465,8 @@ def test_metrics_and_plot_never_write_over_an_input_or_a_file_they_did_not_write
     reference = tone_set(tmp_path / "ref", n_per_class=3)
     nll = tmp_path / "nll.csv"
     nll.write_text("file,nll\n")
-    args = ["--generated", str(reference), "--reference", str(reference), "--classifier", str(tiny_classifier)]
+    args = ["--generated", str(reference), "--reference", str(reference), "--classifier", str(tiny_classifier),
+            "--allow-few-clips"]
     for target, extra in ((tiny_classifier / "model.json", []), (nll, ["--nll", str(nll)])):  # in an input folder;
         before = target.read_bytes()                                                         # an input
         status, out, err = run_metrics([*args, *extra, "--json", str(target)], capsys)

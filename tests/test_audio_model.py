@@ -182,3 +182,15 @@ def test_compiled_steps_under_cuda_graphs_match_the_parallel_forward():
     with torch.no_grad():
         logits = m(shift_right(codes, m.config.start_code))
     assert torch.equal(logits[:, 64].argmax(-1).cpu(), out.codes[:, 64])
+
+
+@pytest.mark.timeout(60)
+def test_generation_that_cannot_fit_in_memory_is_refused_before_it_starts(monkeypatch):
+    from audio.generate import generate
+    from ssm_core.utils import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device: 2_000_000)  # 2 MB
+    model = SashimiModel(SashimiConfig(d_model=4, n_blocks=2, d_state=2, pools=(4, 4))).eval()
+    with pytest.raises(memory.InsufficientMemoryError, match=r"4 clips of 100,000 samples need 3\.2 MB for their "
+                                                             r"codes, but 2\.0 MB is available on cpu"):
+        generate(model, 4, 100_000, progress=False)

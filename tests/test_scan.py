@@ -83,6 +83,53 @@ def test_cpu_backend_matches_float64_reference(case):
         torch.testing.assert_close(gc, gr, rtol=1e-9, atol=1e-9, msg=lambda m: f"d{name}: {m}")
 
 
+def _patch_threads(monkeypatch, threads):
+    from ssm_core.ops import scan_cpu
+
+    monkeypatch.setattr(scan_cpu.numba, "get_num_threads", lambda: threads)
+    return scan_cpu
+
+
+def test_cpu_backward_in_segments_with_many_threads_matches_float64_reference(monkeypatch):
+    """64 threads (128 channel blocks, patched) and partial-sum buffers of 2 KB, so the backward runs the sequence in
+    segments of one chunk, carrying the state's gradient from each segment to the one before."""
+    scan_cpu = _patch_threads(monkeypatch, 64)
+    monkeypatch.setattr(scan_cpu, "PARTIAL_BYTES", 2048)
+    case = (1, 6, 700, 4, 2, True, True, True, True, True)
+    *shape, has_D, has_z, has_bias, has_h0, softplus = case
+    assert scan_cpu.backward_blocks(1, 6, 2, 700, 4, 8) == (6, scan_cpu.CHUNK)  # three segments
+    x = make_inputs(*shape, has_D, has_z, has_bias, has_h0, seed=11)
+    out_r, last_r = selective_scan(**x, delta_softplus=softplus, return_last_state=True, backend="reference")
+    out_c, last_c = selective_scan(**x, delta_softplus=softplus, return_last_state=True, backend="cpu")
+    names = [k for k, v in x.items() if v is not None]
+    grads_r = torch.autograd.grad(out_r.square().sum() + last_r.sum(), [x[k] for k in names])
+    grads_c = torch.autograd.grad(out_c.square().sum() + last_c.sum(), [x[k] for k in names])
+    for name, gr, gc in zip(names, grads_r, grads_c):
+        torch.testing.assert_close(gc, gr, rtol=1e-9, atol=1e-9, msg=lambda m: f"d{name}: {m}")
+
+
+def test_cpu_backward_partial_sums_are_bounded_whatever_the_thread_count(monkeypatch):
+    """The dB/dC partial sums were (batch, 2 x threads / batch, groups, seqlen, dstate) each: 8.6 GB at 64 threads,
+    batch 1, 1 Mbp. Measured here at (1, 128, 2^14, 16) float32 with 2 and with 64 threads (patched)."""
+    import tracemalloc
+
+    scan_cpu = _patch_threads(monkeypatch, 64)
+    n_blocks, segment = scan_cpu.backward_blocks(1, 512, 1, 2**20, 16, 4)
+    assert n_blocks == 128 and n_blocks * segment * 16 * 4 <= scan_cpu.PARTIAL_BYTES
+    x = {k: v.detach().float().requires_grad_() if v is not None else None
+         for k, v in make_inputs(1, 128, 2**14, 16, None, True, True, True, False, seed=5).items()}
+    peaks = {}
+    for threads in (2, 64):
+        _patch_threads(monkeypatch, threads)
+        out = selective_scan(**x, delta_softplus=True, backend="cpu")
+        tracemalloc.start()
+        out.sum().backward()
+        peaks[threads] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    # unbounded, 64 threads added 2 x 128 MiB here; now at most the two buffers' cap
+    assert peaks[64] - peaks[2] <= 2 * scan_cpu.PARTIAL_BYTES, peaks
+
+
 def rel_err(a, b):
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 

@@ -147,5 +147,5 @@ def test_tiny_selective_copying_learns_and_the_non_selective_ablation_does_not(t
 def test_bad_engine_flags_are_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["induction", "--out", str(tmp_path / "run"), "--preset", "tiny", "--lr", "-1"])
-    assert stop.value.code == 2 and "OptimConfig.lr must be > 0" in capsys.readouterr().err
+    assert stop.value.code == 2 and "argument --lr: must be > 0, got -1" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()

@@ -387,7 +387,7 @@ def test_config_file_and_flags_resolve_in_order(tmp_path):
     assert (exp.model.hidden, exp.train.batch_size, exp.train.deterministic) == (20, 4, True)
     with pytest.raises(ValueError, match=r"train.steps: expected an integer; got 'many'"):
         resolve_config(parser.parse_args(["--set", "train.steps=many"]), ToyExperiment())
-    for flags, message in ((["--lr", "-1"], r"OptimConfig.lr must be > 0; got -1.0"),
+    for flags, message in ((["--set", "train.optim.lr=-1"], r"OptimConfig.lr must be > 0; got -1.0"),
                            (["--set", "train.optim.min_lr_ratio=2"], r"min_lr_ratio must be in \[0, 1\]")):
         with pytest.raises(ValueError, match=message):
             resolve_config(parser.parse_args(flags), ToyExperiment())

@@ -123,6 +123,19 @@ def test_cpu_backend_packed_equals_separate_calls(lengths, dtype, groups, option
             tol=1e-10 if dtype == torch.float64 else 2e-5, softplus=options)
 
 
+def test_cpu_backend_packed_with_the_backward_cut_into_segments(monkeypatch):
+    """The numba backward bounds its partial sums by cutting the sequence into segments of whole chunks, carrying
+    the state's gradient from one to the one before; packed sequences that span segment boundaries (and start
+    exactly on one) must not notice."""
+    from ssm_core.ops import scan_cpu
+    monkeypatch.setattr(scan_cpu, "PARTIAL_BYTES", 1)   # one chunk (256 steps) per segment
+    lengths = [100, 150, 6, 1, 1, 300, 1, 0, 1, 203, 257]
+    _, segment = scan_cpu.backward_blocks(1, 4, 2, sum(lengths), 5, 8)
+    assert segment == scan_cpu.CHUNK
+    x = packed_inputs(lengths, dim=4, dstate=5, groups=2, options=True, dtype=torch.float64, seed=3)
+    compare(x, cu_of(lengths), functools.partial(selective_scan, backend="cpu"), tol=1e-10, softplus=True)
+
+
 def test_zero_length_sequence_keeps_its_initial_state():
     """Pinned without an oracle: an empty sequence's last state is its initial state, with gradient 1 into it."""
     x = packed_inputs([2, 0, 3], dim=2, dstate=2, seed=5)

@@ -3,7 +3,9 @@
 Parallel over (batch x dim) in the forward and over (batch x block of channels) in the backward. The forward keeps
 only the state at the start of every chunk of ``CHUNK`` steps, (batch, dim, seqlen / CHUNK, dstate); the backward
 recomputes the states of one chunk at a time from that checkpoint, so memory never holds
-(batch, dim, seqlen, dstate). Accumulates in float32 (float64 for float64 inputs).
+(batch, dim, seqlen, dstate). The backward's per-block partial sums of dB and dC cover one segment of the sequence
+at a time, at most ``PARTIAL_BYTES`` each whatever the thread count. Accumulates in float32 (float64 for float64
+inputs).
 
 Packed sequences (``cu_seqlens``): the kernels walk the sequences' bounds along seqlen, restarting the state at
 each start (from that sequence's initial state) and keeping each sequence's last state; the backward cuts the
@@ -24,6 +26,10 @@ from ..utils.varlen import sequence_ids
 from .scan_reference import expand_groups  # noqa: F401  (kept beside the reference for readers)
 
 CHUNK = 256  # steps between saved states: memory of the checkpoints is 1/CHUNK of the full state tensor
+# Bytes of each of the backward's dB/dC partial-sum buffers (batch, blocks, groups, segment, dstate): the blocks grow
+# with the threads (2 per thread), so the segment of the sequence they cover shrinks instead. Unbounded, 64 threads at
+# 1 Mbp took 8.6 GB per buffer.
+PARTIAL_BYTES = 64 << 20
 
 
 @njit(inline="always", fastmath=True)
@@ -129,19 +135,25 @@ def _forward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, softplus, has_z, fa
 
 @njit(parallel=True, fastmath=True, cache=True)
 def _backward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, seq_of, softplus, has_z, fast_exp, chunk_states, dout,
-                     dlast, n_blocks, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0):
-    """Gradients of the forward above. Per-channel partial sums (dA_part, dD_part, dbias_part: indexed by batch)
-    and per-block partial sums of dB/dC ((batch, n_blocks, G, L, N)) avoid write races; the caller reduces them.
-    seq_of: (L,) the sequence of each step; h0, dlast, dh0: (batch * n_seq, dim, N) like the forward's h0."""
+                     dlast, n_blocks, t_begin, t_end, dcarry, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part,
+                     dbias_part, dh0):
+    """Gradients of the forward above over steps [t_begin, t_end) (t_begin a multiple of CHUNK, t_end one or L).
+    dcarry: (batch, dim, N) the gradient of the state at t_end on entry (from the segment after), of the state
+    before t_begin on exit. Per-channel partial sums (dA_part, dD_part, dbias_part: indexed by batch, added to) and
+    per-block partial sums of dB/dC ((batch, n_blocks, G, >= t_end - t_begin, N), zeroed here) avoid write races;
+    the caller reduces them. seq_of: (L,) the sequence of each step; h0, dlast, dh0: (batch * n_seq, dim, N) like
+    the forward's h0 (dh0 written at each sequence start in the segment)."""
     batch, dim, L = u.shape
     N = A.shape[1]
     n_seq = cu.shape[0] - 1
     per_group = dim // Bt.shape[1]
-    n_chunks = chunk_states.shape[2]
+    first_chunk, end_chunk = t_begin // CHUNK, (t_end + CHUNK - 1) // CHUNK
     block = (dim + n_blocks - 1) // n_blocks
     for job in prange(batch * n_blocks):
         b = job // n_blocks
         blk = job % n_blocks
+        dB_part[b, blk] = 0.0
+        dC_part[b, blk] = 0.0
         hs = np.empty((CHUNK, N), dtype=u.dtype)   # states of one chunk, recomputed
         decay = np.empty((CHUNK, N), dtype=u.dtype)  # exp(dt * A) of one chunk
         dh = np.empty(N, dtype=u.dtype)
@@ -151,13 +163,14 @@ def _backward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, seq_of, softplus, 
         for d in range(blk * block, min(dim, (blk + 1) * block)):
             g = d // per_group
             Ad = A[d]
+            dh[:] = dcarry[b, d]
             for i in range(n_seq):  # a zero-length sequence's last state is its initial state
                 if cu[i] == cu[i + 1]:
                     dh0[b * n_seq + i, d] = dlast[b * n_seq + i, d]
             dA_acc = np.zeros(N, dtype=u.dtype)
             dD_acc = 0.0
             dbias_acc = 0.0
-            for c in range(n_chunks - 1, -1, -1):
+            for c in range(end_chunk - 1, first_chunk - 1, -1):
                 t0 = c * CHUNK
                 t1 = min(L, t0 + CHUNK)
                 h[:] = chunk_states[b, d, c]
@@ -196,11 +209,11 @@ def _backward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, seq_of, softplus, 
                     ddt = 0.0
                     for n in range(N):
                         gn = dh[n] + dy * Ct[b, g, t, n]          # dL/dh_t
-                        dC_part[b, blk, g, t, n] += dy * hs[i, n]
+                        dC_part[b, blk, g, t - t_begin, n] += dy * hs[i, n]
                         a = decay[i, n]
                         ddt += gn * (hprev[n] * a * Ad[n] + Bt[b, g, t, n] * ut)
                         dA_acc[n] += gn * hprev[n] * a * dt
-                        dB_part[b, blk, g, t, n] += gn * dt * ut
+                        dB_part[b, blk, g, t - t_begin, n] += gn * dt * ut
                         du_t += gn * dt * Bt[b, g, t, n]
                         dh[n] = gn * a                             # dL/dh_{t-1} through the decay
                     if softplus:
@@ -210,9 +223,10 @@ def _backward_kernel(u, delta, A, Bt, Ct, D, z, bias, h0, cu, seq_of, softplus, 
                     du[b, d, t] = du_t
                     if t == cu[s]:
                         dh0[row, d] = dh
-            dA_part[b, d] = dA_acc
-            dD_part[b, d] = dD_acc
-            dbias_part[b, d] = dbias_acc
+            dcarry[b, d] = dh
+            dA_part[b, d] += dA_acc
+            dD_part[b, d] += dD_acc
+            dbias_part[b, d] += dbias_acc
 
 
 def _np(t: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
@@ -269,38 +283,54 @@ class _SelectiveScanCPU(torch.autograd.Function):
         N = a["A"].shape[1]
         G = a["Bt"].shape[1]
         np_acc = acc_np(acc)
-        n_blocks = min(dim, max(1, 2 * numba.get_num_threads() // max(1, batch)))
+        n_blocks, segment = backward_blocks(batch, dim, G, L, N, np.dtype(np_acc).itemsize)
         dout_np = _np(dout, acc) if dout is not None else np.zeros((batch, dim, L), np_acc)
         state_shape = a["h0"].shape  # (batch * n_seq, dim, N)
         dlast_np = _np(dlast, acc) if dlast is not None else np.zeros(state_shape, np_acc)
         du = np.empty((batch, dim, L), np_acc)
         ddelta = np.empty((batch, dim, L), np_acc)
         dz = np.zeros((batch, dim, L) if has_z else (1, 1, 1), np_acc)
-        dA_part = np.empty((batch, dim, N), np_acc)
-        dB_part = np.zeros((batch, n_blocks, G, L, N), np_acc)
-        dC_part = np.zeros((batch, n_blocks, G, L, N), np_acc)
-        dD_part = np.empty((batch, dim), np_acc)
-        dbias_part = np.empty((batch, dim), np_acc)
+        dA_part = np.zeros((batch, dim, N), np_acc)
+        dB, dC = np.empty((batch, G, L, N), np_acc), np.empty((batch, G, L, N), np_acc)
+        dB_part = np.empty((batch, n_blocks, G, segment, N), np_acc)
+        dC_part = np.empty((batch, n_blocks, G, segment, N), np_acc)
+        dD_part = np.zeros((batch, dim), np_acc)
+        dbias_part = np.zeros((batch, dim), np_acc)
         dh0 = np.empty(state_shape, np_acc)
+        dcarry = np.zeros((batch, dim, N), np_acc)  # the last step of the last sequence takes its dlast in
         seq_of = sequence_ids(torch.from_numpy(a["cu"]), L).numpy()
-        _backward_kernel(a["u"], a["delta"], a["A"], a["Bt"], a["Ct"], a["D"], a["z"], a["bias"], a["h0"], a["cu"],
-                         seq_of, bool(softplus), has_z, acc == torch.float32, ctx.chunk_states, dout_np, dlast_np,
-                         n_blocks, du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part, dh0)
+        for t_begin in range((L - 1) // segment * segment, -1, -segment):  # last segment first, carrying dh back
+            t_end = min(L, t_begin + segment)
+            _backward_kernel(a["u"], a["delta"], a["A"], a["Bt"], a["Ct"], a["D"], a["z"], a["bias"], a["h0"],
+                             a["cu"], seq_of, bool(softplus), has_z, acc == torch.float32, ctx.chunk_states, dout_np,
+                             dlast_np, n_blocks, t_begin, t_end, dcarry, du, ddelta, dz, dA_part, dB_part, dC_part,
+                             dD_part, dbias_part, dh0)
+            np.sum(dB_part[:, :, :, :t_end - t_begin], axis=1, out=dB[:, :, t_begin:t_end])
+            np.sum(dC_part[:, :, :, :t_end - t_begin], axis=1, out=dC[:, :, t_begin:t_end])
         has_D, has_bias, has_h0 = ctx.has
         dt = ctx.in_dtypes
 
-        def bc_grad(part, dtype):
-            g = torch.from_numpy(part.sum(axis=1)).transpose(-1, -2)  # (batch, G, N, L)
+        def bc_grad(grad, dtype):
+            g = torch.from_numpy(grad).transpose(-1, -2)  # (batch, G, N, L)
             return (g.squeeze(1) if len(B_shape) == 3 else g).to(dtype)
 
         del ctx.arrays, ctx.chunk_states
         return (torch.from_numpy(du).to(u_dtype), torch.from_numpy(ddelta).to(delta_dtype),
-                torch.from_numpy(dA_part.sum(0)).to(dt["A"]), bc_grad(dB_part, dt["B"]), bc_grad(dC_part, dt["C"]),
+                torch.from_numpy(dA_part.sum(0)).to(dt["A"]), bc_grad(dB, dt["B"]), bc_grad(dC, dt["C"]),
                 torch.from_numpy(dD_part.sum(0)).to(dt["D"]) if has_D else None,
                 torch.from_numpy(dz).to(dt["z"]) if has_z else None,
                 torch.from_numpy(dbias_part.sum(0)).to(dt["delta_bias"]) if has_bias else None,
                 torch.from_numpy(dh0).to(dt["initial_state"]) if has_h0 else None,
                 None, None)
+
+
+def backward_blocks(batch: int, dim: int, groups: int, seqlen: int, dstate: int, itemsize: int) -> tuple[int, int]:
+    """(channel blocks, segment length) of the backward: two blocks per thread over the batch (so every thread
+    has work at batch 1), and segments of whole chunks that keep each partial-sum buffer within PARTIAL_BYTES."""
+    n_blocks = min(dim, max(1, 2 * numba.get_num_threads() // max(1, batch)))
+    per_step = batch * n_blocks * groups * dstate * itemsize
+    segment = max(1, PARTIAL_BYTES // (per_step * CHUNK)) * CHUNK
+    return n_blocks, min(segment, seqlen)
 
 
 def acc_np(acc: torch.dtype):

@@ -29,8 +29,11 @@ from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
+from ssm_core.utils.ranges import NONNEGATIVE_INT, POSITIVE_INT, Range, check_ranges
 
 from .data import SyntheticDataset
+
+SEQLEN = Range(4, integer=True)  # the shortest induction-heads sequence: trigger, value, a token, trigger
 
 
 class StagedExamples(Dataset):
@@ -67,6 +70,14 @@ class SyntheticData:
     # the batch left (no gradient through it) rather than from zeros, so the model is trained on the kind of state
     # it meets deep into a long test sequence
     state_passing: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(self, vocab=Range(3, integer=True), train_len=SEQLEN, num_tokens=POSITIVE_INT,
+                     valid_samples=POSITIVE_INT, eval_samples=POSITIVE_INT, eval_tokens=POSITIVE_INT,
+                     eval_batch_tokens=POSITIVE_INT, eval_chunk=POSITIVE_INT, curriculum_start=NONNEGATIVE_INT,
+                     curriculum_fraction=curriculum.WARMUP_FRACTION)
+        if not all(SEQLEN.contains(n) for n in self.eval_lens):
+            raise ValueError(f"SyntheticData.eval_lens must be lengths each {SEQLEN}; got {self.eval_lens}")
 
 
 @dataclass
@@ -229,27 +240,33 @@ def _lengths(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--eval-lens expects comma-separated integers; got {text!r}") from None
-    if not values or min(values) < 4:
-        raise argparse.ArgumentTypeError(f"--eval-lens needs lengths >= 4; got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+    if not values or not all(SEQLEN.contains(v) for v in values):
+        raise argparse.ArgumentTypeError(f"must be lengths each {SEQLEN}, got {text!r}")
     return values
 
 
-def main(argv: list[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ssm_core.synthetic", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=["induction", "copying"])
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--preset", choices=["tiny", "paper"], default="paper")
-    parser.add_argument("--train-len", type=int, help="training sequence length")
+    parser.add_argument("--train-len", type=SEQLEN, help="training sequence length (at least 4)")
     parser.add_argument("--eval-lens", type=_lengths, help="comma-separated test lengths, e.g. 64,256,1024")
-    parser.add_argument("--curriculum-start", type=int, metavar="L",
-                        help="train first at length L, doubling up to --train-len over the first half of the steps")
+    parser.add_argument("--curriculum-start", type=NONNEGATIVE_INT, metavar="L",
+                        help="train first at length L, doubling up to --train-len over the first half of the steps "
+                             "(0: no curriculum)")
     parser.add_argument("--state-passing", action="store_true",
                         help="start each training sequence from the state another example left, not from zeros")
     parser.add_argument("--no-selection", action="store_true",
                         help="the ablation: Δ, B, C not input-dependent (a time-invariant SSM)")
     add_engine_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     exp = preset(args.task, args.preset)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -18,6 +19,10 @@ from typing import Any, Literal
 
 import yaml
 
+from ssm_core.utils.ranges import (FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range,
+                                   check_ranges)
+
+BETA = Range(0, 1, high_open=True)
 
 @dataclass
 class OptimConfig:
@@ -34,14 +39,10 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
 
     def __post_init__(self) -> None:  # torch's own messages for these come late and name no option
-        for name, ok, bound in (("lr", self.lr > 0, "> 0"), ("eps", self.eps > 0, "> 0"),
-                                ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                                ("warmup_steps", self.warmup_steps >= 0, ">= 0"),
-                                ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "in [0, 1]"),
-                                ("grad_clip", self.grad_clip >= 0, ">= 0"),
-                                ("betas", all(0 <= b < 1 for b in self.betas), "each in [0, 1)")):
-            if not ok:
-                raise ValueError(f"OptimConfig.{name} must be {bound}; got {getattr(self, name)}")
+        check_ranges(self, lr=POSITIVE, eps=POSITIVE, weight_decay=NONNEGATIVE, warmup_steps=NONNEGATIVE_INT,
+                     min_lr_ratio=FRACTION, grad_clip=NONNEGATIVE)
+        if not all(BETA.contains(b) for b in self.betas):
+            raise ValueError(f"OptimConfig.betas must be each {BETA}; got {self.betas}")
 
 
 @dataclass
@@ -53,6 +54,11 @@ class EarlyStopConfig:
     patience: int = 5
     min_delta: float = 0.0
     target: float | None = None
+
+    def __post_init__(self) -> None:
+        check_ranges(self, patience=POSITIVE_INT, min_delta=NONNEGATIVE)
+        if self.target is not None:
+            check_ranges(self, target=Range())
 
 
 @dataclass
@@ -78,12 +84,12 @@ class TrainConfig:
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "grad_accum", "keep_last", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1; got {getattr(self, name)}")
-        for name in ("eval_every", "checkpoint_every", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0; got {getattr(self, name)}")
+        check_ranges(self, steps=POSITIVE_INT, batch_size=POSITIVE_INT, grad_accum=POSITIVE_INT,
+                     keep_last=POSITIVE_INT, log_every=POSITIVE_INT, eval_every=NONNEGATIVE_INT,
+                     checkpoint_every=NONNEGATIVE_INT, num_workers=NONNEGATIVE_INT, seed=SEED,
+                     time_limit_min=NONNEGATIVE)
+        if self.eval_batch_size is not None:
+            check_ranges(self, eval_batch_size=POSITIVE_INT)
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.batch_size ({self.batch_size}) must be divisible by grad_accum "
                              f"({self.grad_accum})")
@@ -214,9 +220,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"{where}: expected a number; got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected a number; got {value!r}") from None
+        if not math.isfinite(number):  # no setting of the suite means anything at NaN or infinity
+            raise ValueError(f"{where}: expected a finite number; got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, str):
             raise ValueError(f"{where}: expected a string; got {value!r}")
@@ -274,13 +283,14 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--config", type=Path, help="JSON or YAML file with config values (overridden by flags)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set train.optim.warmup_steps=100 (repeatable)")
-    g.add_argument("--steps", type=int, help="optimiser steps")
-    g.add_argument("--batch-size", type=int, help="global batch size per optimiser step")
-    g.add_argument("--lr", type=float, help="peak learning rate")
-    g.add_argument("--seed", type=int, help="random seed (model init and data order)")
+    g.add_argument("--steps", type=POSITIVE_INT, help="optimiser steps")
+    g.add_argument("--batch-size", type=POSITIVE_INT, help="global batch size per optimiser step")
+    g.add_argument("--lr", type=POSITIVE, help="peak learning rate")
+    g.add_argument("--seed", type=SEED, help="random seed (model init and data order)")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-reproducible runs and resumes on CPU)")
-    g.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N steps")
+    g.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, help="write a checkpoint every N steps (0: only at "
+                                                                    "the end)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint. Only these settings may differ from "
                         "the run's (--set train.KEY=VALUE; --steps, --device, --checkpoint-every): "

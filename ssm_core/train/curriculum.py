@@ -9,6 +9,10 @@ the warmup stages, the rest runs at the target length.
 """
 from __future__ import annotations
 
+from ssm_core.utils.ranges import Range
+
+WARMUP_FRACTION = Range(0, 1, high_open=True)  # share of the steps the shorter stages take
+
 
 def length_schedule(steps: int, target: int, start: int, fraction: float) -> list[tuple[int, int]]:
     """Stages ``[(first step, length), ...]``, lengths doubling from ``start`` to ``target``; no warmup when
@@ -16,8 +20,8 @@ def length_schedule(steps: int, target: int, start: int, fraction: float) -> lis
     ``start`` times a power of two, or a fraction outside [0, 1)."""
     if target < 2:
         raise ValueError(f"the target length must be at least 2, got {target}")
-    if not 0 <= fraction < 1:
-        raise ValueError(f"the warmup fraction must lie in [0, 1), got {fraction}")
+    if not WARMUP_FRACTION.contains(fraction):
+        raise ValueError(f"the warmup fraction must be {WARMUP_FRACTION}, got {fraction}")
     lengths = []
     length = min(max(start, 1), target)
     while length < target:
