@@ -472,14 +472,14 @@ def save_state(out: Path, state: dict) -> None:
 
 def run_suite(out: str | Path, sizes: Sizes, device: str = "auto") -> dict:
     """Run every stage not yet finished in ``out``, in order, with banners and an ETA. Returns stages.json."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = load_state(out, sizes, device)
-    estimates = dict(sizes.estimates)
     try:  # recorded per stage: a resumed run may finish on another machine
         hardware = describe_device(resolve_device(device))
     except RuntimeError as err:  # --device cuda without a GPU
         raise StageError(str(err)) from None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_state(out, sizes, device)
+    estimates = dict(sizes.estimates)
     started = time.perf_counter()
     ran_estimate = ran_seconds = 0.0
     for k, stage in enumerate(STAGES, 1):

@@ -186,6 +186,34 @@ def test_a_run_of_another_size_is_refused(run):
         load_state(run, SIZES["default"], "cpu")
 
 
+def test_gpu_sizes_need_a_gpu_and_a_gpu_user_hears_of_them(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import suite.stages
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--size", "h100-20min"]) == 1
+    assert "error: --size h100-20min is made for a GPU" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--size", "quick", "--device", "cuda"]) == 1
+    assert "error: --device cuda was requested but no CUDA GPU is available" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(suite.stages, "run_suite", lambda *args: {})
+    assert main(["run", "--out", str(out)]) == 0
+    assert "`--size h100-20min`" in capsys.readouterr().out
+
+
+def test_the_gpu_size_fits_its_budget():
+    """h100-20min's stage estimates (extrapolated from H100 results, see suite/stages.py) stay within 20
+    minutes, and every window gets whole windows per step."""
+    size = SIZES["h100-20min"]
+    assert sum(seconds for _, seconds in size.estimates) <= 20 * 60
+    assert {name for name, _ in size.estimates} == {s.name for s in STAGES}
+    assert all(size.ft_bases // window >= 1 for window in size.windows)
+    assert size.heldout_length >= max(size.windows)
+
+
 PROBE = """
 <script>
 // After load, record whether every image decoded and every audio element loaded its clip.
