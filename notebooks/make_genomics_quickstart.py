@@ -112,7 +112,8 @@ print(f"{right} of {len(rows)} records called right (chance: 1 in 5)")"""),
 it, the k-mer naive-Bayes baseline (6-mer counts) on the same 200 test windows: with more sequence it finds more
 of the lineage-specific differences, and so does the model. At this size the baseline stays ahead; on an H100
 the 1.4m preset, fine-tuned for minutes per window on the small genome, went from 64.5% at 1 kbp (6-mer naive
-Bayes 64.7%) to 100% at 64 kbp (naive Bayes 100%) (`benchmarks/results/genomics_apes_device_small_strong_*.md`).
+Bayes 64.7%) to 100% at 64 kbp, starting from the 16 kbp classifier (naive Bayes 100%)
+(`benchmarks/results/genomics_apes_device_small_strong_*.md`).
 The last cell gathers this run's numbers; the tests re-run the notebook and compare them with the committed
 outputs."""),
     new_code_cell("""\

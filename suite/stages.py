@@ -95,7 +95,9 @@ SIZES = {
         estimates=(("core", 15), ("genomics-data", 10), ("genomics-pretrain", 10), ("genomics-finetune", 15),
                    ("genomics-classify", 5), ("audio-data", 5), ("audio-train", 10), ("audio-generate", 5),
                    ("audio-classifier", 10), ("audio-metrics", 10), ("report", 5))),
-    # the README's main job on a 2-core CPU: measured 7.3 min in all (the estimates below), under 15 min
+    # the README's main job on a 2-core CPU: the estimates below (7.6 min) are from a run on 2 free cores that was
+    # not recorded in a file; on 2 cores shared with other jobs it took 22.8 min
+    # (benchmarks/results/main_job_default_cpu_2cores/stages.json)
     "default": Sizes(
         name="default", purpose="The default size trains each model for minutes on a CPU: enough to see whether "
         "each learns (above chance, accuracy against window length) beside its baseline, far from the papers' "
