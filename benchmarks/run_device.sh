@@ -10,8 +10,12 @@
 #   bash benchmarks/run_device.sh genomics-accuracy [--set FIELD=VALUE for both checks]
 #        the real-genome check (carry benchmarks/.cache/genomics_real/sources) and the simulated apes, side by side
 #        on the one GPU, each within 9 minutes (their tables are rewritten after every window length)
-#   bash benchmarks/run_device.sh main-job [arguments for python -m suite run, e.g. --size full]
-#        the README's main job on the GPU (default size unless told), its report copied to $RESULTS/main_job_<size>/
+#   bash benchmarks/run_device.sh main-job [arguments for python -m suite run, e.g. --size h100-20min]
+#        the README's main job on the GPU (default size unless told), its report copied to $RESULTS/main_job_<size>/;
+#        the run directory is $RUNS/main_job_<size> (RUNS=runs keeps it in the checkout, so a second call on the
+#        same machine resumes it); STOP_AFTER_S=N stops the job with Ctrl-C after N seconds (the next call
+#        resumes from the last finished stage and training checkpoint), so a size longer than one device call
+#        (h100-20min: about 20 min, estimated) finishes in two or three calls
 #   bash benchmarks/run_device.sh tests   (every test marked gpu: more than one call's 10 minutes)
 # (The synthetic tasks have their own script: benchmarks/synthetic_device.sh.)
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
@@ -102,12 +106,16 @@ case $workload in
             case "${!i}" in --size) j=$((i + 1)); size=${!j} ;; --full|--gpu) size=full ;; esac
         done
         run_dir="${RUNS:-/tmp}/main_job_$size"
-        "$PY" -m suite run --device cuda --out "$run_dir" "$@" 2>&1 | tr '\r' '\n' \
+        timeout -s INT "${STOP_AFTER_S:-0}" "$PY" -m suite run --device cuda --out "$run_dir" "$@" 2>&1 \
+            | tr '\r' '\n' \
             | grep -av '^ *$' > "$RESULTS/main_job_$size.log"
         bench_rc=${PIPESTATUS[0]}
         tail -n 25 "$RESULTS/main_job_$size.log"
         if [ "$RESULTS" != benchmarks/results ]; then
-            mkdir -p "$RESULTS/main_job_$size" && cp -r "$run_dir/report" "$run_dir/stages.json" "$RESULTS/main_job_$size/"
+            mkdir -p "$RESULTS/main_job_$size"  # a job stopped early has stages.json but no report yet
+            for made in stages.json report; do
+                [ ! -e "$run_dir/$made" ] || cp -r "$run_dir/$made" "$RESULTS/main_job_$size/"
+            done
         fi ;;
 esac
 

@@ -69,7 +69,8 @@ def scan_loop(u, delta, A, B, C, D, z, delta_bias):
 x = scan_inputs(2, 8, 64, 16)
 loop = scan_loop(**x)
 reference = selective_scan(**x, delta_softplus=True, backend="reference")
-print(f"loop vs reference backend (float64): max |difference| = {(loop - reference).abs().max():.2e}")
+differences = {"loop_vs_reference": float((loop - reference).abs().max())}
+print(f"loop vs reference backend (float64): max |difference| = {differences['loop_vs_reference']:.2e}")
 assert torch.allclose(loop, reference, rtol=1e-10, atol=1e-10)"""),
     new_markdown_cell("""\
 ## 2. Three backends, one function
@@ -95,6 +96,8 @@ for backend, device in backends:
     print(f"{backend:>4} (float32) vs reference (float64): worst relative difference over output and "
           f"{len(grads)} gradients = {worst:.1e}")
     assert worst < 1e-4
+    if backend == "cpu":  # the GPU row exists only where CUDA does
+        differences["cpu_vs_reference"] = float(worst)
 if not torch.cuda.is_available():
     print(" gpu: skipped (no CUDA device here)")"""),
     new_markdown_cell("""\
@@ -116,29 +119,37 @@ with torch.no_grad():
     states = model.allocate_states(2, dtype=torch.float64)
     stepped = torch.stack([model.step(ids[:, t], states) for t in range(ids.shape[1])], 1)
 for name, other in (("chunked", chunked), ("step", stepped)):
-    print(f"parallel vs {name:>7}: max |difference| = {(parallel - other).abs().max():.2e}")
+    differences[f"parallel_vs_{name}"] = float((parallel - other).abs().max())
+    print(f"parallel vs {name:>7}: max |difference| = {differences[f'parallel_vs_{name}']:.2e}")
     assert torch.allclose(parallel, other, rtol=1e-9, atol=1e-9)"""),
+    new_code_cell("""\
+print(json.dumps(differences))  # the tests re-run this notebook and compare these with the committed outputs""",
+                  metadata={"tags": ["results"]}),
     new_markdown_cell("""\
 ## 4. How fast: results recorded in `benchmarks/results/`
 
 `benchmarks/cpu_scan.py` (`make bench-cpu`) writes `cpu_scan_*.json` (numba against the plain-PyTorch reference);
 `benchmarks/gpu_scan.py` writes `gpu_scan_*.json` (our CUDA and Triton scans against mamba-ssm's kernel and the
-reference on a GPU; the newest full run is plotted). The plot shows whatever results are present; a machine that
-has run neither benchmark gets a note instead."""),
+reference on a GPU; the newest full run is plotted, by date, then by kernel version in the file name, and named
+below the plot: its numbers belong to that kernel version, not necessarily to the code you have). The plot shows
+whatever results are present; a machine that has run neither benchmark gets a note instead."""),
     new_code_cell("""\
 results = Path(ssm_core.__file__).resolve().parents[1] / "benchmarks" / "results"
 bars = []  # (label, milliseconds for each implementation)
 for path in sorted(results.glob("cpu_scan_*.json")):
+    print("CPU bars from", path.name)
     r = json.loads(path.read_text())["part1"]
     bars.append((f"CPU {r['dtype']} {tuple(r['shape'])}\\nfwd+bwd", {"ours": 1e3 * r["cpu_fwdbwd_s"],
                                                                    "reference": 1e3 * r["reference_fwdbwd_s"]}))
-gpu_runs = [json.loads(p.read_text()) for p in results.glob("gpu_scan_*.json")]
-gpu_runs = sorted((r for r in gpu_runs if r.get("shapes")), key=lambda r: r["date"])
-for s in gpu_runs[-1]["shapes"] if gpu_runs else []:  # the newest full run
+gpu_runs = [(json.loads(p.read_text()), p.name) for p in results.glob("gpu_scan_*.json")]
+gpu_runs = sorted(((r, name) for r, name in gpu_runs if r.get("shapes")), key=lambda run: (run[0]["date"], run[1]))
+if gpu_runs:
+    print("GPU bars from", gpu_runs[-1][1])
+for s in gpu_runs[-1][0]["shapes"] if gpu_runs else []:  # the newest full run
     times = {impl: s[impl]["fwd_bwd_ms"] for impl in ("ours_cuda", "ours_triton", "mamba_ssm", "reference")
              if isinstance(s.get(impl), dict) and "fwd_bwd_ms" in s[impl]}
     if times:
-        bars.append((f"{s['shape']} {s['dtype']}\\nGPU {gpu_runs[-1]['date'][:10]}", times))
+        bars.append((f"{s['shape']} {s['dtype']}\\nGPU {gpu_runs[-1][0]['date'][:10]}", times))
 if not bars:
     print(f"no cpu_scan_*.json or gpu_scan_*.json in {results}: run `make bench-cpu` (or benchmarks/gpu_scan.py "
           "on a GPU) to record some")

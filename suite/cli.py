@@ -11,7 +11,8 @@ from typing import Sequence
 
 EPILOG = """\
 examples:
-  python -m suite run --out runs/main               # the default size: about ten minutes on 2 CPU cores
+  python -m suite run --out runs/main               # the default size: about 7 minutes on 2 CPU cores
+  python -m suite run --out runs/h100 --size h100-20min   # one GPU, about 20 minutes on an H100 (estimate)
   python -m suite run --out runs/main               # again after Ctrl-C: continues at the stage it reached
   python -m suite run --out runs/full --full        # the papers' presets, on a GPU (hours)
   python -m suite run --out /tmp/q --size quick     # every stage in seconds (what the tests run)
@@ -20,6 +21,9 @@ Stages: core (induction heads, step mode) -> genomics (simulate, pretrain, fine-
 held-out FASTA files) -> audio (spoken digits, SaShiMi-Mamba, generation, classifier, FID/IS/mIS/AM) -> report.
 RUN/stages.json records the finished stages; RUN/report/report.html (and report.md) is the report.
 """
+
+
+GPU_SIZES = ("h100-20min", "full")  # refused on a machine without a GPU unless --device cpu insists
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use an --out that holds other files, and write over files in the way of the report")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", choices=list(SIZES), default="default",
-                      help="how big every stage is: quick (seconds), default (~10 min on 2 CPU cores), full")
+                      help="how big every stage is: quick (seconds), default (~7 min on 2 CPU cores), "
+                           "h100-20min (one GPU, ~20 min on an H100, estimated), "
+                           "full (the papers' presets, hours on a GPU)")
     size.add_argument("--full", "--gpu", dest="size", action="store_const", const="full",
                       help="the papers' presets (same as --size full); needs a GPU")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -51,13 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from suite.stages import SIZES, StageError, run_suite
 
     args = build_parser().parse_args(argv)
-    if args.size == "full":
-        import torch
+    import torch
 
-        if not torch.cuda.is_available() and args.device != "cpu":
-            print("error: --full runs the papers' presets (days on a CPU) and needs a GPU; "
-                  "add --device cpu to insist", file=sys.stderr)
-            return 1
+    if args.size in GPU_SIZES and not torch.cuda.is_available() and args.device != "cpu":
+        print(f"error: --size {args.size} is made for a GPU (hours to days on a CPU); add --device cpu to insist",
+              file=sys.stderr)
+        return 1
+    if args.size == "default" and torch.cuda.is_available() and args.device != "cpu":
+        print("note: a GPU is present. `--size h100-20min` (make demo ARGS='--size h100-20min') trains bigger "
+              "models for longer, sized for one GPU: about 20 minutes on an H100 (estimated)", flush=True)
     try:
         run_suite(args.out, SIZES[args.size], args.device, overwrite=args.overwrite)
     except (StageError, OSError) as err:  # OSError: an --out that is not a main job run, or one in use, ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import html
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ssm_core.train.checkpoint import atomic_write_bytes  # noqa: E402
 from ssm_core.train.distributed import resolve_device  # noqa: E402
+from ssm_core.utils.device import describe_device  # noqa: E402
 from ssm_core.utils.outputs import check_output  # noqa: E402
 from ssm_core.utils.plots import save_figure  # noqa: E402
+from suite.stages import SPECIES  # noqa: E402
 
 WRITTEN_LIST = ".files"
 
@@ -59,6 +62,78 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None, digits: int = 3) -> str:
     return "–" if x is None else f"{round(x, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00"
+
+
+def against_chance(accuracy: float, chance: float, n: int) -> str:
+    """"above chance", "at chance" or "below chance": whether ``accuracy`` on ``n`` items lies more than two
+    standard errors of a guesser at ``chance`` away from it (a few items can sit far from chance by luck)."""
+    margin = 2 * math.sqrt(chance * (1 - chance) / n)
+    if accuracy > chance + margin:
+        return "above chance"
+    return "below chance" if accuracy < chance - margin else "at chance"
+
+
+def ahead(name: str, accuracy: float, baseline_name: str, baseline: float) -> str:
+    """Which of two accuracies on the same items is ahead, in percentage points ("tied" within 0.05)."""
+    points = 100 * (accuracy - baseline)
+    if abs(points) < 0.05:
+        return "tied"
+    return f"{name if points > 0 else baseline_name} ahead by {abs(points):.1f} points"
+
+
+def _windows(windows: list[str]) -> str:
+    return ", ".join(f"{int(w):,}" for w in windows)
+
+
+def _genomics_summary(windows: list[str], mamba: dict, kmer: dict, n_test: dict, chance: float) -> str:
+    """In words: where Mamba is against chance, whether it rises with the window, where the baseline is ahead."""
+    above = [w for w in windows if against_chance(mamba[w], chance, n_test[w]) == "above chance"]
+    if len(above) == len(windows):
+        parts = ["Mamba is above chance at every window"]
+    elif above:
+        parts = [f"Mamba is above chance at {_windows(above)} bases only"]
+    else:
+        parts = ["Mamba is not above chance at any window: at this size it has not learned the task"]
+    trend = " → ".join(_pct(mamba[w]) for w in windows)
+    rising = all(mamba[b] > mamba[a] for a, b in zip(windows, windows[1:]))
+    parts.append(f"its accuracy {'rises' if rising else 'does not rise steadily'} with the window ({trend})")
+    behind = [w for w in windows if w in kmer and kmer[w] > mamba[w]]
+    leads = [w for w in windows if w in kmer and mamba[w] > kmer[w]]
+    if behind and not leads:
+        parts.append("the 6-mer naive-Bayes baseline is ahead of it at every window")
+    elif leads and not behind:
+        parts.append("it is ahead of the 6-mer naive-Bayes baseline at every window")
+    elif behind or leads:
+        parts.append(f"it is ahead of the 6-mer naive-Bayes baseline at {_windows(leads) or 'no window'} and "
+                     f"behind it at {_windows(behind) or 'no window'} bases")
+    return "; ".join(parts) + "."
+
+
+def _audio_metric_notes(rows: dict, classifier_accuracy: float) -> list[str]:
+    """One sentence per metric on what it can and cannot show here, read against the real test clips' row."""
+    test, gen = rows["test"], rows["generated"]
+    n = gen["n_generated"]
+    weak = classifier_accuracy < 0.9
+    lens = (f"The metrics see the clips through a classifier that is right on {_pct(classifier_accuracy)} of real "
+            f"test clips" + (": a weak lens, so none of them can say whether the generated clips are intelligible "
+                             "digits." if weak else "."))
+    fid = (f"FID ({_num(gen['fid'], 1)} generated, {_num(test['fid'], 2)} for real test clips, the level real "
+           f"speech reaches) measures how far "
+           f"the generated clips' classifier features are from the training clips'; with {n} generated clips it is "
+           f"biased upwards and ranks runs of one size against each other rather than against the papers.")
+    if gen["is"] > test["is"]:
+        inception = (f"IS ({_num(gen['is'], 2)} generated, {_num(test['is'], 2)} real) runs from 1 (no distinct "
+                     f"digits recognised) to 10; the generated clips score above real speech, so here it shows the "
+                     f"classifier's confident guesses on clips unlike speech, not quality.")
+    else:
+        inception = (f"IS ({_num(gen['is'], 2)} generated, {_num(test['is'], 2)} real) runs from 1 (no distinct "
+                     f"digits recognised) to 10; below real speech's score, it says this classifier finds fewer "
+                     f"confident, varied digits in the generated clips than in real ones, not which clips fail.")
+    modified = (f"mIS ({_num(gen['mis'], 2)} generated, {_num(test['mis'], 2)} real) adds the spread within each "
+                f"class and carries the same caveat as IS.")
+    am = (f"AM ({_num(gen['am'], 2)} generated, {_num(test['am'], 2)} real; lower is better) grows both when the "
+          f"clips favour a few digits and when the classifier is unsure of them, so it cannot tell those apart.")
+    return [lens, fid, inception, modified, am]
 
 
 class Document:
@@ -167,16 +242,22 @@ def write_report(ctx) -> tuple[Path, Path]:
     state = json.loads((out / "stages.json").read_text())
     doc = Document("Mamba suite: main job report")
     total = sum(f["seconds"] for f in state["finished"].values())
-    doc.para(f"Size preset {sizes.name!r} on {resolve_device(ctx.device)} (--device {ctx.device}); stages took "
-             f"{total / 60:.1f} minutes in all. "
-             "At the quick and default sizes every model trains for seconds to minutes on a CPU: the numbers show "
-             "the pipeline working end to end, not the papers' results (run with --full on a GPU for those).")
-    doc.table(["stage", "seconds"], [[name, f"{f['seconds']:.0f}"] for name, f in state["finished"].items()],
+    # each stage records the hardware it ran on (a resumed run may change machine); older records lack it
+    hardware = sorted({f.get("hardware") or describe_device(resolve_device(ctx.device))
+                       for f in state["finished"].values()})
+    doc.para(f"Size {sizes.name!r} on {' and '.join(hardware)} (--device {ctx.device}); stages took "
+             f"{total / 60:.1f} minutes in all. {sizes.purpose}")
+    doc.table(["stage", "seconds", "ran on"],
+              [[name, f"{f['seconds']:.0f}", f.get("hardware", "–")] for name, f in state["finished"].items()],
               "Time per stage")
 
     core = res["core"]
+    samples = json.loads((out / "core" / "results.json").read_text()).get("samples", {})
     doc.heading("Core: induction heads")
-    doc.table(["test length", "accuracy"], [[k, _pct(v)] for k, v in core["accuracy"].items()],
+    doc.table(["test length", "accuracy", "n", f"against chance ({_pct(core['chance'])})"],
+              [[k, _pct(v), str(samples.get(k, "–")),
+                against_chance(v, core["chance"], samples[k]) if k in samples else "–"]
+               for k, v in core["accuracy"].items()],
               f"Induction-heads accuracy ({core['steps']} steps at length {core['train_len']}; "
               f"chance {_pct(core['chance'])})")
     doc.para(f"Step mode (one token at a time, the recurrent inference) agreed with the parallel forward on "
@@ -185,15 +266,23 @@ def write_report(ctx) -> tuple[Path, Path]:
 
     doc.heading("Genomics: species classification of simulated great apes")
     pre, ft, cl = res["genomics-pretrain"], res["genomics-finetune"], res["genomics-classify"]
+    data = res["genomics-data"]
     doc.para(f"Pretraining ({sizes.lm_preset} model): validation {_num(pre['bits_per_base'])} bits per base "
              f"(2 bits is a uniform guess), perplexity {_num(pre['perplexity'])}. The held-out FASTA files hold "
-             f"{res['genomics-data']['heldout_records']} records of {res['genomics-data']['heldout_length']:,} "
-             f"bases from test chromosomes no model trained on.")
-    doc.table(["window (bases)", "Mamba: test windows", "Mamba: held-out FASTA records (classify)",
-               "6-mer naive Bayes: test windows"],
-              [[f"{int(w):,}", _pct(ft["test_accuracy"][w]), _pct(cl["heldout_accuracy"].get(w)),
-                _pct(cl["kmer_baseline_accuracy"].get(w))] for w in ft["test_accuracy"]],
-              "Accuracy by window length (chance 20%)")
+             f"{data['heldout_records']} records of {data['heldout_length']:,} bases from test chromosomes no model "
+             f"trained on.")
+    windows = list(ft["test_accuracy"])
+    chance = 1 / len(SPECIES)
+    n_test = {w: json.loads((out / "genomics" / f"w{w}" / "metrics.json").read_text())["test_samples"]
+              for w in windows}
+    mamba, kmer = ft["test_accuracy"], cl["kmer_baseline_accuracy"]
+    doc.table(["window (bases)", "test windows (n)", "Mamba", "6-mer naive Bayes", "which is ahead",
+               "Mamba against chance", f"Mamba: held-out FASTA records (n={cl['heldout_records']})"],
+              [[f"{int(w):,}", str(n_test[w]), _pct(mamba[w]), _pct(kmer.get(w)),
+                ahead("Mamba", mamba[w], "naive Bayes", kmer[w]) if w in kmer else "–",
+                against_chance(mamba[w], chance, n_test[w]), _pct(cl["heldout_accuracy"].get(w))] for w in windows],
+              f"Accuracy by window length (chance {_pct(chance)}; Mamba and naive Bayes on the same test windows)")
+    doc.para(_genomics_summary(windows, mamba, kmer, n_test, chance))
     widest = max(sizes.windows)
     metrics = json.loads((out / "genomics" / f"w{widest}" / "metrics.json").read_text())
     classes = metrics["classes"]
@@ -208,10 +297,16 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.heading("Audio: SaShiMi-Mamba on spoken digits")
     train, gen, cls = res["audio-train"], res["audio-generate"], res["audio-classifier"]
     rows = res["audio-metrics"]["rows"]
-    doc.para(f"Waveform model: {train['parameters']:,} parameters, {train['steps']} steps. Classifier behind the "
-             f"metrics: test accuracy {_pct(cls['test_accuracy'])}. {gen['clips']} clips of {gen['seconds']:g} s "
-             f"generated (zero-padded to 1 s for the classifier); their mean NLL under the model "
-             f"{_num(gen['mean_nll'])} bits per sample. FID, IS, mIS, AM against the train split.")
+    n_clips_test = rows["test"]["n_generated"]  # the test split, which the classifier's accuracy is measured on
+    bits = train["valid_bits_per_sample"]
+    doc.para(f"Waveform model: {train['parameters']:,} parameters, {train['steps']} steps; validation NLL "
+             f"{_num(bits)} bits per sample, "
+             f"{'below' if bits is not None and bits < 8 else 'not below'} the 8 bits of a uniform guess over the "
+             f"256 mu-law codes. Classifier behind the metrics: test accuracy {_pct(cls['test_accuracy'])} on "
+             f"{n_clips_test} clips of the test split, {against_chance(cls['test_accuracy'], 0.1, n_clips_test)} "
+             f"(10%). {gen['clips']} clips of {gen['seconds']:g} s generated (zero-padded to 1 s for the "
+             f"classifier); their mean NLL under the model {_num(gen['mean_nll'])} bits per sample. FID, IS, mIS, "
+             f"AM against the train split.")
     table = []
     for label, key, nll in (("train split (reference)", "train", None), ("test split (reference)", "test", None),
                             ("generated", "generated", train["valid_bits_per_sample"])):
@@ -220,6 +315,8 @@ def write_report(ctx) -> tuple[Path, Path]:
                       str(r["n_generated"])])
     doc.table(["clips", "NLL (bits/sample)", "FID ↓", "IS ↑", "mIS ↑", "AM ↓", "n"], table,
               "Generation metrics (NLL: the model's on validation clips)")
+    for sentence in _audio_metric_notes(rows, cls["test_accuracy"]):
+        doc.para(sentence)
     doc.clips([copy(wav, f"audio/{wav.name}") for wav in sorted((out / "audio" / "samples").glob("*.wav"))])
     for kind in ("waveform", "spectrogram"):
         doc.image(copy(out / "audio" / f"generated_{kind}s.png", f"generated_{kind}s.png"), f"Generated clips: {kind}s")

@@ -7,7 +7,8 @@ stage interrupted inside a training run continues that run with ``--resume``.
 
 Layout of RUN::
 
-    stages.json         size, device, finished stages (results, seconds); what makes a folder a main job run
+    stages.json         size, device, finished stages (results, seconds, the hardware each ran on); what makes
+                        a folder a main job run
     .lock               held by the running main job (ssm_core/utils/dirlock.py)
     core/               induction-heads run (engine run directory)
     genomics/apes/      simulated genomes (one FASTA per species)
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 from ssm_core.train.checkpoint import atomic_write_bytes
+from ssm_core.train.distributed import resolve_device
+from ssm_core.utils.device import describe_device
 from ssm_core.utils.dirlock import LOCK_NAME, DirectoryLock
 from ssm_core.utils.outputs import check_output
 
@@ -39,10 +42,11 @@ class StageError(RuntimeError):
     """A stage's tool failed; the message names the stage and the command."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sizes:
     """How big every stage is. ``None`` leaves the tool's own default (the paper's recipe) in place."""
     name: str
+    purpose: str                     # what numbers at this size can show, for the report
     checkpoint_every: int            # optimiser steps between checkpoints: an interrupted run resumes from the last
     # core: induction heads
     core_preset: str
@@ -50,6 +54,7 @@ class Sizes:
     step_prompts: int
     # genomics
     genome: str                      # simulate --size
+    signal: str | None = None        # simulate --signal (None: the genome size's own default)
     lm_preset: str
     lm_seqlen: int
     lm_warmup_start: int
@@ -58,6 +63,7 @@ class Sizes:
     windows: tuple[int, ...]         # fine-tuning windows (two or more)
     ft_steps: int | None
     ft_batch: int | None
+    ft_bases: int | None = None      # bases per fine-tuning step instead: batch = ft_bases // window at each window
     ft_valid: int
     ft_test: int
     heldout_per_species: int         # records per species in the held-out FASTA files
@@ -69,19 +75,22 @@ class Sizes:
     audio_steps: int | None
     audio_batch: int | None
     audio_crop: int | None
+    audio_warmup: int | None = None  # learning-rate warm-up steps (None: the preset's recipe)
     audio_valid: int
     n_clips: int
     clip_seconds: float
     classifier_preset: str
     classifier_epochs: float | None
-    # seconds each stage is expected to take (2 CPU cores for quick/default), for the ETA
+    # seconds each stage is expected to take (2 CPU cores for quick/default, one H100 for h100-20min), for the ETA
     estimates: tuple[tuple[str, float], ...] = ()
 
 
 SIZES = {
     # seconds per stage: for the test of the main job
     "quick": Sizes(
-        name="quick", checkpoint_every=3, core_preset="tiny", core_steps=20, step_prompts=2,
+        name="quick", purpose="The quick size runs every stage for a few steps to check the pipeline; its models "
+        "are not expected to learn, so its numbers sit near chance.",
+        checkpoint_every=3, core_preset="tiny", core_steps=20, step_prompts=2,
         genome="tiny", lm_preset="tiny", lm_seqlen=256, lm_warmup_start=128, lm_steps=6, lm_batch=4,
         windows=(128, 256), ft_steps=6, ft_batch=4, ft_valid=8, ft_test=20, heldout_per_species=2,
         heldout_length=600, baseline_train=50,
@@ -90,9 +99,13 @@ SIZES = {
         estimates=(("core", 15), ("genomics-data", 10), ("genomics-pretrain", 10), ("genomics-finetune", 15),
                    ("genomics-classify", 5), ("audio-data", 5), ("audio-train", 10), ("audio-generate", 5),
                    ("audio-classifier", 10), ("audio-metrics", 10), ("report", 5))),
-    # the README's main job on a 2-core CPU: measured 7.3 min in all (the estimates below), under 15 min
+    # the README's main job on a 2-core CPU: the estimates below (7.6 min) are from a run on 2 free cores that was
+    # not recorded in a file; on 2 cores shared with other jobs it took 22.8 min
+    # (benchmarks/results/main_job_default_cpu_2cores/stages.json)
     "default": Sizes(
-        name="default", checkpoint_every=40, core_preset="tiny", core_steps=300, step_prompts=8,
+        name="default", purpose="The default size trains each model for minutes on a CPU: enough to see whether "
+        "each learns (above chance, accuracy against window length) beside its baseline, far from the papers' "
+        "recipes and results (--full).", checkpoint_every=40, core_preset="tiny", core_steps=300, step_prompts=8,
         genome="tiny", lm_preset="tiny", lm_seqlen=1024, lm_warmup_start=256, lm_steps=120, lm_batch=8,
         windows=(256, 1024, 4096), ft_steps=150, ft_batch=8, ft_valid=32, ft_test=200, heldout_per_species=6,
         heldout_length=4096, baseline_train=1000,
@@ -101,9 +114,34 @@ SIZES = {
         estimates=(("core", 20), ("genomics-data", 2), ("genomics-pretrain", 45), ("genomics-finetune", 245),
                    ("genomics-classify", 5), ("audio-data", 5), ("audio-train", 100), ("audio-generate", 12),
                    ("audio-classifier", 10), ("audio-metrics", 8), ("report", 2))),
+    # one GPU in a coffee break: the 1.4m DNA model on the small genome's strong signal, where H100 runs of 712-968
+    # steps of 131,072 bases from scratch met or beat 6-mer naive Bayes at 1-16 kbp (64.5/91.9/98.6%,
+    # benchmarks/results/genomics_apes_device_small_strong_1.4m_mean_*); here 500 steps per window, each window
+    # starting from the previous classifier (the first from the pretrained LM); clips scored by a trained ResNeXt.
+    # Not run yet. Its estimates (18 min in all) extrapolate H100 rates measured on 2026-11-23: 300 fine-tuning
+    # steps of 131,072 bases took 2.0 / 1.2 / 1.6 min at 1 / 4 / 16 kbp, test included
+    # (genomics_apes_device_small_1.4m_mean_NVIDIA_H100_80GB_HBM3.json); the 6.1m SaShiMi trains at 0.24 s per
+    # step of 16 one-second clips and generates 64 clips in about 6.5 s (audio_generation_NVIDIA_H100_80GB_HBM3.json);
+    # the default size's core stage took 75 s (main_job_default_cuda_H100/stages.json). The times of simulation,
+    # digits, classifier and metrics at this size were never measured on a GPU: guesses.
+    "h100-20min": Sizes(
+        name="h100-20min", purpose="The h100-20min size trains the 1.4m DNA model and the 6.1m waveform model "
+        "for minutes on one GPU: made to show the DNA classifier beside the k-mer baseline at windows up to 16 "
+        "kbp and generated clips a trained classifier can score, still far from the papers' 200K-step recipes.",
+        checkpoint_every=200, core_preset="tiny", core_steps=300, step_prompts=8,
+        genome="small", signal="strong", lm_preset="1.4m", lm_seqlen=4096, lm_warmup_start=1024, lm_steps=400,
+        lm_batch=16, windows=(1024, 4096, 16384), ft_steps=500, ft_batch=None, ft_bases=131072, ft_valid=64,
+        ft_test=1024, heldout_per_species=20, heldout_length=16384, baseline_train=1024,
+        digits_per_class=200, audio_preset="6.1m", audio_steps=1000, audio_batch=16, audio_crop=None,
+        audio_warmup=100, audio_valid=64, n_clips=64, clip_seconds=1.0, classifier_preset="resnext29",
+        classifier_epochs=20,
+        estimates=(("core", 75), ("genomics-data", 30), ("genomics-pretrain", 45), ("genomics-finetune", 480),
+                   ("genomics-classify", 30), ("audio-data", 30), ("audio-train", 250), ("audio-generate", 20),
+                   ("audio-classifier", 120), ("audio-metrics", 20), ("report", 5))),
     # the papers' settings, for a GPU (hours): 7M DNA model up to 2^20-base windows, 6.1M SaShiMi on 2000 digits
     "full": Sizes(
-        name="full", checkpoint_every=1000, core_preset="paper", core_steps=None, step_prompts=32,
+        name="full", purpose="The full size runs the papers' presets and recipes.",
+        checkpoint_every=1000, core_preset="paper", core_steps=None, step_prompts=32,
         genome="full", lm_preset="7m", lm_seqlen=2**16, lm_warmup_start=1024, lm_steps=10_000, lm_batch=8,
         windows=(1024, 16384, 131072, 1048576), ft_steps=None, ft_batch=None, ft_valid=512, ft_test=2048,
         heldout_per_species=20, heldout_length=1048576, baseline_train=4096,
@@ -221,7 +259,8 @@ def stage_genomics_data(ctx: Context) -> dict:
 
     s = ctx.sizes
     apes, heldout = ctx.path("genomics", "apes"), ctx.path("genomics", "heldout")
-    run_tool(genomics, ["simulate", "--out", str(apes), "--size", s.genome, "--seed", "0"], "genomics-data")
+    run_tool(genomics, ["simulate", "--out", str(apes), "--size", s.genome, *_opt("--signal", s.signal),
+                        "--seed", "0"], "genomics-data")
     heldout.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(1)
     for species in SPECIES:
@@ -267,9 +306,10 @@ def stage_genomics_finetune(ctx: Context) -> dict:
     for window in s.windows:
         run = ctx.path("genomics", f"w{window}")
         checkpointing = ["--activation-checkpointing"] if window >= 2**17 else []
+        batch = max(1, s.ft_bases // window) if s.ft_bases else s.ft_batch
         run_training(genomics, ["finetune", "--fasta-dir", str(ctx.path("genomics", "apes")), "--out", str(run),
                                 "--init", str(init), "--window", str(window), "--pooling", "mean",
-                                *_opt("--steps", s.ft_steps), *_opt("--batch-size", s.ft_batch), *_warmup(s.ft_steps),
+                                *_opt("--steps", s.ft_steps), *_opt("--batch-size", batch), *_warmup(s.ft_steps),
                                 *(["--lr", "3e-3"] if s.ft_steps else []), "--valid-samples", str(s.ft_valid),
                                 "--test-samples", str(s.ft_test), "--device", ctx.device, *checkpointing],
                      run, "metrics.json", "genomics-finetune", s.checkpoint_every)
@@ -322,6 +362,7 @@ def stage_audio_train(ctx: Context) -> dict:
     run_training(audio, ["train", "--data", str(ctx.path("audio", "digits")), "--out", str(run),
                          "--preset", s.audio_preset, *_opt("--steps", s.audio_steps),
                          *_opt("--batch-size", s.audio_batch), *_opt("--crop", s.audio_crop),
+                         *(["--set", f"train.optim.warmup_steps={s.audio_warmup}"] if s.audio_warmup else []),
                          "--valid-samples", str(s.audio_valid), "--device", ctx.device],
                  run, "metrics.json", "audio-train", s.checkpoint_every)
     summary = read_json(run / "metrics.json")
@@ -447,13 +488,17 @@ def run_suite(out: str | Path, sizes: Sizes, device: str = "auto", overwrite: bo
 
     ``out`` must be new, empty or a main job run (else OutputRefusedError, unless ``overwrite``); the process
     holds its lock throughout (DirectoryInUseError while another main job runs in it)."""
+    try:  # recorded per stage: a resumed run may finish on another machine
+        hardware = describe_device(resolve_device(device))
+    except RuntimeError as err:  # --device cuda without a GPU
+        raise StageError(str(err)) from None
     out = check_output(out, is_suite_run, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out, "main job run"):
-        return _run_stages(out, sizes, device, overwrite)
+        return _run_stages(out, sizes, device, overwrite, hardware)
 
 
-def _run_stages(out: Path, sizes: Sizes, device: str, overwrite: bool) -> dict:
+def _run_stages(out: Path, sizes: Sizes, device: str, overwrite: bool, hardware: str) -> dict:
     state = load_state(out, sizes, device)
     save_state(out, state)  # from the start, so that a run interrupted in its first stage is known as ours
     estimates = dict(sizes.estimates)
@@ -472,7 +517,7 @@ def _run_stages(out: Path, sizes: Sizes, device: str, overwrite: bool) -> dict:
         ctx = Context(out, sizes, device, {n: f["results"] for n, f in state["finished"].items()}, overwrite)
         results = stage.run(ctx)
         seconds = time.perf_counter() - t0
-        state["finished"][stage.name] = {"results": results, "seconds": round(seconds, 1)}
+        state["finished"][stage.name] = {"results": results, "seconds": round(seconds, 1), "hardware": hardware}
         save_state(out, state)
         ran_seconds += seconds
         ran_estimate += estimates.get(stage.name, seconds)

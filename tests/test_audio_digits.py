@@ -1,6 +1,6 @@
-"""The embedded spoken-digits set: layout, format, determinism, and classes that are told apart."""
+"""The embedded spoken-digits set: layout, format, determinism, and classes that are told apart. (How long it
+takes to build is measured in benchmarks/data_speed.py, not here: timings on shared cores make flaky tests.)"""
 import json
-import time
 
 import numpy as np
 import pytest
@@ -18,14 +18,12 @@ PER_CLASS = 20
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
-    start = time.perf_counter()
     make_digits(out, per_class=PER_CLASS, seed=0, force=True, progress=False)
-    return out, time.perf_counter() - start
+    return out
 
 
 def test_layout_rate_and_length(digits):
-    out, seconds = digits
-    assert seconds < 60, f"building {PER_CLASS * 10} clips took {seconds:.1f} s"
+    out = digits
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(DIGITS)
     for word in DIGITS:
         files = sorted((out / word).iterdir())
@@ -47,7 +45,7 @@ def test_layout_rate_and_length(digits):
 
 
 def test_clips_are_speech_with_noise_not_silence_or_clipping(digits):
-    out, _ = digits
+    out = digits
     ds = LabelledAudioSet(out, "all", output="waveform")
     for i in range(0, len(ds), 17):
         wave, _ = ds[i]
@@ -59,7 +57,7 @@ def test_clips_are_speech_with_noise_not_silence_or_clipping(digits):
 
 
 def test_same_seed_same_files_other_seed_other_files(digits, tmp_path):
-    out, _ = digits
+    out = digits
     # clips are synthesised class by class, so a smaller build speaks the same first utterances
     again = make_digits(tmp_path / "again", per_class=3, seed=0, progress=False)
     other = make_digits(tmp_path / "other", per_class=3, seed=1, progress=False)
@@ -70,7 +68,7 @@ def test_same_seed_same_files_other_seed_other_files(digits, tmp_path):
 
 def test_classes_are_distinct(digits):
     """A nearest-centroid classifier on time-averaged log-mel spectra beats chance (10%) by far."""
-    out, _ = digits
+    out = digits
     logmel = LogMel(ClassifierConfig())
 
     def features(split):

@@ -301,7 +301,8 @@ def test_classifier_loss_trains_and_save_load_round_trip(tmp_path):
         loss.backward()
         optimiser.step()
         first = first if first is not None else loss.item()
-    assert float(loss) < 0.5 * first and 0.0 <= float(metrics["accuracy"]) <= 1.0
+    # three tone classes (chance 1/3): the seeded run fits all 15 training clips within 30 steps
+    assert float(loss) < 0.5 * first and float(metrics["accuracy"]) >= 0.9
     model.eval()
     save_model(model, tmp_path / "cls")
     loaded = load_classifier(tmp_path / "cls")

@@ -37,8 +37,19 @@ def test_widths_stride_and_groups():
     assert c.widths == [64, 128, 256] and c.stride == 16 and c.n_groups == 5
     m = SashimiModel(SashimiConfig(d_model=4, n_blocks=2, d_state=2, pools=(4, 4)))
     assert [len(g.blocks) for g in (*m.down_groups, m.centre, *m.up_groups)] == [2, 2, 2, 2, 2]
-    logits = m(torch.randint(0, 256, (3, 32)))
+    x = torch.randint(0, 256, (3, 32))
+    logits = m(x)
     assert logits.shape == (3, 32, 256)
+    # the values: the U-Net unrolled by hand from its parts (down, pool, centre, unpool + skip, up, head)
+    with torch.no_grad():
+        skip0 = m.down_groups[0](m.embedding(x))
+        skip1 = m.down_groups[1](m.down_pools[0](skip0))
+        coarse = m.down_pools[1](skip1)
+        centre = m.centre(coarse) + coarse
+        u1 = m.up_pools[1](centre) + skip1
+        u0 = m.up_pools[0](m.up_groups[1](u1) + u1) + skip0
+        reference = m.head(m.norm_f(m.up_groups[0](u0) + u0))
+        torch.testing.assert_close(m(x), reference, rtol=0, atol=0)
     with pytest.raises(ValueError, match="multiple of the total pooling factor 16"):
         m(torch.randint(0, 256, (1, 40)))
 

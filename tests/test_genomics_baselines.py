@@ -78,3 +78,25 @@ def test_naive_bayes_beats_chance_on_simulated_apes(tmp_path):
     probabilities = model.predict_proba(tokens)
     assert probabilities.shape == (400, 5)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+
+
+def test_naive_bayes_probabilities_match_a_float64_reference():
+    """predict_proba is the multinomial posterior: class prior times the add-alpha k-mer likelihoods, normalised
+    (a reference written from the formula, so a change of smoothing, prior or k-mer layout shows up)."""
+    rng = np.random.default_rng(3)
+    tokens = random_tokens(rng, (40, 200))
+    labels = np.repeat([0, 1, 2], [10, 12, 18])
+    tokens[labels == 1, 3::2] = A  # class 1: every other base an A, so its k-mers differ from the others'
+    k, alpha = 2, 0.5
+    model = KmerNaiveBayes(k=k, alpha=alpha).fit(tokens, labels)
+    test = random_tokens(rng, (6, 200))
+    test[:2, 3::2] = A
+    counts = kmer_counts(tokens, k).astype(np.float64)
+    log_prior = np.log(np.bincount(labels) / len(labels))
+    per_class = np.stack([counts[labels == c].sum(axis=0) for c in range(3)]) + alpha
+    log_likelihood = np.log(per_class / per_class.sum(axis=1, keepdims=True))  # (classes, 4**k)
+    joint = log_prior + kmer_counts(test, k) @ log_likelihood.T
+    expected = np.exp(joint - joint.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_proba(test), expected, rtol=1e-9, atol=1e-12)
+    assert list(model.predict(test[:2])) == [1, 1]  # the A-rich windows go to the A-rich class

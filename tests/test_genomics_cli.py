@@ -150,7 +150,7 @@ def test_pretrain_and_finetune_write_their_run_directories(workspace):
         pre["valid"]["perplexity"], 2 ** pre["valid"]["bits_per_base"], rel_tol=1e-6)
     metrics = json.loads((ft / "metrics.json").read_text())
     assert metrics["classes"] == ["bonobo", "chimpanzee", "gorilla", "human", "orangutan"]
-    assert 0 <= metrics["test_accuracy"] <= 1 and metrics["window"] == 96
+    assert metrics["window"] == 96  # 4 steps learn nothing yet: that it learns is the last test's job
     matrix = np.array(metrics["confusion_matrix"])
     assert matrix.shape == (5, 5) and matrix.sum() == metrics["test_samples"] == 20
     assert math.isclose(np.trace(matrix) / matrix.sum(), metrics["test_accuracy"])

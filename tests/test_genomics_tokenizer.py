@@ -1,6 +1,5 @@
-"""Tokenizer: round trip, soft mask, IUPAC handling, errors with positions, reverse complement."""
-import time
-
+"""Tokenizer: round trip, soft mask, IUPAC handling, errors with positions, reverse complement. (Its speed is
+measured in benchmarks/data_speed.py, not here: timings on shared cores make flaky tests.)"""
 import numpy as np
 import pytest
 import torch
@@ -91,9 +90,7 @@ def test_is_base():
                                   [False, True, True, True, True, False, False])
 
 
-def test_encoding_is_vectorised():
-    text = "ACGTacgtNN" * 400_000  # 4 Mbp: a per-base Python loop takes seconds
-    start = time.perf_counter()
-    tokens = encode(text)
-    assert time.perf_counter() - start < 1.0
-    assert len(tokens) == 4_000_000
+def test_encoding_a_long_text_is_the_short_encoding_repeated():
+    tokens = encode("ACGTacgtNN" * 400_000)  # 4 Mbp, as one FASTA record of a real genome
+    assert tokens.shape == (4_000_000,)
+    np.testing.assert_array_equal(tokens, np.tile([A, C, G, T, A, C, G, T, N, N], 400_000))

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ssm_core.utils.device import describe_device
 from suite.cli import main
+from suite.report import ahead, against_chance
 from suite.stages import SIZES, STAGES, StageError, load_state
 
 
@@ -67,6 +69,75 @@ def test_every_stage_finishes_and_the_report_links_resolve(run):
     right = sum(line.split("\t")[0].split("/")[-1].split(".")[0] == line.split("\t")[3] for line in calls)
     heldout = state["finished"]["genomics-classify"]["results"]["heldout_accuracy"]
     assert heldout[str(SIZES["quick"].windows[0])] == right / len(calls)
+
+
+def markdown_table(markdown: str, caption: str) -> list[dict[str, str]]:
+    """The rows of the report.md table whose bold caption starts with ``caption``, as {header: cell}."""
+    lines = markdown.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"**{caption}"))
+    header = [c.strip() for c in lines[start + 2].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 4:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def test_the_report_shows_the_numbers_of_stages_json(run):
+    """Every number the report prints is the one stages.json (and the runs it names) holds, and each verdict
+    (which is ahead, against chance) follows from those numbers."""
+    state = json.loads((run / "stages.json").read_text())
+    res = {name: f["results"] for name, f in state["finished"].items()}
+    markdown = (run / "report" / "report.md").read_text()
+    hardware = {f["hardware"] for f in state["finished"].values()}
+    assert hardware == {describe_device("cpu")} and f"on {describe_device('cpu')} (--device cpu)" in markdown
+    times = markdown_table(markdown, "Time per stage")
+    assert {r["stage"]: r["seconds"] for r in times} == {
+        n: f"{f['seconds']:.0f}" for n, f in state["finished"].items() if n != "report"}
+
+    core = res["core"]
+    induction = markdown_table(markdown, "Induction-heads accuracy")
+    assert [(r["test length"], r["accuracy"]) for r in induction] == [(k, pct(v)) for k, v in core["accuracy"].items()]
+    for r in induction:
+        assert r[f"against chance ({pct(core['chance'])})"] == against_chance(
+            core["accuracy"][r["test length"]], core["chance"], int(r["n"]))
+
+    finetune, classify = res["genomics-finetune"]["test_accuracy"], res["genomics-classify"]
+    rows = markdown_table(markdown, "Accuracy by window length")
+    assert [r["window (bases)"] for r in rows] == [f"{w:,}" for w in SIZES["quick"].windows]
+    for r, window in zip(rows, map(str, SIZES["quick"].windows)):
+        mamba, kmer = finetune[window], classify["kmer_baseline_accuracy"][window]
+        assert (r["Mamba"], r["6-mer naive Bayes"]) == (pct(mamba), pct(kmer))
+        assert r[f"Mamba: held-out FASTA records (n={classify['heldout_records']})"] == pct(
+            classify["heldout_accuracy"][window])
+        assert r["test windows (n)"] == str(SIZES["quick"].ft_test)
+        verdict = r["which is ahead"]
+        assert (verdict == "tied") if mamba == kmer else verdict.startswith("Mamba" if mamba > kmer else "naive Bayes")
+        assert r["Mamba against chance"] == against_chance(mamba, 0.2, SIZES["quick"].ft_test)
+
+    audio = markdown_table(markdown, "Generation metrics")
+    metrics = res["audio-metrics"]["rows"]
+    for r, key in zip(audio, ("train", "test", "generated")):
+        assert [r[h] for h in ("FID ↓", "IS ↑", "mIS ↑", "AM ↓", "n")] == [
+            f"{metrics[key][m] + 0.0:.2f}" for m in ("fid", "is", "mis", "am")] + [str(metrics[key]["n_generated"])]
+    assert f"test accuracy {pct(res['audio-classifier']['test_accuracy'])} on" in markdown
+    assert f"{res['audio-train']['parameters']:,} parameters, {res['audio-train']['steps']} steps" in markdown
+    for metric in ("FID (", "IS (", "mIS (", "AM ("):  # one sentence per audio metric, each beside the real clips'
+        assert sum(line.startswith(metric) for line in markdown.split("\n")) == 1, metric
+
+
+def test_verdicts_against_chance_and_baseline():
+    assert against_chance(0.30, 0.2, 200) == "above chance"      # 2 standard errors at n=200: 5.7 points
+    assert against_chance(0.24, 0.2, 200) == "at chance"
+    assert against_chance(0.10, 0.2, 200) == "below chance"
+    assert against_chance(0.40, 0.2, 10) == "at chance"          # 10 records: 25 points
+    assert ahead("Mamba", 0.595, "naive Bayes", 0.665) == "naive Bayes ahead by 7.0 points"
+    assert ahead("Mamba", 0.9, "naive Bayes", 0.9) == "tied"
 
 
 def test_rerun_resumes_at_the_first_unfinished_stage(run, capsys):
@@ -150,6 +221,34 @@ def test_a_training_run_cut_short_resumes_from_its_last_checkpoint(run, capfd):
 def test_a_run_of_another_size_is_refused(run):
     with pytest.raises(StageError, match="size 'quick', not 'default'"):
         load_state(run, SIZES["default"], "cpu")
+
+
+def test_gpu_sizes_need_a_gpu_and_a_gpu_user_hears_of_them(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import suite.stages
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "--size", "h100-20min"]) == 1
+    assert "error: --size h100-20min is made for a GPU" in capsys.readouterr().err
+    assert main(["run", "--out", str(out), "--size", "quick", "--device", "cuda"]) == 1
+    assert "error: --device cuda was requested but no CUDA GPU is available" in capsys.readouterr().err
+    assert not out.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(suite.stages, "run_suite", lambda *args, **kwargs: {})
+    assert main(["run", "--out", str(out)]) == 0
+    assert "`--size h100-20min`" in capsys.readouterr().out
+
+
+def test_the_gpu_size_fits_its_budget():
+    """h100-20min's stage estimates (extrapolated from H100 results, see suite/stages.py) stay within 20
+    minutes, and every window gets whole windows per step."""
+    size = SIZES["h100-20min"]
+    assert sum(seconds for _, seconds in size.estimates) <= 20 * 60
+    assert {name for name, _ in size.estimates} == {s.name for s in STAGES}
+    assert all(size.ft_bases // window >= 1 for window in size.windows)
+    assert size.heldout_length >= max(size.windows)
 
 
 PROBE = """
