@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from audio.errors import AudioInputError, AudioNotice
+from ssm_core.utils.cli import HelpFormatter, add_device_argument
 from ssm_core.utils.ranges import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range
 
 TOP_P = Range(0, 1, low_open=True)
@@ -103,11 +104,6 @@ examples:
 """
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run: auto picks CUDA when a GPU is present (default: auto)")
-
-
 def _add_rate_policy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-rate-mismatch", choices=("resample", "error"), default="resample",
                         help="an input file not at 16 kHz: resample it (with a notice on stderr) or stop with an "
@@ -124,16 +120,9 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
 METRICS_REPORT_KEYS = ("fid", "is", "mis", "am", "n_generated", "n_reference")
 
 
-def _resolve_device(name: str):
-    from ssm_core.train.distributed import resolve_device
-
-    return resolve_device(name)
-
-
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
-    _resolve_device(args.device)  # synthesis runs on the CPU, but --device cuda without a GPU is still an error
     out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force)
     print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s) in SC09 layout to {out}")
     return 0
@@ -144,7 +133,6 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     from audio.manifests import fetch, load_manifest
 
-    _resolve_device(args.device)  # downloads need no device, but --device cuda without a GPU is still an error
     manifest = load_manifest(args.manifest)
     print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
     try:
@@ -177,6 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ssm_core.models import WrongModelError, describe
     from ssm_core.train import load_trained_model
+    from ssm_core.utils.device import resolve_device
 
     from ssm_core.utils.outputs import check_output
 
@@ -184,7 +173,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from audio.io import SAMPLE_RATE
     from audio.sashimi import SashimiModel
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model = load_trained_model(args.checkpoint, device)
     if not isinstance(model, SashimiModel):
         raise WrongModelError(f"--checkpoint {args.checkpoint} is {describe(model)}, not a SaShiMi waveform model")
@@ -229,6 +218,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from ssm_core.utils.outputs import check_output, json_object_with
 
+    from ssm_core.utils.device import resolve_device
+
     from audio.classifier import load_classifier
     from audio.datasets import is_labelled_set
     from audio.metrics import evaluate, read_nll_table, select_likelihood_band, select_most_likely
@@ -236,7 +227,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:  # checked before the work, not after it
         check_output(args.json, json_object_with(METRICS_REPORT_KEYS), option="--json", overwrite=args.overwrite,
                      inputs=[args.generated, args.reference, args.classifier, args.nll])
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     classifier = load_classifier(args.classifier, device)
     files = None
     if args.nll:
@@ -292,7 +283,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ssm_core.utils.cli import add_version_argument, program_name
+    from ssm_core.utils.cli import add_common_arguments, add_version_argument, program_name
 
     parser = argparse.ArgumentParser(
         prog=program_name("python -m audio", "mamba-audio"),
@@ -300,14 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "YouTubeMix, train the SaShiMi-Mamba waveform model and generate clips with it, train the SC09 "
                     "classifier, score generated clips with the SC09 metrics (FID, IS, mIS, AM), plot clips.",
         epilog="Run `python -m audio COMMAND --help` for a command's manual.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -318,14 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="write into a non-empty --out (an earlier set's clips there are replaced)")
-    _add_device(p)  # synthesis runs on the CPU; accepted for a uniform command line
 
     p = add("fetch", cmd_fetch, "Download a data manifest's files, verify their checksums and unpack them.",
             EPILOG_FETCH)
     p.add_argument("manifest", help="manifest name (sc09, youtubemix) or path to a manifest JSON")
     p.add_argument("--dest", default="data", help="where downloads and data go (default: ./data)")
     _add_overwrite(p)
-    _add_device(p)
 
     from ssm_core.train import add_engine_args
     from audio.io import MAX_WAV_SECONDS
@@ -367,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
     _add_overwrite(p)
     _add_rate_policy(p)
-    _add_device(p)
+    add_device_argument(p)
 
     p = add("train-classifier", cmd_train_classifier, "Train the SC09 ResNeXt classifier the metrics use.",
             EPILOG_TRAIN_CLASSIFIER)
@@ -405,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with published numbers")
     _add_overwrite(p)
     _add_rate_policy(p)
-    _add_device(p)
+    add_device_argument(p)
 
     p = add("plot", cmd_plot, "Plot a grid of clips' spectrograms or waveforms to a PNG file.", EPILOG_PLOT)
     p.add_argument("--clips", required=True, help="flat folder of WAVs or a labelled set")
@@ -416,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
                    help="split of a labelled set (default: all)")
     _add_overwrite(p)
-    _add_device(p)
+    add_common_arguments(sub)
     return parser
 
 
@@ -427,9 +416,16 @@ def _one_line_notice(message, category, filename, lineno, file=None, line=None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ssm_core.utils.cli import apply_common_arguments
+
     args = build_parser().parse_args(argv)
+    apply_common_arguments(args)
     warnings.formatwarning = _one_line_notice  # conversions are reported as one line each
     try:
+        if getattr(args, "device", None) in ("cuda", "mps"):  # refused up front, before any work, when absent
+            from ssm_core.utils.device import resolve_device
+
+            resolve_device(args.device)
         return args.func(args)
     except (AudioInputError, ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

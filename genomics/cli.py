@@ -3,8 +3,8 @@
 Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune``, ``classify``, ``embed``
 and ``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
 declares its arguments and a ``cmd_<name>(args) -> int`` function that runs it; a new subcommand adds one of
-each and registers it in :func:`build_parser`. Every subcommand takes ``--device`` (:func:`add_device_argument`,
-resolved by :func:`resolve_device`). Bad input ends with ``error: <message>`` on stderr and exit status 1,
+each and registers it in :func:`build_parser`. Every subcommand takes ``--quiet``/``--verbose``; those that run a
+model take ``--device`` (``ssm_core.utils.cli.add_device_argument``, resolved by :func:`resolve_device`). Bad input ends with ``error: <message>`` on stderr and exit status 1,
 never a traceback.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 from typing import Sequence
 
 from genomics.errors import GenomicsInputError
+from ssm_core.utils.cli import HelpFormatter, add_device_argument
 from ssm_core.utils.ranges import POSITIVE_INT, SEED
 
 DESCRIPTION = """\
@@ -76,12 +77,6 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
                              "also an input is refused even so)")
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--device cpu|cuda|auto`` option every subcommand takes."""
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run: auto picks CUDA when a GPU is present (default: auto)")
-
-
 def resolve_device(name: str):
     """``--device`` value -> torch.device (``cuda`` without a GPU is an error, not a silent fallback)."""
     from ssm_core.train.distributed import resolve_device as resolve
@@ -97,7 +92,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("simulate", help="write the simulated great-apes benchmark (5 FASTA files)",
                               description="Simulate five great-ape genomes evolved from one ancestor.",
-                              epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_SIMULATE, formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--size", choices=("tiny", "small", "full"), default="small",
                    help="genome size per species: tiny 2 Mbp, small 30 Mbp, full 300 Mbp (default: small)")
@@ -107,7 +102,6 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
                         "kbp on the human branch), or strong: 20 times as dense and more diverged, learnable in "
                         "minutes (default: strong for tiny, realistic for small and full)")
     add_overwrite_argument(p)
-    add_device_argument(p)  # simulation runs on the CPU; accepted for a uniform command line
     p.set_defaults(func=cmd_simulate)
     return p
 
@@ -130,7 +124,7 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("fetch", help="download, verify and index a real data set from its manifest",
                               description="Download the files of a data manifest, verify their checksums, "
                                           "decompress or recompress them and build their indexes.",
-                              epilog=EPILOG_FETCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_FETCH, formatter_class=HelpFormatter)
     p.add_argument("manifest", metavar="MANIFEST", help="manifest name (hg38, great_apes) or path to a JSON file")
     p.add_argument("--dest", default="data", metavar="DIR", help="destination directory (default: data)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="fetch only these files (e.g. bonobo gorilla)")
@@ -138,7 +132,6 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
                    help="keep the original downloads in DIR/.downloads after post-processing")
     p.add_argument("--force", action="store_true", help="fetch again even files already fetched")
     add_overwrite_argument(p)
-    add_device_argument(p)  # nothing runs on a device; accepted for a uniform command line
     p.set_defaults(func=cmd_fetch)
     return p
 
@@ -251,7 +244,6 @@ def add_presets_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("presets", help="list the model presets and their parameter counts",
                               description="List the model presets (tiny, 1.4m, 7m) with depth, width and "
                                           "parameter count of the language model.")
-    add_device_argument(p)
     p.set_defaults(func=cmd_presets)
     return p
 
@@ -282,7 +274,7 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("pretrain", help="next-base pretraining on a genome (or a directory of genomes)",
                               description="Pretrain a DNA Mamba by next-base prediction, with sequence-length "
                                           "warmup, reporting validation perplexity and bits per base.",
-                              epilog=EPILOG_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_PRETRAIN, formatter_class=HelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", metavar="FILE", help="genome FASTA (plain, bgzip)")
     source.add_argument("--fasta-dir", metavar="DIR", help="directory of genome FASTA files")
@@ -337,7 +329,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                               description="Fine-tune a DNA Mamba (pretrained or from scratch) to tell species "
                                           "apart from windows of their genomes; test accuracy and confusion "
                                           "matrix on held-out chromosomes.",
-                              epilog=EPILOG_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_FINETUNE, formatter_class=HelpFormatter)
     p.add_argument("--fasta-dir", required=True, metavar="DIR", help="one FASTA file per class")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (must be new unless --resume)")
     p.add_argument("--init", metavar="RUN_OR_CKPT",
@@ -391,7 +383,7 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("classify", help="predict the species of every record of FASTA files",
                               description="Classify every record (optionally every window) of FASTA files with a "
                                           "fine-tuned model; class probabilities as TSV or JSON.",
-                              epilog=EPILOG_CLASSIFY, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_CLASSIFY, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="a `finetune` run directory, a copy of its model directory (model.safetensors + "
                         "model.json), or one of its checkpoints/step-*.ckpt")
@@ -483,7 +475,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
                               description="Embed every record (optionally every window) of a FASTA or FASTQ file "
                                           "with a pretraining or fine-tuning run's model: the pooled "
                                           "representation the classifier's head sees.",
-                              epilog=EPILOG_EMBED, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_EMBED, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="a `pretrain` or `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
     p.add_argument("--fasta", required=True, metavar="FILE",
@@ -528,12 +520,11 @@ def add_plot_lengths_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plot-lengths", help="plot test accuracy against window length across runs",
                               description="Plot the test accuracy of fine-tuning runs against their window "
                                           "length.", epilog=EPILOG_PLOT_LENGTHS,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="finetune run directories")
     p.add_argument("--out", required=True, metavar="PNG", help="the plot to write")
     p.add_argument("--title", default="species classification: accuracy vs context length")
     add_overwrite_argument(p)
-    add_device_argument(p)
     p.set_defaults(func=cmd_plot_lengths)
     return p
 
@@ -554,11 +545,11 @@ def cmd_plot_lengths(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ssm_core.utils.cli import add_version_argument, program_name
+    from ssm_core.utils.cli import add_common_arguments, add_version_argument, program_name
 
     parser = argparse.ArgumentParser(prog=program_name("python -m genomics", "mamba-genomics"),
                                      description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_version_argument(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_simulate_parser(subparsers)
@@ -569,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_parser(subparsers)
     add_embed_parser(subparsers)
     add_plot_lengths_parser(subparsers)
+    add_common_arguments(subparsers)
     return parser
 
 
@@ -577,9 +569,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ssm_core.utils.download import ChecksumError
     from ssm_core.utils.fetch_paths import UnsafePathError
 
+    from ssm_core.utils.cli import apply_common_arguments
+
     args = build_parser().parse_args(argv)
+    apply_common_arguments(args)
     try:
-        if args.device == "cuda":  # refused up front by every command, before any work, when there is no GPU
+        if getattr(args, "device", None) in ("cuda", "mps"):  # refused up front, before any work, when absent
             resolve_device(args.device)
         return args.func(args)
     except SystemExit as stop:  # the training engine's refusals (used RUN, diverged loss) print their own message

@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audio.cli import main
+import audio.cli as audio_cli
+from audio.cli import build_parser, main
 from audio.digits import make_digits
 from audio.errors import AudioInputError
 from audio.metrics import read_nll_table
@@ -173,14 +174,26 @@ def test_generate_writes_over_its_own_clips_only(trained, tmp_path, capsys):
     assert (music / "song.wav").read_bytes() == b"a recording of mine"
 
 
-@pytest.mark.parametrize("command", [["make-digits", "--out", "{tmp}/d", "--per-class", "3"],
-                                     ["fetch", "sc09", "--dest", "{tmp}/data"]])
+@pytest.mark.parametrize("command", [["train", "--data", "{tmp}/d", "--out", "{tmp}/run", "--preset", "tiny"],
+                                     ["generate", "--checkpoint", "{tmp}/run", "--out", "{tmp}/s"]])
 def test_device_cuda_without_a_gpu_is_an_error_in_every_command(command, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([a.format(tmp=tmp_path) for a in command] + ["--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert "error: --device cuda was requested but no CUDA GPU is available" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before doing anything
+
+
+@pytest.mark.parametrize("command", ["make-digits", "fetch", "plot"])
+def test_commands_that_use_no_device_hide_device_and_ignore_it_with_a_warning(command, capsys, monkeypatch):
+    main_help = build_parser()._subparsers._group_actions[0].choices[command].format_help()
+    assert "--device" not in main_help
+    ran = []
+    monkeypatch.setattr(audio_cli, f"cmd_{command.replace('-', '_')}", lambda args: ran.append(args) or 0)
+    required = {"make-digits": ["--out", "x"], "fetch": ["sc09"], "plot": ["--clips", "x", "--out", "x.png"]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # an old script's --device cuda on a CPU machine
+    assert main([command, *required[command], "--device", "cuda"]) == 0 and ran
+    assert "warning: --device cuda is ignored: this command runs nothing on a device" in capsys.readouterr().err
 
 
 def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, capsys):

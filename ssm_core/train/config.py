@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ssm_core.utils.device import DEVICES
+
 from ssm_core.utils.ranges import (FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range,
                                    check_ranges)
 
@@ -69,7 +71,7 @@ class TrainConfig:
     eval_batch_size: int | None = None  # per rank; None = the per-rank micro-batch
     seed: int = 0
     deterministic: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast applies on CUDA only; CPU always runs fp32
     eval_every: int = 0  # 0 = evaluate once at the end
     log_every: int = 10
@@ -296,7 +298,8 @@ def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "the run's (--set train.KEY=VALUE; --steps, --device, --checkpoint-every): "
                         + ", ".join(RESUMABLE) + "; any other difference (data, window, model, preset, task, "
                         "optimiser, seed, batch size) is refused, naming each field")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    g.add_argument("--device", choices=DEVICES,
+                   help="where to train: auto picks CUDA, then Apple's mps, then the CPU (default: the config's, auto)")
     return parser
 
 
