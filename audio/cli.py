@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ssm_core.train import add_engine_args
     from audio.io import MAX_WAV_SECONDS
     from audio.sashimi import PRESETS
+    from audio.train import waveform_preset
 
     clip_seconds = Range(0, MAX_WAV_SECONDS, low_open=True)
 
@@ -332,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=NONNEGATIVE_INT, help="train on one random crop of this many samples per clip (a "
                                                         "multiple of 16; 0 = whole clips; tiny preset: 4096)")
     _add_rate_policy(p)
-    add_engine_args(p)
+    add_engine_args(p, waveform_preset("6.1m").train, recipe_name="the 6.1m preset's")
 
     p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
             EPILOG_GENERATE)

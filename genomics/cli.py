@@ -271,6 +271,8 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     from ssm_core.train.config import add_engine_args
     from ssm_core.train.curriculum import WARMUP_FRACTION
 
+    from genomics.pretrain import PretrainExperiment
+
     p = subparsers.add_parser("pretrain", help="next-base pretraining on a genome (or a directory of genomes)",
                               description="Pretrain a DNA Mamba by next-base prediction, with sequence-length "
                                           "warmup, reporting validation perplexity and bits per base.",
@@ -287,7 +289,7 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
                    help="share of the steps spent warming up, in [0, 1) (default: 0.5)")
     p.add_argument("--decompress-cache", metavar="DIR", help="where to decompress plain-gzip FASTA files")
     _add_model_arguments(p)
-    add_engine_args(p)
+    add_engine_args(p, PretrainExperiment().train)
     p.set_defaults(func=cmd_pretrain)
     return p
 
@@ -325,6 +327,8 @@ def _resolve(args: argparse.Namespace, exp, data_flags: dict):
 def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     from ssm_core.train.config import add_engine_args
 
+    from genomics.finetune import FinetuneExperiment
+
     p = subparsers.add_parser("finetune", help="species classification: fine-tune on one FASTA per class",
                               description="Fine-tune a DNA Mamba (pretrained or from scratch) to tell species "
                                           "apart from windows of their genomes; test accuracy and confusion "
@@ -351,7 +355,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                    help="how genomes are split into train/valid/test (default auto: chromosome, contig, block)")
     p.add_argument("--decompress-cache", metavar="DIR", help="where to decompress plain-gzip FASTA files")
     _add_model_arguments(p)
-    add_engine_args(p)
+    add_engine_args(p, FinetuneExperiment().train)
     p.set_defaults(func=cmd_finetune)
     return p
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from ssm_core import MambaConfig, MambaSequenceClassifier
 from ssm_core.models import update_model_info
@@ -175,7 +175,7 @@ def predict_windows(model: MambaSequenceClassifier, dataset, device: torch.devic
     window = dataset.window
     loader = DataLoader(dataset, batch_size=max(1, batch_tokens // window), shuffle=False)
     probs, labels = [], []
-    for tokens, label in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for tokens, label in progress_bar(loader, desc=desc, unit="batch", leave=False):
         tokens = tokens.to(device)
         logits = model.forward_chunked(tokens, chunk) if window > chunk else model(tokens)
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())

@@ -28,7 +28,7 @@ from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
-from ssm_core.utils.progress import progress
+from ssm_core.utils.progress import progress_bar
 from ssm_core.utils.ranges import NONNEGATIVE_INT, POSITIVE_INT, Range, check_ranges
 
 from .data import SyntheticDataset
@@ -200,7 +200,7 @@ def accuracy_by_length(task: SyntheticTask, model: nn.Module, lengths: tuple[int
     d = task.exp.data
     model.eval()
     accuracy, samples = {}, {}
-    for length in progress(lengths, desc="accuracy by length", unit="length"):
+    for length in progress_bar(lengths, desc="accuracy by length", unit="length"):
         n = min(d.eval_samples, max(16, d.eval_tokens // length))
         loader = DataLoader(task.dataset(n, length, seed=seed + 2 * 10**6 + length),
                             batch_size=max(1, min(n, d.eval_batch_tokens // length)))

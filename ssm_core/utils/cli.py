@@ -103,6 +103,12 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     logging.captureWarnings(True)
 
 
+def ensure_logging() -> None:
+    """:func:`configure_logging` at its defaults, unless it has run already (a tool that parsed no logging flags)."""
+    if not any(isinstance(h, _Console) for h in logging.getLogger().handlers):
+        configure_logging()
+
+
 def apply_common_arguments(args: argparse.Namespace) -> None:
     """Act on what :func:`add_common_arguments` added: set up logging, warn about an ignored ``--device``."""
     configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))

@@ -20,6 +20,8 @@ class LineProgress(tqdm):
         pass  # nothing drawn in place, nothing to wipe before tqdm.write
 
     def refresh(self, nolock: bool = False, lock_args=None) -> bool:
+        if self.disable:  # a disabled tqdm never set its intervals
+            return False
         if time.monotonic() - getattr(self, "_last_line", -float("inf")) >= self.mininterval:
             self.display()
         return True
@@ -44,7 +46,7 @@ def _interactive(stream) -> bool:
     return stream.isatty() or "ipykernel" in sys.modules
 
 
-def progress(iterable=None, **kwargs) -> tqdm:
+def progress_bar(iterable=None, **kwargs) -> tqdm:
     """A tqdm bar (same arguments) that suits where stderr goes; hidden under ``--quiet``. ``disable=None`` (tqdm's
     "hide unless a terminal") is read as shown: a log gets lines instead."""
     stream = kwargs.get("file") or sys.stderr
