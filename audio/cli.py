@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Callable, Sequence
 from audio.errors import AudioInputError, AudioNotice
 from ssm_core.utils.cli import HelpFormatter, add_device_argument
 from ssm_core.utils.ranges import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range
+
+log = logging.getLogger(__name__)
 
 TOP_P = Range(0, 1, low_open=True)
 
@@ -134,7 +137,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from audio.manifests import fetch, load_manifest
 
     manifest = load_manifest(args.manifest)
-    print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
+    log.info(f"{manifest.name}: {manifest.licence}")
     try:
         data = fetch(manifest, args.dest, overwrite=args.overwrite)
     except OutputRefusedError:
@@ -185,7 +188,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_seconds = args.prompt_seconds if args.prompt_seconds is not None else min(0.5, args.seconds / 2)
         prompts, files = read_prompts(args.prompt, int(round(prompt_seconds * SAMPLE_RATE)), c.bits,
                                       c.quantization, on_rate_mismatch=args.on_rate_mismatch)
-        print(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each", file=sys.stderr)
+        log.info(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each")
     names = clip_names(args.n)
     check_output(args.out, lambda out: is_clip_folder(out, names), inputs=[args.checkpoint, *files], files=names,
                  overwrite=args.overwrite)
@@ -249,8 +252,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         same = Path(args.generated).resolve() == Path(args.reference).resolve() and is_labelled_set(args.reference)
         generated_split = args.reference_split if same else "all"
         if same:
-            print(f"notice: --generated and --reference are the same set: scoring its {generated_split!r} split "
-                  "against itself (--generated-split to choose another)", file=sys.stderr)
+            log.info(f"notice: --generated and --reference are the same set: scoring its {generated_split!r} "
+                     "split against itself (--generated-split to choose another)")
     report = evaluate(args.generated, args.reference, classifier, generated_split=generated_split,
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
                       device=device, on_rate_mismatch=args.on_rate_mismatch, allow_few_clips=args.allow_few_clips)

@@ -10,12 +10,15 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Sequence
 
 from genomics.errors import GenomicsInputError
 from ssm_core.utils.cli import HelpFormatter, add_device_argument
 from ssm_core.utils.ranges import POSITIVE_INT, SEED
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Byte-level DNA language models with Mamba: simulated and real genomes, pretraining by next-base
@@ -115,8 +118,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     paths = simulate(args.out, args.size, args.seed, signal=args.signal, overwrite=args.overwrite)
     for path in paths:
         print(path)
-    print(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) in "
-          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    log.info(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) "
+             f"in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -462,13 +465,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         results += classifier.classify_file(path)
     flagged = [(r.file, r.record, r.flag) for r in results if r.flag]
     if flagged:
-        print(f"warning: {describe_flagged(flagged, args.min_bases)}; flagged, not classified", file=sys.stderr)
+        log.warning(f"{describe_flagged(flagged, args.min_bases)}; flagged, not classified")
     text = (to_json if args.json else to_tsv)(results, classifier.classes, per_window=args.per_window)
     if args.out:
         from ssm_core.train.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(args.out, text.encode())
-        print(f"classified {len(results)} records from {len(args.fasta)} file(s) -> {args.out}", file=sys.stderr)
+        log.info(f"classified {len(results)} records from {len(args.fasta)} file(s) -> {args.out}")
     else:
         sys.stdout.write(text)
     return 0
@@ -512,11 +515,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     embedder = Embedder(args.checkpoint, resolve_device(args.device), window=args.window)
     result = embedder.embed_file(args.fasta)
     if result.flagged:
-        print(f"warning: {describe_flagged([(args.fasta, name, flag) for name, flag in result.flagged])}; "
-              "embedded all the same", file=sys.stderr)
+        log.warning(f"{describe_flagged([(args.fasta, name, flag) for name, flag in result.flagged])}; "
+                    "embedded all the same")
     atomic_write_bytes(args.out, result.npz_bytes(args.per_window))
-    print(f"embedded {len(result.records)} records ({len(result.window_start)} windows of up to {embedder.window} "
-          f"bases, {result.embeddings.shape[1]} dimensions) -> {args.out}", file=sys.stderr)
+    log.info(f"embedded {len(result.records)} records ({len(result.window_start)} windows of up to "
+             f"{embedder.window} bases, {result.embeddings.shape[1]} dimensions) -> {args.out}")
     return 0
 
 
@@ -544,7 +547,7 @@ def cmd_plot_lengths(args: argparse.Namespace) -> int:
     print(f"{'run':<40} {'model':<20} {'window':>9} {'test accuracy':>13}")
     for r in rows:
         print(f"{r['run']:<40} {r['label']:<20} {r['window']:>9,} {100 * r['test_accuracy']:>12.1f}%")
-    print(f"plot: {args.out}", file=sys.stderr)
+    log.info(f"plot: {args.out}")
     return 0
 
 
