@@ -54,6 +54,7 @@ class Task(ABC):
 
     unit: str = "samples"  # what `count_units` counts; shown as `<unit>/s` in the progress bar
     shuffle_train: bool = True  # False for datasets whose items are already random (generated data)
+    count_metrics: tuple[str, ...] = ()  # keys of `evaluate` that count items (logged, never plotted as metrics)
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -573,7 +574,8 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         from ssm_core.models.io import save_model
         save_model(final_model, run.root,
                    ModelInfo(steps=step, metrics={f"valid_{k}": v for k, v in eval_metrics.items()}))
-        plot_metrics(run.metrics, run.plots / "metrics.png", title=run.root.name)
+        plot_metrics(run.metrics, run.plots / "metrics.png", title=run.root.name,
+                     counts={f"valid/{name}" for name in task.count_metrics})
         _say(ctx, f"done: {step} steps; final model in {run.root}/model.safetensors")
     barrier(ctx)
     return TrainResult(final_model, step, stopped_early, eval_metrics)
