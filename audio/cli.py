@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -123,6 +125,50 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
 METRICS_REPORT_KEYS = ("fid", "is", "mis", "am", "n_generated", "n_reference")
 
 
+@dataclass(frozen=True)
+class CpuCost:
+    """What one model preset costs on 2 CPU cores, measured (benchmarks/results/
+    audio_generation_cpu_x86_64_2cores_1threads_quick.json, 2026-11-23): the basis of the time estimates below."""
+    parameters: int
+    train_samples_per_s: float  # training throughput at batch 2 x 1024 samples
+    generate_s_per_audio_s: float  # seconds to generate one second of audio for each clip of a batch of 64
+
+
+CPU_COSTS = {"6.1m": CpuCost(6_255_040, 1202.8, 825.9), "24.3m": CpuCost(24_850_912, 397.4, 1341.1)}
+LONG_GENERATION_S = 600.0  # a generation estimated to last longer is announced before it starts
+
+
+def _warn_long_training(exp) -> None:
+    """Before a waveform training on a CPU: its estimated length when the preset's measured rate puts it past an
+    hour (the 6.1m preset's default 200,000 steps would take years)."""
+    from ssm_core.train.engine import LONG_RUN_S
+    from ssm_core.utils.device import resolve_device
+
+    cost = CPU_COSTS.get(exp.preset)
+    if cost is None or resolve_device(exp.train.device).type != "cpu":
+        return
+    per_step = exp.train.batch_size * (exp.data.crop or exp.data.window) / cost.train_samples_per_s
+    if per_step * exp.train.steps > LONG_RUN_S:
+        log.warning(f"estimate: {exp.train.steps:,} steps of the {exp.preset} preset at batch {exp.train.batch_size} "
+                    f"take about {per_step * exp.train.steps / 3600:,.0f} h on a 2-core CPU (measured "
+                    f"{cost.train_samples_per_s:,.0f} training samples/s there); --preset tiny, --steps or "
+                    "--set train.time_limit_min=MINUTES for a run of minutes, a GPU for the paper's recipe")
+
+
+def _warn_long_generation(model, device, n: int, seconds: float) -> None:
+    """Before generating on a CPU with a measured preset: the estimated time when it passes ten minutes."""
+    if device.type != "cpu":
+        return
+    parameters = sum(p.numel() for p in model.parameters())
+    for name, cost in CPU_COSTS.items():
+        if cost.parameters == parameters:
+            estimate = math.ceil(n / 64) * seconds * cost.generate_s_per_audio_s
+            if estimate > LONG_GENERATION_S:
+                log.warning(f"estimate: {n} clips of {seconds:g} s from a {name} model take about "
+                            f"{estimate / 60:,.0f} min on a 2-core CPU (measured: {cost.generate_s_per_audio_s:.0f} s "
+                            "per second of audio for 64 clips); --n and --seconds make it shorter")
+
+
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
@@ -161,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(exp.data, name, getattr(args, name))
     exp = resolve_config(args, exp)
+    _warn_long_training(exp)
     run_waveform_training(exp, args.out, resume=args.resume)
     return 0
 
@@ -190,6 +237,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                       c.quantization, on_rate_mismatch=args.on_rate_mismatch)
         log.info(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each")
     names = clip_names(args.n)
+    _warn_long_generation(model, device, args.n, args.seconds)
     check_output(args.out, lambda out: is_clip_folder(out, names), inputs=[args.checkpoint, *files], files=names,
                  overwrite=args.overwrite)
     result = generate(model, args.n, length, batch_size=args.batch_size, prompts=prompts,

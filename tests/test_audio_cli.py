@@ -250,3 +250,30 @@ def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, caps
                  "--out", str(tmp_path / "g5")]) == 1
     assert capsys.readouterr().err.strip() == (f"error: --checkpoint {dna} is a Mamba sequence classifier "
                                                "(MambaSequenceClassifier), not a SaShiMi waveform model")
+
+
+def test_a_cpu_training_with_the_papers_defaults_is_announced_with_its_estimated_length(tmp_path, capsys):
+    missing = tmp_path / "no_data"
+    assert main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    hours = 200_000 * 16 * 16000 / 1202.8 / 3600  # the 6.1m preset's recipe at its measured CPU rate
+    assert f"warning: estimate: 200,000 steps of the 6.1m preset at batch 16 take about {hours:,.0f} h" in err
+    assert str(missing) in err.strip().splitlines()[-1]  # then the data is checked as before
+    main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--device", "cpu", "--preset", "tiny"])
+    assert "estimate" not in capsys.readouterr().err  # minutes: nothing to announce
+
+
+def test_generating_the_default_64_clips_on_a_cpu_is_announced_with_its_estimated_time(caplog):
+    import logging
+
+    from audio.cli import _warn_long_generation
+    from audio.sashimi import SashimiConfig, SashimiModel
+
+    model = SashimiModel(SashimiConfig.preset("6.1m"))
+    with caplog.at_level(logging.WARNING, logger="audio"):
+        _warn_long_generation(model, torch.device("cpu"), 64, 1.0)
+        assert "estimate: 64 clips of 1 s from a 6.1m model take about 14 min on a 2-core CPU" in caplog.text
+        caplog.clear()
+        _warn_long_generation(model, torch.device("cpu"), 8, 0.5)  # seven minutes
+        _warn_long_generation(SashimiModel(SashimiConfig.preset("tiny")), torch.device("cpu"), 64, 1.0)
+    assert caplog.text == ""
