@@ -111,3 +111,16 @@ def test_device_mps_is_accepted_by_the_commands_that_run_a_model(capsys, monkeyp
     assert main(["classify", "--checkpoint", "x", "--fasta", "y", "--device", "mps"]) == 1  # parsed, then refused
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         "error: --device mps was requested but this PyTorch has no Apple mps device here"
+
+
+def test_the_main_job_runs_its_tools_as_quiet_as_itself(monkeypatch):
+    from suite import stages
+
+    seen = []
+    try:
+        for flags in (["--quiet"], ["--verbose"], []):
+            configure_logging(quiet=flags == ["--quiet"], verbose=flags == ["--verbose"])
+            stages.run_tool(lambda argv: seen.append(argv) or 0, ["presets"], "test")
+            assert seen[-1] == ["presets", *flags]
+    finally:
+        configure_logging()
