@@ -171,7 +171,8 @@ def extract_sc09(tarball: str | os.PathLike, dest: str | os.PathLike, progress: 
         lists: dict[str, list[str]] = {}
         n_clips, skipped = 0, []
         with tarfile.open(tarball, "r:*") as archive:
-            for member in progress_bar(archive, desc=f"extracting {Path(tarball).name}", unit="file", disable=not progress):
+            for member in progress_bar(archive, desc=f"extracting {Path(tarball).name}", unit="file",
+                                       disable=not progress):
                 if _unsafe_tar_member(member, tmp):
                     skipped.append(member.name)
                     continue

@@ -4,8 +4,8 @@ Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune
 and ``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
 declares its arguments and a ``cmd_<name>(args) -> int`` function that runs it; a new subcommand adds one of
 each and registers it in :func:`build_parser`. Every subcommand takes ``--quiet``/``--verbose``; those that run a
-model take ``--device`` (``ssm_core.utils.cli.add_device_argument``, resolved by :func:`resolve_device`). Bad input ends with ``error: <message>`` on stderr and exit status 1,
-never a traceback.
+model take ``--device`` (``ssm_core.utils.cli.add_device_argument``, resolved by :func:`resolve_device`). Bad input
+ends with ``error: <message>`` on stderr and exit status 1, never a traceback.
 """
 from __future__ import annotations
 

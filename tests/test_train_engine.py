@@ -477,7 +477,8 @@ def test_a_long_run_is_announced_with_its_estimated_length(tmp_path, caplog, mon
     monkeypatch.setattr(engine, "LONG_RUN_S", 0.05)  # 14 steps left at >= 0.01 s each: "long"
     with caplog.at_level(logging.WARNING, logger="ssm_core"):
         train(ToyTask(exp), exp.train, tmp_path / "run")
-    assert "this run looks long: 14 steps left at" in caplog.text and "(an estimate from the last 5 steps" in caplog.text
+    assert "this run looks long: 14 steps left at" in caplog.text
+    assert "(an estimate from the last 5 steps" in caplog.text
     caplog.clear()
     monkeypatch.setattr(engine, "LONG_RUN_S", 3600.0)
     with caplog.at_level(logging.WARNING, logger="ssm_core"):

@@ -297,7 +297,8 @@ def add_engine_args(parser: argparse.ArgumentParser, recipe: TrainConfig | None 
     g.add_argument("--batch-size", type=POSITIVE_INT,
                    help=f"global batch size per optimiser step {default(recipe and recipe.batch_size)}")
     g.add_argument("--lr", type=POSITIVE, help=f"peak learning rate {default(recipe and recipe.optim.lr)}")
-    g.add_argument("--seed", type=SEED, help=f"random seed (model init and data order) {default(recipe and recipe.seed)}")
+    g.add_argument("--seed", type=SEED,
+                   help=f"random seed (model init and data order) {default(recipe and recipe.seed)}")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-reproducible runs and resumes on CPU)")
     g.add_argument("--checkpoint-every", type=NONNEGATIVE_INT,

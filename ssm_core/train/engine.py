@@ -460,7 +460,8 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         return path
 
     logger = MetricsLogger(run.metrics, run.tensorboard, start_step) if ctx.is_main else None
-    progress = progress_bar(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step", dynamic_ncols=True)
+    progress = progress_bar(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step",
+                            dynamic_ncols=True)
     window: dict[str, float] = defaultdict(float)
     window_metrics: dict[str, torch.Tensor] = {}  # the task's metrics, summed on the device until logged
     window_steps, window_units, window_start = 0, 0, time.perf_counter()

@@ -16,8 +16,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120, tight: bool = True) -> Path:
-    """Lay out ``fig`` (``tight=False``: the caller has, e.g. around a colour bar's own axes), write it to ``path`` (creating its folder; atomically, through a temporary file in the same
-    folder) and close it. A PNG carries FIGURE_MARK (see `is_suite_figure`). Returns the path."""
+    """Lay out ``fig`` (``tight=False``: the caller has, e.g. around a colour bar's own axes), write it to ``path``
+    (creating its folder; atomically, through a temporary file in the same folder) and close it. A PNG carries
+    FIGURE_MARK (see `is_suite_figure`). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
