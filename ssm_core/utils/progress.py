@@ -13,7 +13,7 @@ LINE_INTERVAL_S = 5.0  # seconds between two progress lines in a log
 
 
 class LineProgress(tqdm):
-    """tqdm that writes whole lines at most every ``mininterval`` seconds (and once at the start and the end) instead
+    """tqdm that writes whole lines at most every ``mininterval`` seconds (and once at the end) instead
     of redrawing a bar with ``\\r``, so a log file holds a readable history."""
 
     def clear(self, nolock: bool = False) -> None:
@@ -22,7 +22,9 @@ class LineProgress(tqdm):
     def refresh(self, nolock: bool = False, lock_args=None) -> bool:
         if self.disable:  # a disabled tqdm never set its intervals
             return False
-        if time.monotonic() - getattr(self, "_last_line", -float("inf")) >= self.mininterval:
+        if not hasattr(self, "_last_line"):  # tqdm's opening refresh: a 0% line says nothing, the clock starts
+            self._last_line = time.monotonic()
+        elif time.monotonic() - self._last_line >= self.mininterval:
             self.display()
         return True
 
