@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 from audio.errors import AudioInputError, AudioNotice
+from ssm_core.utils.cli import HelpFormatter, add_device_argument
 from ssm_core.utils.ranges import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range
+
+log = logging.getLogger(__name__)
 
 TOP_P = Range(0, 1, low_open=True)
 
@@ -103,11 +109,6 @@ examples:
 """
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run: auto picks CUDA when a GPU is present (default: auto)")
-
-
 def _add_rate_policy(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-rate-mismatch", choices=("resample", "error"), default="resample",
                         help="an input file not at 16 kHz: resample it (with a notice on stderr) or stop with an "
@@ -124,16 +125,53 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
 METRICS_REPORT_KEYS = ("fid", "is", "mis", "am", "n_generated", "n_reference")
 
 
-def _resolve_device(name: str):
-    from ssm_core.train.distributed import resolve_device
+@dataclass(frozen=True)
+class CpuCost:
+    """What one model preset costs on 2 CPU cores, measured (benchmarks/results/
+    audio_generation_cpu_x86_64_2cores_1threads_quick.json, 2026-11-23): the basis of the time estimates below."""
+    parameters: int
+    train_samples_per_s: float  # training throughput at batch 2 x 1024 samples
+    generate_s_per_audio_s: float  # seconds to generate one second of audio for each clip of a batch of 64
 
-    return resolve_device(name)
+
+CPU_COSTS = {"6.1m": CpuCost(6_255_040, 1202.8, 825.9), "24.3m": CpuCost(24_850_912, 397.4, 1341.1)}
+LONG_GENERATION_S = 600.0  # a generation estimated to last longer is announced before it starts
+
+
+def _warn_long_training(exp) -> None:
+    """Before a waveform training on a CPU: its estimated length when the preset's measured rate puts it past an
+    hour (the 6.1m preset's default 200,000 steps would take years)."""
+    from ssm_core.train.engine import LONG_RUN_S
+    from ssm_core.utils.device import resolve_device
+
+    cost = CPU_COSTS.get(exp.preset)
+    if cost is None or resolve_device(exp.train.device).type != "cpu":
+        return
+    per_step = exp.train.batch_size * (exp.data.crop or exp.data.window) / cost.train_samples_per_s
+    if per_step * exp.train.steps > LONG_RUN_S:
+        log.warning(f"estimate: {exp.train.steps:,} steps of the {exp.preset} preset at batch {exp.train.batch_size} "
+                    f"take about {per_step * exp.train.steps / 3600:,.0f} h on a 2-core CPU (measured "
+                    f"{cost.train_samples_per_s:,.0f} training samples/s there); --preset tiny, --steps or "
+                    "--set train.time_limit_min=MINUTES for a run of minutes, a GPU for the paper's recipe")
+
+
+def _warn_long_generation(model, device, n: int, seconds: float) -> None:
+    """Before generating on a CPU with a measured preset: the estimated time when it passes ten minutes."""
+    if device.type != "cpu":
+        return
+    parameters = sum(p.numel() for p in model.parameters())
+    for name, cost in CPU_COSTS.items():
+        if cost.parameters == parameters:
+            estimate = math.ceil(n / 64) * seconds * cost.generate_s_per_audio_s
+            if estimate > LONG_GENERATION_S:
+                log.warning(f"estimate: {n} clips of {seconds:g} s from a {name} model take about "
+                            f"{estimate / 60:,.0f} min on a 2-core CPU (measured: {cost.generate_s_per_audio_s:.0f} s "
+                            "per second of audio for 64 clips); --n and --seconds make it shorter")
 
 
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
-    _resolve_device(args.device)  # synthesis runs on the CPU, but --device cuda without a GPU is still an error
     out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force)
     print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s) in SC09 layout to {out}")
     return 0
@@ -144,9 +182,8 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
     from audio.manifests import fetch, load_manifest
 
-    _resolve_device(args.device)  # downloads need no device, but --device cuda without a GPU is still an error
     manifest = load_manifest(args.manifest)
-    print(f"{manifest.name}: {manifest.licence}", file=sys.stderr)
+    log.info(f"{manifest.name}: {manifest.licence}")
     try:
         data = fetch(manifest, args.dest, overwrite=args.overwrite)
     except OutputRefusedError:
@@ -170,6 +207,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             setattr(exp.data, name, getattr(args, name))
     exp = resolve_config(args, exp)
+    _warn_long_training(exp)
     run_waveform_training(exp, args.out, resume=args.resume)
     return 0
 
@@ -177,6 +215,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from ssm_core.models import WrongModelError, describe
     from ssm_core.train import load_trained_model
+    from ssm_core.utils.device import resolve_device
 
     from ssm_core.utils.outputs import check_output
 
@@ -184,7 +223,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from audio.io import SAMPLE_RATE
     from audio.sashimi import SashimiModel
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     model = load_trained_model(args.checkpoint, device)
     if not isinstance(model, SashimiModel):
         raise WrongModelError(f"--checkpoint {args.checkpoint} is {describe(model)}, not a SaShiMi waveform model")
@@ -196,8 +235,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         prompt_seconds = args.prompt_seconds if args.prompt_seconds is not None else min(0.5, args.seconds / 2)
         prompts, files = read_prompts(args.prompt, int(round(prompt_seconds * SAMPLE_RATE)), c.bits,
                                       c.quantization, on_rate_mismatch=args.on_rate_mismatch)
-        print(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each", file=sys.stderr)
+        log.info(f"prompts: {len(files)} file(s), {prompt_seconds:g} s each")
     names = clip_names(args.n)
+    _warn_long_generation(model, device, args.n, args.seconds)
     check_output(args.out, lambda out: is_clip_folder(out, names), inputs=[args.checkpoint, *files], files=names,
                  overwrite=args.overwrite)
     result = generate(model, args.n, length, batch_size=args.batch_size, prompts=prompts,
@@ -229,6 +269,8 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from ssm_core.utils.outputs import check_output, json_object_with
 
+    from ssm_core.utils.device import resolve_device
+
     from audio.classifier import load_classifier
     from audio.datasets import is_labelled_set
     from audio.metrics import evaluate, read_nll_table, select_likelihood_band, select_most_likely
@@ -236,7 +278,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if args.json:  # checked before the work, not after it
         check_output(args.json, json_object_with(METRICS_REPORT_KEYS), option="--json", overwrite=args.overwrite,
                      inputs=[args.generated, args.reference, args.classifier, args.nll])
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     classifier = load_classifier(args.classifier, device)
     files = None
     if args.nll:
@@ -258,8 +300,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         same = Path(args.generated).resolve() == Path(args.reference).resolve() and is_labelled_set(args.reference)
         generated_split = args.reference_split if same else "all"
         if same:
-            print(f"notice: --generated and --reference are the same set: scoring its {generated_split!r} split "
-                  "against itself (--generated-split to choose another)", file=sys.stderr)
+            log.info(f"notice: --generated and --reference are the same set: scoring its {generated_split!r} "
+                     "split against itself (--generated-split to choose another)")
     report = evaluate(args.generated, args.reference, classifier, generated_split=generated_split,
                       reference_split=args.reference_split, generated_files=files, batch_size=args.batch_size,
                       device=device, on_rate_mismatch=args.on_rate_mismatch, allow_few_clips=args.allow_few_clips)
@@ -292,7 +334,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ssm_core.utils.cli import add_version_argument, program_name
+    from ssm_core.utils.cli import add_common_arguments, add_version_argument, program_name
 
     parser = argparse.ArgumentParser(
         prog=program_name("python -m audio", "mamba-audio"),
@@ -300,14 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
                     "YouTubeMix, train the SaShiMi-Mamba waveform model and generate clips with it, train the SC09 "
                     "classifier, score generated clips with the SC09 metrics (FID, IS, mIS, AM), plot clips.",
         epilog="Run `python -m audio COMMAND --help` for a command's manual.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         p.set_defaults(func=func)
         return p
 
@@ -318,18 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="write into a non-empty --out (an earlier set's clips there are replaced)")
-    _add_device(p)  # synthesis runs on the CPU; accepted for a uniform command line
 
     p = add("fetch", cmd_fetch, "Download a data manifest's files, verify their checksums and unpack them.",
             EPILOG_FETCH)
     p.add_argument("manifest", help="manifest name (sc09, youtubemix) or path to a manifest JSON")
     p.add_argument("--dest", default="data", help="where downloads and data go (default: ./data)")
     _add_overwrite(p)
-    _add_device(p)
 
     from ssm_core.train import add_engine_args
     from audio.io import MAX_WAV_SECONDS
     from audio.sashimi import PRESETS
+    from audio.train import waveform_preset
 
     clip_seconds = Range(0, MAX_WAV_SECONDS, low_open=True)
 
@@ -343,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=NONNEGATIVE_INT, help="train on one random crop of this many samples per clip (a "
                                                         "multiple of 16; 0 = whole clips; tiny preset: 4096)")
     _add_rate_policy(p)
-    add_engine_args(p)
+    add_engine_args(p, waveform_preset("6.1m").train, recipe_name="the 6.1m preset's")
 
     p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
             EPILOG_GENERATE)
@@ -367,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
     _add_overwrite(p)
     _add_rate_policy(p)
-    _add_device(p)
+    add_device_argument(p)
 
     p = add("train-classifier", cmd_train_classifier, "Train the SC09 ResNeXt classifier the metrics use.",
             EPILOG_TRAIN_CLASSIFIER)
@@ -405,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with published numbers")
     _add_overwrite(p)
     _add_rate_policy(p)
-    _add_device(p)
+    add_device_argument(p)
 
     p = add("plot", cmd_plot, "Plot a grid of clips' spectrograms or waveforms to a PNG file.", EPILOG_PLOT)
     p.add_argument("--clips", required=True, help="flat folder of WAVs or a labelled set")
@@ -416,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
                    help="split of a labelled set (default: all)")
     _add_overwrite(p)
-    _add_device(p)
+    add_common_arguments(sub)
     return parser
 
 
@@ -427,9 +468,16 @@ def _one_line_notice(message, category, filename, lineno, file=None, line=None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ssm_core.utils.cli import apply_common_arguments
+
     args = build_parser().parse_args(argv)
+    apply_common_arguments(args)
     warnings.formatwarning = _one_line_notice  # conversions are reported as one line each
     try:
+        if getattr(args, "device", None) in ("cuda", "mps"):  # refused up front, before any work, when absent
+            from ssm_core.utils.device import resolve_device
+
+            resolve_device(args.device)
         return args.func(args)
     except (AudioInputError, ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchaudio.functional as AF
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from audio.datasets import DIGITS, SPLIT_LISTS
 from audio.io import SAMPLE_RATE, save_wav
@@ -194,7 +194,7 @@ def _synthesise_set(out: str, per_class: int, seed: int, progress: bool) -> None
     n_val, n_test = held_out_counts(per_class)
     held_out: dict[str, list[str]] = {"validation": [], "test": []}
     recipes = {}
-    bar = tqdm(total=per_class * len(DIGITS), desc="synthesising digits", unit="clip", disable=not progress)
+    bar = progress_bar(total=per_class * len(DIGITS), desc="synthesising digits", unit="clip", disable=not progress)
     for label, word in enumerate(DIGITS):
         for k in range(per_class):
             rng = np.random.default_rng([seed, label, k])

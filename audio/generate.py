@@ -24,7 +24,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from ssm_core.models.backbone import sample_logits
 from ssm_core.train.checkpoint import atomic_write_bytes
@@ -164,7 +164,7 @@ def generate(model: SashimiModel, n: int, length: int, *, batch_size: int = 64, 
         model.compile_step()
     out = torch.empty(n, length, dtype=torch.long)
     nll = torch.empty(n, dtype=torch.float64)
-    bar = tqdm(total=n * length, unit="sample", unit_scale=True, desc="generating", disable=not progress,
+    bar = progress_bar(total=n * length, unit="sample", unit_scale=True, desc="generating", disable=not progress,
                dynamic_ncols=True)
     seconds = setup_seconds = 0.0
     for batch_index, first in enumerate(range(0, n, batch_size)):

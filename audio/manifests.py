@@ -29,7 +29,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from audio.datasets import DIGITS, SPLIT_LISTS
 from audio.errors import AudioNotice
@@ -171,7 +171,8 @@ def extract_sc09(tarball: str | os.PathLike, dest: str | os.PathLike, progress: 
         lists: dict[str, list[str]] = {}
         n_clips, skipped = 0, []
         with tarfile.open(tarball, "r:*") as archive:
-            for member in tqdm(archive, desc=f"extracting {Path(tarball).name}", unit="file", disable=not progress):
+            for member in progress_bar(archive, desc=f"extracting {Path(tarball).name}", unit="file",
+                                       disable=not progress):
                 if _unsafe_tar_member(member, tmp):
                     skipped.append(member.name)
                     continue

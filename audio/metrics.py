@@ -45,7 +45,7 @@ import scipy.linalg
 import torch
 from scipy.stats import entropy
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from audio.classifier import ResNeXtClassifier
 from audio.datasets import LabelledAudioSet
@@ -222,7 +222,7 @@ def classify(model: ResNeXtClassifier, dataset: Dataset, batch_size: int = 64, d
     model = model.to(device).eval()
     probs, features, labels = [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    for waves, label in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for waves, label in progress_bar(loader, desc=desc, unit="batch", disable=not progress):
         feats = model.features(waves.to(device))
         # softmax in float64: s4's float32 softmax can underflow to exact zeros, which make mIS infinite
         probs.append(torch.softmax(model.head(feats).double(), dim=-1).cpu())

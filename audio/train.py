@@ -115,6 +115,7 @@ class _Crops(Dataset):
 
 class WaveformTask(Task):
     unit = "samples"
+    count_metrics = ("samples",)
 
     def __init__(self, exp: WaveformExperiment):
         self.exp = exp

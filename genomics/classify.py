@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
+
+from ssm_core.utils.progress import progress_bar
 
 from ssm_core import MambaLMHeadModel, MambaSequenceClassifier
 from ssm_core.models import ModelFileError, describe, read_model_info
@@ -228,7 +230,7 @@ class WindowedModel:
 
 def bases_progress(path: str | Path) -> tqdm:
     """A progress bar in bases for one input (stderr, shown on a terminal only)."""
-    return tqdm(desc=Path(source_name(path)).name, unit="bp", unit_scale=True, leave=False, disable=None)
+    return progress_bar(desc=Path(source_name(path)).name, unit="bp", unit_scale=True, leave=False, disable=None)
 
 
 class SpeciesClassifier(WindowedModel):

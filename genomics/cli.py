@@ -3,18 +3,22 @@
 Subcommands here: ``simulate``, ``fetch``, ``presets``, ``pretrain``, ``finetune``, ``classify``, ``embed``
 and ``plot-lengths``. Each has an ``add_<name>_parser(subparsers)`` function that
 declares its arguments and a ``cmd_<name>(args) -> int`` function that runs it; a new subcommand adds one of
-each and registers it in :func:`build_parser`. Every subcommand takes ``--device`` (:func:`add_device_argument`,
-resolved by :func:`resolve_device`). Bad input ends with ``error: <message>`` on stderr and exit status 1,
-never a traceback.
+each and registers it in :func:`build_parser`. Every subcommand takes ``--quiet``/``--verbose``; those that run a
+model take ``--device`` (``ssm_core.utils.cli.add_device_argument``, resolved by :func:`resolve_device`). Bad input
+ends with ``error: <message>`` on stderr and exit status 1, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Sequence
 
 from genomics.errors import GenomicsInputError
+from ssm_core.utils.cli import HelpFormatter, add_device_argument
 from ssm_core.utils.ranges import POSITIVE_INT, SEED
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Byte-level DNA language models with Mamba: simulated and real genomes, pretraining by next-base
@@ -76,12 +80,6 @@ def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
                              "also an input is refused even so)")
 
 
-def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--device cpu|cuda|auto`` option every subcommand takes."""
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                        help="where to run: auto picks CUDA when a GPU is present (default: auto)")
-
-
 def resolve_device(name: str):
     """``--device`` value -> torch.device (``cuda`` without a GPU is an error, not a silent fallback)."""
     from ssm_core.train.distributed import resolve_device as resolve
@@ -97,7 +95,7 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("simulate", help="write the simulated great-apes benchmark (5 FASTA files)",
                               description="Simulate five great-ape genomes evolved from one ancestor.",
-                              epilog=EPILOG_SIMULATE, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_SIMULATE, formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (created if needed)")
     p.add_argument("--size", choices=("tiny", "small", "full"), default="small",
                    help="genome size per species: tiny 2 Mbp, small 30 Mbp, full 300 Mbp (default: small)")
@@ -107,7 +105,6 @@ def add_simulate_parser(subparsers) -> argparse.ArgumentParser:
                         "kbp on the human branch), or strong: 20 times as dense and more diverged, learnable in "
                         "minutes (default: strong for tiny, realistic for small and full)")
     add_overwrite_argument(p)
-    add_device_argument(p)  # simulation runs on the CPU; accepted for a uniform command line
     p.set_defaults(func=cmd_simulate)
     return p
 
@@ -121,8 +118,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     paths = simulate(args.out, args.size, args.seed, signal=args.signal, overwrite=args.overwrite)
     for path in paths:
         print(path)
-    print(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) in "
-          f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+    log.info(f"simulated {len(paths)} species ({args.size}, {args.signal or 'default'} signal, seed {args.seed}) "
+             f"in {time.perf_counter() - started:.1f} s")
     return 0
 
 
@@ -130,7 +127,7 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("fetch", help="download, verify and index a real data set from its manifest",
                               description="Download the files of a data manifest, verify their checksums, "
                                           "decompress or recompress them and build their indexes.",
-                              epilog=EPILOG_FETCH, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_FETCH, formatter_class=HelpFormatter)
     p.add_argument("manifest", metavar="MANIFEST", help="manifest name (hg38, great_apes) or path to a JSON file")
     p.add_argument("--dest", default="data", metavar="DIR", help="destination directory (default: data)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="fetch only these files (e.g. bonobo gorilla)")
@@ -138,7 +135,6 @@ def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
                    help="keep the original downloads in DIR/.downloads after post-processing")
     p.add_argument("--force", action="store_true", help="fetch again even files already fetched")
     add_overwrite_argument(p)
-    add_device_argument(p)  # nothing runs on a device; accepted for a uniform command line
     p.set_defaults(func=cmd_fetch)
     return p
 
@@ -251,7 +247,6 @@ def add_presets_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("presets", help="list the model presets and their parameter counts",
                               description="List the model presets (tiny, 1.4m, 7m) with depth, width and "
                                           "parameter count of the language model.")
-    add_device_argument(p)
     p.set_defaults(func=cmd_presets)
     return p
 
@@ -279,10 +274,12 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     from ssm_core.train.config import add_engine_args
     from ssm_core.train.curriculum import WARMUP_FRACTION
 
+    from genomics.pretrain import PretrainExperiment
+
     p = subparsers.add_parser("pretrain", help="next-base pretraining on a genome (or a directory of genomes)",
                               description="Pretrain a DNA Mamba by next-base prediction, with sequence-length "
                                           "warmup, reporting validation perplexity and bits per base.",
-                              epilog=EPILOG_PRETRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_PRETRAIN, formatter_class=HelpFormatter)
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--fasta", metavar="FILE", help="genome FASTA (plain, bgzip)")
     source.add_argument("--fasta-dir", metavar="DIR", help="directory of genome FASTA files")
@@ -295,7 +292,7 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
                    help="share of the steps spent warming up, in [0, 1) (default: 0.5)")
     p.add_argument("--decompress-cache", metavar="DIR", help="where to decompress plain-gzip FASTA files")
     _add_model_arguments(p)
-    add_engine_args(p)
+    add_engine_args(p, PretrainExperiment().train)
     p.set_defaults(func=cmd_pretrain)
     return p
 
@@ -333,11 +330,13 @@ def _resolve(args: argparse.Namespace, exp, data_flags: dict):
 def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     from ssm_core.train.config import add_engine_args
 
+    from genomics.finetune import FinetuneExperiment
+
     p = subparsers.add_parser("finetune", help="species classification: fine-tune on one FASTA per class",
                               description="Fine-tune a DNA Mamba (pretrained or from scratch) to tell species "
                                           "apart from windows of their genomes; test accuracy and confusion "
                                           "matrix on held-out chromosomes.",
-                              epilog=EPILOG_FINETUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_FINETUNE, formatter_class=HelpFormatter)
     p.add_argument("--fasta-dir", required=True, metavar="DIR", help="one FASTA file per class")
     p.add_argument("--out", required=True, metavar="RUN", help="run directory (must be new unless --resume)")
     p.add_argument("--init", metavar="RUN_OR_CKPT",
@@ -359,7 +358,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
                    help="how genomes are split into train/valid/test (default auto: chromosome, contig, block)")
     p.add_argument("--decompress-cache", metavar="DIR", help="where to decompress plain-gzip FASTA files")
     _add_model_arguments(p)
-    add_engine_args(p)
+    add_engine_args(p, FinetuneExperiment().train)
     p.set_defaults(func=cmd_finetune)
     return p
 
@@ -391,7 +390,7 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("classify", help="predict the species of every record of FASTA files",
                               description="Classify every record (optionally every window) of FASTA files with a "
                                           "fine-tuned model; class probabilities as TSV or JSON.",
-                              epilog=EPILOG_CLASSIFY, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_CLASSIFY, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="a `finetune` run directory, a copy of its model directory (model.safetensors + "
                         "model.json), or one of its checkpoints/step-*.ckpt")
@@ -466,13 +465,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         results += classifier.classify_file(path)
     flagged = [(r.file, r.record, r.flag) for r in results if r.flag]
     if flagged:
-        print(f"warning: {describe_flagged(flagged, args.min_bases)}; flagged, not classified", file=sys.stderr)
+        log.warning(f"{describe_flagged(flagged, args.min_bases)}; flagged, not classified")
     text = (to_json if args.json else to_tsv)(results, classifier.classes, per_window=args.per_window)
     if args.out:
         from ssm_core.train.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(args.out, text.encode())
-        print(f"classified {len(results)} records from {len(args.fasta)} file(s) -> {args.out}", file=sys.stderr)
+        log.info(f"classified {len(results)} records from {len(args.fasta)} file(s) -> {args.out}")
     else:
         sys.stdout.write(text)
     return 0
@@ -483,7 +482,7 @@ def add_embed_parser(subparsers) -> argparse.ArgumentParser:
                               description="Embed every record (optionally every window) of a FASTA or FASTQ file "
                                           "with a pretraining or fine-tuning run's model: the pooled "
                                           "representation the classifier's head sees.",
-                              epilog=EPILOG_EMBED, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=EPILOG_EMBED, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="RUN",
                    help="a `pretrain` or `finetune` run directory (or one of its checkpoints/step-*.ckpt)")
     p.add_argument("--fasta", required=True, metavar="FILE",
@@ -516,11 +515,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
     embedder = Embedder(args.checkpoint, resolve_device(args.device), window=args.window)
     result = embedder.embed_file(args.fasta)
     if result.flagged:
-        print(f"warning: {describe_flagged([(args.fasta, name, flag) for name, flag in result.flagged])}; "
-              "embedded all the same", file=sys.stderr)
+        log.warning(f"{describe_flagged([(args.fasta, name, flag) for name, flag in result.flagged])}; "
+                    "embedded all the same")
     atomic_write_bytes(args.out, result.npz_bytes(args.per_window))
-    print(f"embedded {len(result.records)} records ({len(result.window_start)} windows of up to {embedder.window} "
-          f"bases, {result.embeddings.shape[1]} dimensions) -> {args.out}", file=sys.stderr)
+    log.info(f"embedded {len(result.records)} records ({len(result.window_start)} windows of up to "
+             f"{embedder.window} bases, {result.embeddings.shape[1]} dimensions) -> {args.out}")
     return 0
 
 
@@ -528,12 +527,11 @@ def add_plot_lengths_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plot-lengths", help="plot test accuracy against window length across runs",
                               description="Plot the test accuracy of fine-tuning runs against their window "
                                           "length.", epilog=EPILOG_PLOT_LENGTHS,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN", help="finetune run directories")
     p.add_argument("--out", required=True, metavar="PNG", help="the plot to write")
     p.add_argument("--title", default="species classification: accuracy vs context length")
     add_overwrite_argument(p)
-    add_device_argument(p)
     p.set_defaults(func=cmd_plot_lengths)
     return p
 
@@ -549,16 +547,16 @@ def cmd_plot_lengths(args: argparse.Namespace) -> int:
     print(f"{'run':<40} {'model':<20} {'window':>9} {'test accuracy':>13}")
     for r in rows:
         print(f"{r['run']:<40} {r['label']:<20} {r['window']:>9,} {100 * r['test_accuracy']:>12.1f}%")
-    print(f"plot: {args.out}", file=sys.stderr)
+    log.info(f"plot: {args.out}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ssm_core.utils.cli import add_version_argument, program_name
+    from ssm_core.utils.cli import add_common_arguments, add_version_argument, program_name
 
     parser = argparse.ArgumentParser(prog=program_name("python -m genomics", "mamba-genomics"),
                                      description=DESCRIPTION, epilog=EPILOG,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_version_argument(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_simulate_parser(subparsers)
@@ -569,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_parser(subparsers)
     add_embed_parser(subparsers)
     add_plot_lengths_parser(subparsers)
+    add_common_arguments(subparsers)
     return parser
 
 
@@ -577,9 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ssm_core.utils.download import ChecksumError
     from ssm_core.utils.fetch_paths import UnsafePathError
 
+    from ssm_core.utils.cli import apply_common_arguments
+
     args = build_parser().parse_args(argv)
+    apply_common_arguments(args)
     try:
-        if args.device == "cuda":  # refused up front by every command, before any work, when there is no GPU
+        if getattr(args, "device", None) in ("cuda", "mps"):  # refused up front, before any work, when absent
             resolve_device(args.device)
         return args.func(args)
     except SystemExit as stop:  # the training engine's refusals (used RUN, diverged loss) print their own message

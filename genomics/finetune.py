@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from ssm_core import MambaConfig, MambaSequenceClassifier
 from ssm_core.models import update_model_info
@@ -33,6 +33,7 @@ from ssm_core.train import OptimConfig, Task, TrainConfig, to_dict, train_from_c
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
+from ssm_core.utils.stats import wilson_interval
 from ssm_core.utils.ranges import POSITIVE_INT, check_ranges
 
 from genomics.datasets import SpeciesWindows, check_window_fits_records
@@ -175,7 +176,7 @@ def predict_windows(model: MambaSequenceClassifier, dataset, device: torch.devic
     window = dataset.window
     loader = DataLoader(dataset, batch_size=max(1, batch_tokens // window), shuffle=False)
     probs, labels = [], []
-    for tokens, label in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for tokens, label in progress_bar(loader, desc=desc, unit="batch", leave=False):
         tokens = tokens.to(device)
         logits = model.forward_chunked(tokens, chunk) if window > chunk else model(tokens)
         probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
@@ -191,7 +192,8 @@ def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, out_png: 
 
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2, 1.1 * len(classes) + 1.5))
-    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class (cells: counts)")
     for i in range(len(classes)):
         for j in range(len(classes)):
             ax.text(j, i, f"{matrix[i, j]}", ha="center", va="center",
@@ -270,13 +272,17 @@ def read_run_metrics(run: str | Path) -> dict:
     metrics = json.loads(path.read_text())
     if "test_accuracy" not in metrics:
         raise GenomicsInputError(f"{path}: no test_accuracy (a pretraining run, not a fine-tuning run?)")
+    if not isinstance(metrics.get("test_samples"), int) or metrics["test_samples"] < 1:
+        raise GenomicsInputError(f"{path}: no test_samples (how many windows the accuracy was measured on); "
+                                 "written by `genomics finetune` since it reports them")
     return metrics
 
 
 def plot_lengths(runs: list[str | Path], out_png: str | Path, title: str = "species classification") -> list[dict]:
     """Test accuracy against window length, one line per model (layers x width, pretrained or not), from runs.
 
-    Returns the table rows (run, label, window, test_accuracy), sorted by label then window."""
+    Each point carries its number of test windows n and the 95% (Wilson) interval of its accuracy. Returns the table
+    rows (run, label, window, test_accuracy, n, interval), sorted by label then window."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -287,19 +293,26 @@ def plot_lengths(runs: list[str | Path], out_png: str | Path, title: str = "spec
         m = read_run_metrics(run)
         shape = m["config"]["model"]
         label = f"{shape['n_layer']}x{shape['d_model']} " + ("pretrained" if m.get("init") else "from scratch")
+        n = int(m["test_samples"])
         rows.append({"run": str(run), "label": label, "window": int(m["window"]),
-                     "test_accuracy": float(m["test_accuracy"]), "classes": len(m["classes"])})
+                     "test_accuracy": float(m["test_accuracy"]), "classes": len(m["classes"]), "n": n,
+                     "interval": wilson_interval(float(m["test_accuracy"]) * n, n)})
     rows.sort(key=lambda r: (r["label"], r["window"]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label in dict.fromkeys(r["label"] for r in rows):
         line = [r for r in rows if r["label"] == label]
-        ax.plot([r["window"] for r in line], [100 * r["test_accuracy"] for r in line], marker="o", label=label)
+        accuracy = np.array([100 * r["test_accuracy"] for r in line])
+        low, high = (np.array([100 * r["interval"][i] for r in line]) for i in (0, 1))
+        ax.errorbar([r["window"] for r in line], accuracy, yerr=[accuracy - low, high - accuracy], marker="o",
+                    capsize=3, label=f"{label} (95% interval)")
+        for r, y in zip(line, accuracy):
+            ax.annotate(f"n={r['n']:,}", (r["window"], y), textcoords="offset points", xytext=(4, -12), fontsize=7)
     chance = 100 / max(r["classes"] for r in rows)
     ax.axhline(chance, color="gray", linestyle=":", label=f"chance ({chance:.0f}%)")
     ax.set_xscale("log", base=2)
     ax.set_ylim(0, 100)
     ax.set_xlabel("window length (bp)")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%) on n test windows")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

@@ -121,6 +121,7 @@ def next_base_nll(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor,
 
 class PretrainTask(Task):
     unit = "bases"
+    count_metrics = ("scored_bases",)
     shuffle_train = False  # windows are drawn at random already; order must follow the SLW schedule
 
     def __init__(self, exp: PretrainExperiment):

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from genomics.errors import GenomicsInputError
 from ssm_core.utils.outputs import check_output, first_line_matches
@@ -435,7 +435,7 @@ def simulate_genomes(config: SimConfig, seed: int = 0, *, progress: bool = False
 
     Codes: 0..4 = A C G T N, +8 = soft-masked; see :func:`codes_to_ascii`.
     """
-    bar = tqdm(total=len(config.tree) + 1, desc="simulating", unit="step", disable=not progress)
+    bar = progress_bar(total=len(config.tree) + 1, desc="simulating", unit="step", disable=not progress)
     root_rng = np.random.default_rng([seed, 0])
     ancestor, centromeres = ancestral_genome(config, root_rng)
     bar.update()

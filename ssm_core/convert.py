@@ -191,13 +191,17 @@ def convert_mamba_ssm(source: str | Path, out: str | Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ssm_core.utils.cli import HelpFormatter, add_logging_arguments, apply_common_arguments
+
     parser = argparse.ArgumentParser(prog="python -m ssm_core.convert", description=__doc__.split("\n\n")[0],
                                      epilog="example: python -m ssm_core.convert mamba-ssm mamba-130m/ "
-                                            "models/mamba-130m")
+                                            "models/mamba-130m", formatter_class=HelpFormatter)
     parser.add_argument("format", choices=["mamba-ssm"], help="the layout of IN")
     parser.add_argument("source", metavar="IN", help="checkpoint directory (config.json + weights) or weights file")
     parser.add_argument("out", metavar="OUT", help="model directory to create (new or empty)")
+    add_logging_arguments(parser)
     args = parser.parse_args(argv)
+    apply_common_arguments(args)
     try:
         out = convert_mamba_ssm(args.source, args.out)
     except (ModelFileError, OSError) as err:

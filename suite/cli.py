@@ -29,14 +29,15 @@ GPU_SIZES = ("h100-20min", "full")  # refused on a machine without a GPU unless 
 def build_parser() -> argparse.ArgumentParser:
     from suite.stages import SIZES
 
-    from ssm_core.utils.cli import add_version_argument, program_name
+    from ssm_core.utils.cli import HelpFormatter, add_common_arguments, add_device_argument, add_version_argument, \
+        program_name
 
     parser = argparse.ArgumentParser(prog=program_name("python -m suite", "mamba-suite"),
                                      description="The Mamba suite's main job.")
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("run", help="run the whole suite and write its report", description=__doc__.split("\n\n")[0],
-                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/main",
                    help="run directory: new, empty, or a main job run to continue (default: runs/main)")
     p.add_argument("--overwrite", action="store_true",
@@ -48,15 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
                            "full (the papers' presets, hours on a GPU)")
     size.add_argument("--full", "--gpu", dest="size", action="store_const", const="full",
                       help="the papers' presets (same as --size full); needs a GPU")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where every tool runs: auto picks CUDA when a GPU is present (default: auto)")
+    add_device_argument(p, help="where every tool runs")
+    add_common_arguments(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from suite.stages import SIZES, StageError, run_suite
 
+    from ssm_core.utils.cli import apply_common_arguments
+
     args = build_parser().parse_args(argv)
+    apply_common_arguments(args)
     import torch
 
     if args.size in GPU_SIZES and not torch.cuda.is_available() and args.device != "cpu":

@@ -173,7 +173,11 @@ class Context:
 
 
 def run_tool(main: Callable, argv: list[str], stage: str) -> None:
-    """Run one subcommand in-process; a non-zero status stops the stage with the command in the message."""
+    """Run one subcommand in-process, as quiet or verbose as the main job; a non-zero status stops the stage with the
+    command in the message."""
+    from ssm_core.utils.cli import verbosity_flags
+
+    argv = [*argv, *verbosity_flags()]
     print(f"$ {_program(main)} {' '.join(argv)}", flush=True)
     status = main(argv)
     if status == 130:  # the tool caught Ctrl-C: stop the suite the same way, so it says how to continue

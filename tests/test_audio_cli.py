@@ -8,7 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audio.cli import main
+import audio.cli as audio_cli
+from audio.cli import build_parser, main
 from audio.digits import make_digits
 from audio.errors import AudioInputError
 from audio.metrics import read_nll_table
@@ -173,14 +174,26 @@ def test_generate_writes_over_its_own_clips_only(trained, tmp_path, capsys):
     assert (music / "song.wav").read_bytes() == b"a recording of mine"
 
 
-@pytest.mark.parametrize("command", [["make-digits", "--out", "{tmp}/d", "--per-class", "3"],
-                                     ["fetch", "sc09", "--dest", "{tmp}/data"]])
+@pytest.mark.parametrize("command", [["train", "--data", "{tmp}/d", "--out", "{tmp}/run", "--preset", "tiny"],
+                                     ["generate", "--checkpoint", "{tmp}/run", "--out", "{tmp}/s"]])
 def test_device_cuda_without_a_gpu_is_an_error_in_every_command(command, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main([a.format(tmp=tmp_path) for a in command] + ["--device", "cuda"]) == 1
     err = capsys.readouterr().err
     assert "error: --device cuda was requested but no CUDA GPU is available" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # refused before doing anything
+
+
+@pytest.mark.parametrize("command", ["make-digits", "fetch", "plot"])
+def test_commands_that_use_no_device_hide_device_and_ignore_it_with_a_warning(command, capsys, monkeypatch):
+    main_help = build_parser()._subparsers._group_actions[0].choices[command].format_help()
+    assert "--device" not in main_help
+    ran = []
+    monkeypatch.setattr(audio_cli, f"cmd_{command.replace('-', '_')}", lambda args: ran.append(args) or 0)
+    required = {"make-digits": ["--out", "x"], "fetch": ["sc09"], "plot": ["--clips", "x", "--out", "x.png"]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # an old script's --device cuda on a CPU machine
+    assert main([command, *required[command], "--device", "cuda"]) == 0 and ran
+    assert "warning: --device cuda is ignored: this command runs nothing on a device" in capsys.readouterr().err
 
 
 def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, capsys):
@@ -237,3 +250,30 @@ def test_bad_inputs_exit_nonzero_naming_the_file(digits, trained, tmp_path, caps
                  "--out", str(tmp_path / "g5")]) == 1
     assert capsys.readouterr().err.strip() == (f"error: --checkpoint {dna} is a Mamba sequence classifier "
                                                "(MambaSequenceClassifier), not a SaShiMi waveform model")
+
+
+def test_a_cpu_training_with_the_papers_defaults_is_announced_with_its_estimated_length(tmp_path, capsys):
+    missing = tmp_path / "no_data"
+    assert main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    hours = 200_000 * 16 * 16000 / 1202.8 / 3600  # the 6.1m preset's recipe at its measured CPU rate
+    assert f"warning: estimate: 200,000 steps of the 6.1m preset at batch 16 take about {hours:,.0f} h" in err
+    assert str(missing) in err.strip().splitlines()[-1]  # then the data is checked as before
+    main(["train", "--data", str(missing), "--out", str(tmp_path / "run"), "--device", "cpu", "--preset", "tiny"])
+    assert "estimate" not in capsys.readouterr().err  # minutes: nothing to announce
+
+
+def test_generating_the_default_64_clips_on_a_cpu_is_announced_with_its_estimated_time(caplog):
+    import logging
+
+    from audio.cli import _warn_long_generation
+    from audio.sashimi import SashimiConfig, SashimiModel
+
+    model = SashimiModel(SashimiConfig.preset("6.1m"))
+    with caplog.at_level(logging.WARNING, logger="audio"):
+        _warn_long_generation(model, torch.device("cpu"), 64, 1.0)
+        assert "estimate: 64 clips of 1 s from a 6.1m model take about 14 min on a 2-core CPU" in caplog.text
+        caplog.clear()
+        _warn_long_generation(model, torch.device("cpu"), 8, 0.5)  # seven minutes
+        _warn_long_generation(SashimiModel(SashimiConfig.preset("tiny")), torch.device("cpu"), 64, 1.0)
+    assert caplog.text == ""

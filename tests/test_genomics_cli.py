@@ -733,18 +733,29 @@ def test_other_bad_inputs(workspace, tmp_path, capsys):
     assert "a.fa.gz" in err and "bgzip" in err
 
 
-@pytest.mark.parametrize("command", ["simulate", "pretrain", "finetune", "classify", "embed"])
+@pytest.mark.parametrize("command", ["pretrain", "finetune", "classify", "embed"])
 def test_device_cuda_without_a_gpu_is_a_clear_error(workspace, tmp_path, capsys, monkeypatch, command):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU, wherever this runs
     good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
-    args = {"simulate": ["--out", tmp_path / "sim", "--size", "tiny"],
-            "pretrain": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
+    args = {"pretrain": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
             "finetune": ["--fasta-dir", workspace["apes"], "--out", tmp_path / "run", "--steps", 1],
             "classify": ["--checkpoint", workspace["ft"], "--fasta", good],
             "embed": ["--checkpoint", workspace["ft"], "--fasta", good, "--out", tmp_path / "run" / "e.npz"]}[command]
     assert run_cli(command, *args, "--device", "cuda") == 1
     assert error_line(capsys.readouterr().err) == "error: --device cuda was requested but no CUDA GPU is available"
-    assert not (tmp_path / "run").exists() and not (tmp_path / "sim").exists()
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["presets", "simulate", "fetch", "plot-lengths"])
+def test_commands_that_use_no_device_hide_device_and_ignore_it_with_a_warning(capsys, monkeypatch, command):
+    subcommands = cli.build_parser()._subparsers._group_actions[0].choices
+    assert "--device" not in subcommands[command].format_help()
+    ran = []
+    monkeypatch.setattr(cli, f"cmd_{command.replace('-', '_')}", lambda args: ran.append(args) or 0)
+    required = {"presets": [], "simulate": ["--out", "x"], "fetch": ["hg38"], "plot-lengths": ["r", "--out", "x"]}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # `presets --device cuda` failed on a CPU machine
+    assert run_cli(command, *required[command], "--device", "cuda") == 0 and ran
+    assert "warning: --device cuda is ignored: this command runs nothing on a device" in capsys.readouterr().err
 
 
 def test_the_command_exits_non_zero_with_the_message_on_stderr(workspace, tmp_path):

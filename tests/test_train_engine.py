@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -448,3 +449,38 @@ def test_epoch_aware_datasets_draw_anew_each_epoch():
     data = EpochIndexed(Windows())
     seen = [[data[i] for i in batch] for batch in sampler]
     assert [sorted(b) for b in seen] == [[(e, 0), (e, 1), (e, 2)] for e in range(3)]
+
+
+def test_a_warmup_as_long_as_the_run_is_cut_to_a_tenth_with_a_warning(tmp_path, caplog):
+    from ssm_core.train.config import OptimConfig
+    from ssm_core.train.engine import lr_multiplier
+
+    optim = OptimConfig(warmup_steps=100)  # a recipe's warm-up under --steps 30
+    assert lr_multiplier(2, 30, optim) == 1.0  # the peak rate is reached after 3 steps, not never
+    assert max(lr_multiplier(s, 30, optim) for s in range(30)) == 1.0
+    assert lr_multiplier(49, 1000, optim) == 0.5  # a warm-up shorter than the run is kept
+    exp = ToyExperiment()
+    exp.train.optim.warmup_steps = 100
+    with caplog.at_level(logging.WARNING, logger="ssm_core"):
+        train(ToyTask(exp), exp.train, tmp_path / "run")
+    assert "train.optim.warmup_steps 100 is not shorter than the run (30 steps): warming up over 3 steps" \
+        in caplog.text
+    lr = [float(value) for _, metric, value in logged_values(tmp_path / "run") if metric == "train/lr"]
+    assert max(lr[:3]) == pytest.approx(exp.train.optim.lr)  # was 30% of it: the warm-up never ended
+
+
+def test_a_long_run_is_announced_with_its_estimated_length(tmp_path, caplog, monkeypatch):
+    from ssm_core.train import engine
+
+    exp = ToyExperiment(step_sleep=0.01)
+    exp.train.steps = 20
+    monkeypatch.setattr(engine, "LONG_RUN_S", 0.05)  # 14 steps left at >= 0.01 s each: "long"
+    with caplog.at_level(logging.WARNING, logger="ssm_core"):
+        train(ToyTask(exp), exp.train, tmp_path / "run")
+    assert "this run looks long: 14 steps left at" in caplog.text
+    assert "(an estimate from the last 5 steps" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(engine, "LONG_RUN_S", 3600.0)
+    with caplog.at_level(logging.WARNING, logger="ssm_core"):
+        train(ToyTask(exp), exp.train, tmp_path / "run2")
+    assert "looks long" not in caplog.text

@@ -83,8 +83,8 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
 def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}; got {backend!r}")
-    if backend == "auto":
-        return "gpu" if device.type == "cuda" else "cpu"
+    if backend == "auto":  # Apple's mps (and any other device) has neither kernel: the PyTorch reference runs there
+        return {"cuda": "gpu", "cpu": "cpu"}.get(device.type, "reference")
     if backend == "cpu" and device.type != "cpu":
         raise ValueError(f"selective_scan: backend 'cpu' needs CPU tensors; got device {device}")
     if backend == "gpu" and device.type != "cuda":

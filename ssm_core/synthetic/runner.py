@@ -1,7 +1,7 @@
 """Train a Mamba on a synthetic task through the engine, then measure accuracy against sequence length.
 
     python -m ssm_core.synthetic {induction,copying} --out RUN [--preset tiny|paper] [--train-len L]
-        [--eval-lens 64,256,...] [--steps N] [--no-selection] [--device auto|cpu|cuda] [engine flags]
+        [--eval-lens 64,256,...] [--steps N] [--no-selection] [--device auto|cpu|cuda|mps] [engine flags]
         [--curriculum-start L] [--state-passing]
 
 writes the usual run directory plus RUN/results.json
@@ -20,7 +20,6 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from ssm_core import MambaConfig, MambaLMHeadModel
 from ssm_core.models import update_model_info
@@ -29,6 +28,7 @@ from ssm_core.train import (EarlyStopConfig, OptimConfig, Task, TrainConfig, add
 from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.train.distributed import resolve_device
 from ssm_core.utils.plots import save_figure
+from ssm_core.utils.progress import progress_bar
 from ssm_core.utils.ranges import NONNEGATIVE_INT, POSITIVE_INT, Range, check_ranges
 
 from .data import SyntheticDataset
@@ -200,7 +200,7 @@ def accuracy_by_length(task: SyntheticTask, model: nn.Module, lengths: tuple[int
     d = task.exp.data
     model.eval()
     accuracy, samples = {}, {}
-    for length in tqdm(lengths, desc="accuracy by length", unit="length"):
+    for length in progress_bar(lengths, desc="accuracy by length", unit="length"):
         n = min(d.eval_samples, max(16, d.eval_tokens // length))
         loader = DataLoader(task.dataset(n, length, seed=seed + 2 * 10**6 + length),
                             batch_size=max(1, min(n, d.eval_batch_tokens // length)))
@@ -247,8 +247,10 @@ def _lengths(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ssm_core.utils.cli import HelpFormatter, add_logging_arguments
+
     parser = argparse.ArgumentParser(prog="python -m ssm_core.synthetic", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     parser.add_argument("task", choices=["induction", "copying"])
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--preset", choices=["tiny", "paper"], default="paper")
@@ -262,12 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-selection", action="store_true",
                         help="the ablation: Δ, B, C not input-dependent (a time-invariant SSM)")
     add_engine_args(parser)
+    add_logging_arguments(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from ssm_core.utils.cli import apply_common_arguments
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    apply_common_arguments(args)
 
     exp = preset(args.task, args.preset)
     if args.train_len:

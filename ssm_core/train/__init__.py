@@ -32,7 +32,10 @@ __all__ = [
 def train_from_cli(task: Task, config, out: str | Path, resume: bool = False) -> TrainResult:
     """`train` for command-line tools: records the whole `config` in RUN/config.json and turns the engine's
     expected refusals (used or busy RUN, a resume that would change the run, bad checkpoint, diverged loss) into a
-    one-line message and exit status 1."""
+    one-line message and exit status 1. The engine's messages go to stderr even when the command set up no logging."""
+    from ssm_core.utils.cli import ensure_logging
+
+    ensure_logging()
     try:
         return train(task, train_config_of(config), out, resume=resume, config_record=to_dict(config))
     except (RunExistsError, DirectoryInUseError, ResumeMismatchError, CheckpointError, NonFiniteLossError) as err:

@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ssm_core.utils.device import DEVICES
+
 from ssm_core.utils.ranges import (FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range,
                                    check_ranges)
 
@@ -69,7 +71,7 @@ class TrainConfig:
     eval_batch_size: int | None = None  # per rank; None = the per-rank micro-batch
     seed: int = 0
     deterministic: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Literal["bf16", "fp32"] = "bf16"  # bf16 autocast applies on CUDA only; CPU always runs fp32
     eval_every: int = 0  # 0 = evaluate once at the end
     log_every: int = 10
@@ -277,26 +279,38 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 # command line
 
 
-def add_engine_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the engine flags every training command shares."""
+def add_engine_args(parser: argparse.ArgumentParser, recipe: TrainConfig | None = None,
+                    recipe_name: str = "") -> argparse.ArgumentParser:
+    """Add the engine flags every training command shares. ``recipe``: the command's default TrainConfig, whose
+    values the help lines show as the defaults (else they say the preset's recipe sets them); ``recipe_name`` says
+    whose recipe that is when another preset has its own ("the 6.1m preset's")."""
+    def default(value) -> str:
+        if recipe is None:
+            return "(default: the preset's recipe)"
+        return f"(default: {value}{', ' + recipe_name if recipe_name else ''})"
+
     g = parser.add_argument_group("training engine")
     g.add_argument("--config", type=Path, help="JSON or YAML file with config values (overridden by flags)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config value, e.g. --set train.optim.warmup_steps=100 (repeatable)")
-    g.add_argument("--steps", type=POSITIVE_INT, help="optimiser steps")
-    g.add_argument("--batch-size", type=POSITIVE_INT, help="global batch size per optimiser step")
-    g.add_argument("--lr", type=POSITIVE, help="peak learning rate")
-    g.add_argument("--seed", type=SEED, help="random seed (model init and data order)")
+    g.add_argument("--steps", type=POSITIVE_INT, help=f"optimiser steps {default(recipe and recipe.steps)}")
+    g.add_argument("--batch-size", type=POSITIVE_INT,
+                   help=f"global batch size per optimiser step {default(recipe and recipe.batch_size)}")
+    g.add_argument("--lr", type=POSITIVE, help=f"peak learning rate {default(recipe and recipe.optim.lr)}")
+    g.add_argument("--seed", type=SEED,
+                   help=f"random seed (model init and data order) {default(recipe and recipe.seed)}")
     g.add_argument("--deterministic", action="store_true", default=None,
                    help="deterministic algorithms (bitwise-reproducible runs and resumes on CPU)")
-    g.add_argument("--checkpoint-every", type=NONNEGATIVE_INT, help="write a checkpoint every N steps (0: only at "
-                                                                    "the end)")
+    g.add_argument("--checkpoint-every", type=NONNEGATIVE_INT,
+                   help="write a checkpoint every N steps (0: only at the end) "
+                        f"{default(recipe and recipe.checkpoint_every)}")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its latest checkpoint. Only these settings may differ from "
                         "the run's (--set train.KEY=VALUE; --steps, --device, --checkpoint-every): "
                         + ", ".join(RESUMABLE) + "; any other difference (data, window, model, preset, task, "
                         "optimiser, seed, batch size) is refused, naming each field")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train")
+    g.add_argument("--device", choices=DEVICES,
+                   help="where to train: auto picks CUDA, then Apple's mps, then the CPU (default: the config's, auto)")
     return parser
 
 

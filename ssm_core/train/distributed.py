@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ssm_core.utils.device import resolve_device  # noqa: F401  (re-exported: the engine's callers import it here)
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -29,17 +31,6 @@ class DistContext:
     @property
     def is_distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks CUDA when available; `cuda` without a GPU is an error, not a silent fallback."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda; got {preference!r}")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA GPU is available")
-    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def init_distributed(device_preference: str) -> DistContext:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import os
 import random
-import sys
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
@@ -28,7 +28,9 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+
+from ssm_core.utils.device import describe_device
+from ssm_core.utils.progress import progress_bar
 
 from .checkpoint import CheckpointError, checkpoint_name, load_checkpoint, prune_checkpoints, save_checkpoint
 from .config import (RESUMABLE, EarlyStopConfig, OptimConfig, ResumeMismatchError, TrainConfig, describe_changes,
@@ -52,6 +54,7 @@ class Task(ABC):
 
     unit: str = "samples"  # what `count_units` counts; shown as `<unit>/s` in the progress bar
     shuffle_train: bool = True  # False for datasets whose items are already random (generated data)
+    count_metrics: tuple[str, ...] = ()  # keys of `evaluate` that count items (logged, never plotted as metrics)
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -176,13 +179,20 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def warmup_steps(total_steps: int, optim: OptimConfig) -> int:
+    """The warm-up the schedule runs: `warmup_steps`, or a tenth of the run when that is as long as the run (a recipe's
+    100 warm-up steps under --steps 30 would never reach the peak rate)."""
+    return optim.warmup_steps if optim.warmup_steps < total_steps else total_steps // 10
+
+
 def lr_multiplier(step: int, total_steps: int, optim: OptimConfig) -> float:
-    """Linear warmup over `warmup_steps`, then cosine decay to `min_lr_ratio` (or constant)."""
-    if step < optim.warmup_steps:
-        return (step + 1) / optim.warmup_steps
+    """Linear warmup over :func:`warmup_steps`, then cosine decay to `min_lr_ratio` (or constant)."""
+    warmup = warmup_steps(total_steps, optim)
+    if step < warmup:
+        return (step + 1) / warmup
     if optim.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps))
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
@@ -230,9 +240,26 @@ class EarlyStopping:
         self.best, self.bad_evals = state["best"], state["bad_evals"]
 
 
-def _say(ctx: DistContext, message: str) -> None:
+log = logging.getLogger(__name__)
+
+
+def _say(ctx: DistContext, message: str, level: int = logging.INFO) -> None:
     if ctx.is_main:
-        tqdm.write(message, file=sys.stderr)
+        log.log(level, message)
+
+
+ESTIMATE_STEPS = 5  # steps timed for the estimate of the run's length
+LONG_RUN_S = 3600.0  # a run estimated to last longer is announced with how to shorten it
+
+
+def _warn_if_long(ctx: DistContext, cfg: TrainConfig, step: int, seconds_per_step: float) -> None:
+    """A warning, early in the run, when the steps left would take more than an hour at the measured rate."""
+    left = seconds_per_step * (cfg.steps - step)
+    if left > LONG_RUN_S:
+        _say(ctx, f"this run looks long: {cfg.steps - step:,} steps left at {seconds_per_step:.3g} s per step on "
+                  f"{describe_device(ctx.device)} is about {left / 3600:.1f} h (an estimate from the last "
+                  f"{ESTIMATE_STEPS} steps, evaluations not counted). --steps, a smaller --batch-size or "
+                  "--set train.time_limit_min=MINUTES stops it sooner (--resume continues it)", logging.WARNING)
 
 
 def _check_resumable(state: dict[str, Any], path: Path, model: nn.Module, data: dict[str, Any]) -> None:
@@ -336,6 +363,10 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
                                   betas=cfg.optim.betas, eps=cfg.optim.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, functools.partial(lr_multiplier, total_steps=cfg.steps, optim=cfg.optim))
+    if warmup_steps(cfg.steps, cfg.optim) != cfg.optim.warmup_steps:
+        _say(ctx, f"train.optim.warmup_steps {cfg.optim.warmup_steps} is not shorter than the run ({cfg.steps} "
+                  f"steps): warming up over {warmup_steps(cfg.steps, cfg.optim)} steps (a tenth) instead",
+             logging.WARNING)
     early_stopping = EarlyStopping(cfg.early_stop)
 
     train_set = task.train_dataset()
@@ -429,7 +460,8 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         return path
 
     logger = MetricsLogger(run.metrics, run.tensorboard, start_step) if ctx.is_main else None
-    progress = tqdm(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step", dynamic_ncols=True)
+    progress = progress_bar(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step",
+                            dynamic_ncols=True)
     window: dict[str, float] = defaultdict(float)
     window_metrics: dict[str, torch.Tensor] = {}  # the task's metrics, summed on the device until logged
     window_steps, window_units, window_start = 0, 0, time.perf_counter()
@@ -486,6 +518,10 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
                 window_metrics[name] = window_metrics.get(name, 0) + value
             window_steps += 1
             progress.update(1)
+            if step == start_step + 1:  # timed from the end of the first step: it compiles and warms caches
+                first_step_done = time.monotonic()
+            elif step == start_step + 1 + ESTIMATE_STEPS:
+                _warn_if_long(ctx, cfg, step, (time.monotonic() - first_step_done) / ESTIMATE_STEPS)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 rate = window_units / (time.perf_counter() - window_start)
                 for name in sorted(window_metrics):  # same order on every rank
@@ -539,7 +575,8 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         from ssm_core.models.io import save_model
         save_model(final_model, run.root,
                    ModelInfo(steps=step, metrics={f"valid_{k}": v for k, v in eval_metrics.items()}))
-        plot_metrics(run.metrics, run.plots / "metrics.png", title=run.root.name)
+        plot_metrics(run.metrics, run.plots / "metrics.png", title=run.root.name,
+                     counts={f"valid/{name}" for name in task.count_metrics})
         _say(ctx, f"done: {step} steps; final model in {run.root}/model.safetensors")
     barrier(ctx)
     return TrainResult(final_model, step, stopped_early, eval_metrics)

@@ -62,10 +62,17 @@ def read_metrics(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
     return dict(series)
 
 
-def plot_metrics(csv_path: Path, out_png: Path, title: str = "") -> Path:
-    """One panel per metric (losses on a log scale) against the optimiser step."""
-    series = read_metrics(csv_path)
-    names = sorted(series, key=lambda n: (not n.endswith("loss"), n))
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def plot_metrics(csv_path: Path, out_png: Path, title: str = "", counts: set[str] = frozenset()) -> Path:
+    """One panel per metric (losses on a log scale) against the optimiser step. A metric logged once (a final
+    evaluation) is a number, not a curve: it is written in the title instead; ``counts`` (how many items an
+    evaluation scored) are left out."""
+    series = {name: points for name, points in read_metrics(csv_path).items() if name not in counts}
+    single = {name: points[0] for name, points in series.items() if len(points) == 1}
+    names = sorted((n for n in series if n not in single), key=lambda n: (not n.endswith("loss"), n))
     cols = min(3, max(1, len(names)))
     rows = max(1, math.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
@@ -79,6 +86,9 @@ def plot_metrics(csv_path: Path, out_png: Path, title: str = "") -> Path:
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
+    lines = [title] if title else []
+    lines += [", ".join(f"{name} {value:.4g} (step {step})" for name, (step, value) in group)
+              for group in _chunks(sorted(single.items()), 3)]
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=10)
     return save_figure(fig, out_png)

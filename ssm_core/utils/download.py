@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from ssm_core.utils.progress import progress_bar
 
 from ssm_core.utils.fetch_paths import replacing
 
@@ -125,7 +125,7 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, size:
     for attempt in range(retries + 1):
         offset = part.stat().st_size if part.exists() else 0
         stream, total, resumed = _open(url, offset)
-        with stream, open(part, "ab" if resumed else "wb") as out, tqdm(
+        with stream, open(part, "ab" if resumed else "wb") as out, progress_bar(
             total=total, initial=offset if resumed else 0, unit="B", unit_scale=True,
             desc=dest.name, disable=quiet,
         ) as bar:

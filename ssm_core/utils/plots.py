@@ -15,12 +15,14 @@ FIGURE_MARK = "mamba-seq-suite"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Lay out ``fig``, write it to ``path`` (creating its folder; atomically, through a temporary file in the same
-    folder) and close it. A PNG carries FIGURE_MARK (see `is_suite_figure`). Returns the path."""
+def save_figure(fig, path: str | os.PathLike, dpi: int = 120, tight: bool = True) -> Path:
+    """Lay out ``fig`` (``tight=False``: the caller has, e.g. around a colour bar's own axes), write it to ``path``
+    (creating its folder; atomically, through a temporary file in the same folder) and close it. A PNG carries
+    FIGURE_MARK (see `is_suite_figure`). Returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fmt = path.suffix[1:].lower() or "png"
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
