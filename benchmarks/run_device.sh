@@ -21,7 +21,8 @@
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
 # mamba-ssm is compared only when MAMBA_SSM_PATH names a source tree whose selective_scan_cuda extension is built
 # in place: this script never fetches or builds it (see benchmarks/README.md).
-# WAIT_FOR_PID, if set, names a process (say a background build of mamba-ssm) the benchmark waits for after the tests.
+# SCAN_TESTS, if set, names the test files the scan workload runs (default: test_scan_cuda.py test_scan_gpu.py
+# test_varlen.py). WAIT_FOR_PID, if set, names a process (say a background build of mamba-ssm) the benchmark waits for after the tests.
 # Exit status: non-zero if the tests or the benchmark failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -56,7 +57,8 @@ case $workload in
           rc=$?
           cat "$RESULTS/gpu_scan_install.log"
           [ $rc -eq 0 ] || { echo "scan: installing the wheel failed"; exit 1; }
-          tests=("$TEST_DIR/test_scan_cuda.py" "$TEST_DIR/test_scan_gpu.py" "$TEST_DIR/test_varlen.py") ;;
+          tests=()
+          for t in ${SCAN_TESTS:-test_scan_cuda.py test_scan_gpu.py test_varlen.py}; do tests+=("$TEST_DIR/$t"); done ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
     genomics|genomics-accuracy|main-job) tests=() ;;
     tests) tests=("$TEST_DIR") ;;
