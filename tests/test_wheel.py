@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = ["digits-classifier"]  # ssm_core/pretrained/<name>: weights, model.json and card each
 PACKAGE_DATA = ["ssm_core/ops/csrc/selective_scan.cu", "ssm_core/data_manifests/README.md"] + [
-    f"ssm_core/data_manifests/{p.name}" for p in (REPO / "ssm_core" / "data_manifests").glob("*.json")]
+    f"ssm_core/data_manifests/{p.name}" for p in (REPO / "ssm_core" / "data_manifests").glob("*.json")] + [
+    f"ssm_core/pretrained/{m}/{f}" for m in SHIPPED_MODELS for f in ("model.safetensors", "model.json", "README.md")]
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +61,7 @@ def test_wheel_carries_kernel_source_and_manifests(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [p for p in PACKAGE_DATA if p not in names]
     assert not missing, f"{wheel.name} lacks {missing}"
-    assert len(PACKAGE_DATA) >= 6   # the .cu, the README and the four manifests at least
+    assert len(PACKAGE_DATA) >= 9   # the .cu, the README, the four manifests and a shipped model at least
 
 
 def test_installed_wheel_runs_outside_the_checkout(venv_python, tmp_path):
@@ -92,8 +94,17 @@ def test_installed_wheel_runs_outside_the_checkout(venv_python, tmp_path):
             load_manifest(name)
         for name in ("sc09", "youtubemix"):
             load_audio_manifest(name)
+        # the shipped models load by name from the installed package, their weights as their cards say
+        from ssm_core import from_pretrained
+        from ssm_core.models.io import card_sha256, file_sha256, shipped_models
+        shipped = shipped_models()
+        for name in {models}:
+            assert "site-packages" in str(shipped[name]), shipped[name]
+            weights = shipped[name] / "model.safetensors"
+            assert card_sha256(shipped[name]) == file_sha256(weights), name
+            assert sum(p.numel() for p in from_pretrained(name).parameters()) > 0
         print("smoke ok")
-    """).format(repo=REPO)
+    """).format(repo=REPO, models=SHIPPED_MODELS)
     assert "smoke ok" in _run([str(venv_python), "-c", smoke], cwd=tmp_path, env=env).stdout
     genome = tmp_path / "apes"
     _run([str(venv_python), "-m", "genomics", "simulate", "--out", str(genome), "--size", "tiny"], cwd=tmp_path,
