@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHIPPED_MODELS = ["digits-classifier"]  # ssm_core/pretrained/<name>: weights, model.json and card each
+SHIPPED_MODELS = ["digits-classifier", "dna-tiny"]  # ssm_core/pretrained/<name>: weights, model.json and card each
 PACKAGE_DATA = ["ssm_core/ops/csrc/selective_scan.cu", "ssm_core/data_manifests/README.md"] + [
     f"ssm_core/data_manifests/{p.name}" for p in (REPO / "ssm_core" / "data_manifests").glob("*.json")] + [
     f"ssm_core/pretrained/{m}/{f}" for m in SHIPPED_MODELS for f in ("model.safetensors", "model.json", "README.md")]
