@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     plot(rows, stem.with_suffix(".png"))
     lines = [f"# CPU fine-tuning from the shipped backbone ({dev})", "",
              f"Six real genomes (benchmarks/genomics_real.py), tiny preset, at most {args.minutes:g} min and "
-             f"{args.steps} steps of {args.tokens:,} bases per run, lr {s.lr:g}, mean pooling; {s.test_samples} test "
+             f"{args.steps} steps of {args.tokens:,} bases (at least 2 windows) per run, lr {s.lr:g}, mean pooling; {s.test_samples} test "
              f"windows; naive Bayes trained on {s.nb_train_windows} windows. Chance 16.7%.", "",
              "| window | from dna-tiny | from scratch | 4-mer naive Bayes | 6-mer naive Bayes "
              "| steps (dna-tiny / scratch) |",
