@@ -31,8 +31,11 @@ examples:
 
 The set is SC09's layout: OUT/zero/00000.wav ... OUT/nine/..., 16 kHz mono 1 s clips, with
 validation_list.txt and testing_list.txt (10% of each class each) and synthesis.json (every clip's
-voice, rate, pitch, gain and noise). Speech comes from eSpeak NG (the espeakng-loader package), with
-random English accents and voice variants, speaking rate, pitch, gain and background noise.
+voice, rate, pitch, speed, room, gain, noise and band). Speech comes from eSpeak NG (the espeakng-loader
+package), with random English accents and voice variants, speaking rate, pitch, playback speed, room
+reverberation, gain, background noise and band-limiting. A dozen voices never appear in the default set:
+--voices held-out builds a set of only those, on which the shipped classifier's held-out accuracy is measured
+(`python -m audio make-digits --out data/digits-held-out --voices held-out --seed 1`).
 """
 
 EPILOG_FETCH = """\
@@ -48,6 +51,7 @@ DEST/downloads, resume when interrupted and are checked against the manifest's S
 
 EPILOG_METRICS = """\
 examples:
+  python -m audio metrics --generated samples/ --reference data/sc09    # the shipped digits classifier
   python -m audio metrics --generated samples/ --reference data/sc09 --classifier runs/cls
   python -m audio metrics --generated data/sc09 --generated-split test --reference data/sc09 \\
       --classifier runs/cls --json test_row.json                  # the dataset's own train-vs-test row
@@ -99,7 +103,9 @@ examples:
   python -m audio train-classifier --data data/digits --out runs/cls-tiny --preset tiny --epochs 2
 
 Trains on the labelled set's train split (validating on its validation split), then prints and saves the
-accuracy on its test split (CLS/metrics.json, key test_accuracy). `metrics --classifier CLS` loads CLS.
+accuracy on its test split (CLS/metrics.json, key test_accuracy). `metrics --classifier CLS` loads CLS;
+without --classifier, `metrics` uses the classifier shipped with the suite (the small preset, trained on the
+built-in digits set by benchmarks/digits_classifier.py).
 """
 
 EPILOG_PLOT = """\
@@ -172,8 +178,8 @@ def _warn_long_generation(model, device, n: int, seconds: float) -> None:
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
-    out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force)
-    print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s) in SC09 layout to {out}")
+    out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force, voices=args.voices)
+    print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s, {args.voices} voices) in SC09 layout to {out}")
     return 0
 
 
@@ -358,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to create (must be empty or absent unless --force)")
     p.add_argument("--per-class", type=POSITIVE_INT, default=200, help="clips per digit (default: 200)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
+    p.add_argument("--voices", choices=("train", "held-out"), default="train",
+                   help="train: every voice but the held-out ones; held-out: only those, to test a classifier on "
+                        "voices it never trained on (default: train)")
     p.add_argument("--force", "--overwrite", dest="force", action="store_true",
                    help="write into a non-empty --out (an earlier set's clips there are replaced)")
 
@@ -368,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
 
     from ssm_core.train import add_engine_args
+    from audio.classifier import SHIPPED_CLASSIFIER
     from audio.io import MAX_WAV_SECONDS
     from audio.sashimi import PRESETS
     from audio.train import waveform_preset
@@ -414,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
             EPILOG_TRAIN_CLASSIFIER)
     p.add_argument("--data", required=True, help="labelled set (SC09 layout)")
     p.add_argument("--out", required=True, type=Path, help="classifier run directory to create")
-    p.add_argument("--preset", choices=("resnext29", "tiny"), default="resnext29",
-                   help="resnext29 (the s4 metric classifier) or tiny (CPU tests)")
+    p.add_argument("--preset", choices=("resnext29", "small", "tiny"), default="resnext29",
+                   help="resnext29 (the s4 metric classifier), small (the shipped classifier's recipe, ~20 min on "
+                        "2 CPU cores) or tiny (CPU tests)")
     p.add_argument("--epochs", type=POSITIVE, help="passes over the train split (default: the preset's; --steps "
                                                    "overrides)")
     p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
@@ -426,7 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
             EPILOG_METRICS)
     p.add_argument("--generated", required=True, help="flat folder of generated WAVs, or a labelled set")
     p.add_argument("--reference", required=True, help="reference clips: a labelled set (SC09 layout) or a folder")
-    p.add_argument("--classifier", required=True, help="classifier directory (model.safetensors + model.json)")
+    p.add_argument("--classifier", default=SHIPPED_CLASSIFIER,
+                   help="classifier directory (model.safetensors + model.json) or a shipped model's name (default: "
+                        f"{SHIPPED_CLASSIFIER}, the small ResNeXt shipped with the suite, trained on the built-in "
+                        "digits set; see its card in ssm_core/pretrained/)")
     p.add_argument("--json", help="also write the report to this file")
     p.add_argument("--reference-split", default="train", choices=("train", "validation", "test", "all"),
                    help="split of a labelled reference set (default: train, as in the papers)")

@@ -3,8 +3,15 @@
 Speech is synthesised with **eSpeak NG**, loaded through the ``espeakng-loader`` package, whose wheel
 ships ``libespeak-ng`` and its voice data (no download, no system package). We call the C library with
 ctypes in synchronous mode. Each clip draws, from a generator seeded by ``(seed, class, index)``, an
-English accent, a voice variant, speaking rate, pitch and pitch range, then a random position inside the
-second, a gain and white noise at a random signal-to-noise ratio.
+English accent, a voice variant, speaking rate, pitch and pitch range, a playback speed (which shifts pitch and
+formants together), then a random position inside the second, room reverberation (a synthetic exponentially
+decaying impulse response), a gain, background noise (white, pink or brown) at a random signal-to-noise ratio
+and band-limiting (a high-pass and a low-pass as a telephone or a small loudspeaker would).
+
+Some voices are held out: the set built with ``voices="train"`` (the default) never uses the accents and variants
+of :data:`HELD_OUT_ACCENTS` and :data:`HELD_OUT_VARIANTS`; ``voices="held-out"`` builds a set in which every clip
+has a held-out variant (and any accent), to measure how a classifier trained on the default set hears voices it
+never trained on.
 
 eSpeak NG carries hidden state from one utterance to the next (it survives re-initialisation) and draws
 random numbers of its own, so the set is synthesised in a fresh child process whose eSpeak random seed is
@@ -39,8 +46,17 @@ VARIANTS = (
     "m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "klatt", "klatt2", "klatt3", "klatt4",
     "Alex", "Andy", "Annie", "Gene", "Hugo", "Jacky", "Lee", "Michael", "Mike", "adam", "anika", "aunty", "belinda",
     "benjamin", "caleb", "david", "ed", "edward", "grandma", "grandpa", "ian", "john", "linda", "max", "norbert",
-    "paul", "quincy", "rob", "robert", "steph", "travis", "victor", "zac",
+    "paul", "quincy", "rob", "robert", "steph", "travis", "victor", "zac", "Alicia", "Andrea", "Denis", "Diogo",
+    "Gene2", "Henrique", "Marco", "Mario", "Nguyen", "Reed", "Storm", "antonio", "boris", "edward2", "gustave",
+    "iven", "iven2", "iven3", "iven4", "klatt5", "klatt6", "m8", "marcelo", "michel", "miguel", "mike2", "pablo",
+    "pedro", "sandro", "shelby", "steph2", "steph3",
 )
+# Voices the default set never uses: a classifier trained on it is scored on a set made only of these.
+HELD_OUT_ACCENTS = ("en-us-nyc",)
+HELD_OUT_VARIANTS = ("m3", "f2", "klatt2", "Annie", "benjamin", "grandma", "norbert", "Denis", "iven2", "shelby",
+                     "steph3", "michel")
+VOICE_SETS = ("train", "held-out")
+NOISE_COLOURS = ("white", "pink", "brown")
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
@@ -115,35 +131,88 @@ class ClipRecipe:
     peak: float  # peak amplitude of the spoken word
     snr_db: float  # speech RMS over noise RMS
     position: float  # where in the free time the word starts, 0 (at once) .. 1 (ends at 1 s)
+    speed: float = 1.0  # playback speed: > 1 is faster and higher (pitch and formants), < 1 slower and lower
+    reverb_seconds: float = 0.0  # RT60 of the room's impulse response; 0 = dry
+    reverb_wet: float = 0.0  # share of reverberant energy, 0..1
+    noise_colour: str = "white"  # white, pink (1/f) or brown (1/f^2)
+    highpass_hz: float = 0.0  # 0 = none
+    lowpass_hz: float = 0.0  # 0 = none
 
 
-def draw_recipe(word: str, rng: np.random.Generator, variants: tuple[str, ...]) -> ClipRecipe:
+def voices(which: str, variants: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(accents, variants) of a voice set: 'train' leaves the held-out ones out, 'held-out' keeps only held-out
+    variants (with every accent)."""
+    if which == "train":
+        return (tuple(a for a in ACCENTS if a not in HELD_OUT_ACCENTS),
+                tuple(v for v in variants if v not in HELD_OUT_VARIANTS))
+    if which == "held-out":
+        return ACCENTS, tuple(v for v in variants if v in HELD_OUT_VARIANTS)
+    raise ValueError(f"unknown voice set {which!r}; choose one of {', '.join(VOICE_SETS)}")
+
+
+def draw_recipe(word: str, rng: np.random.Generator, accents: tuple[str, ...], variants: tuple[str, ...]) -> ClipRecipe:
     """Random synthesis parameters for one clip of ``word``."""
+    reverb = rng.uniform() < 0.5
+    band = rng.uniform() < 0.5
     return ClipRecipe(
         word=word,
-        voice=f"{rng.choice(ACCENTS)}+{rng.choice(variants)}",
+        voice=f"{rng.choice(accents)}+{rng.choice(variants)}",
         rate_wpm=int(rng.integers(110, 230)),
         pitch=int(rng.integers(15, 90)),
         pitch_range=int(rng.integers(20, 90)),
-        peak=float(rng.uniform(0.2, 0.9)),
-        snr_db=float(rng.uniform(15.0, 40.0)),
+        peak=float(rng.uniform(0.05, 0.9)),
+        snr_db=float(rng.uniform(5.0, 40.0)),
         position=float(rng.uniform(0.0, 1.0)),
+        speed=float(rng.uniform(0.85, 1.2)),
+        reverb_seconds=float(rng.uniform(0.1, 0.8)) if reverb else 0.0,
+        reverb_wet=float(rng.uniform(0.1, 0.6)) if reverb else 0.0,
+        noise_colour=str(rng.choice(NOISE_COLOURS)),
+        highpass_hz=float(rng.uniform(50.0, 400.0)) if band else 0.0,
+        lowpass_hz=float(rng.uniform(2500.0, 7500.0)) if band else 0.0,
     )
 
 
+def _coloured_noise(colour: str, n: int, rng: np.random.Generator) -> torch.Tensor:
+    """Unit-RMS noise ``(n,)`` with a flat (white), 1/f (pink) or 1/f^2 (brown) power spectrum."""
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    exponent = NOISE_COLOURS.index(colour) / 2  # amplitude ~ f^-exponent
+    spectrum[1:] /= np.arange(1, len(spectrum)) ** exponent
+    spectrum[0] = 0.0
+    noise = np.fft.irfft(spectrum, n)
+    return torch.from_numpy((noise / noise.std()).astype(np.float32))
+
+
+def _room(rt60: float, wet: float, rng: np.random.Generator, sample_rate: int) -> torch.Tensor:
+    """A synthetic room impulse response ``(samples,)``: the direct sound, then noise decaying by 60 dB in ``rt60``
+    seconds, scaled so that the tail carries ``wet`` of the energy."""
+    t = np.arange(int(rt60 * sample_rate)) / sample_rate
+    tail = rng.standard_normal(len(t)) * np.exp(-6.9 * t / rt60)  # 6.9 = ln(1000): 60 dB in amplitude
+    tail *= np.sqrt(wet / (1.0 - wet + 1e-9) / (tail ** 2).sum())
+    tail[0] = 1.0
+    return torch.from_numpy(tail.astype(np.float32))
+
+
 def render(recipe: ClipRecipe, rng: np.random.Generator, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Synthesise a recipe into a 1 s clip ``(sample_rate,)`` in [-1, 1]; ``rng`` draws the noise."""
+    """Synthesise a recipe into a 1 s clip ``(sample_rate,)`` in [-1, 1]; ``rng`` draws the noise and the room."""
     engine = _Espeak.get()
     speech = engine.speak(recipe.word, recipe.voice, recipe.rate_wpm, recipe.pitch, recipe.pitch_range)
     loud = np.flatnonzero(np.abs(speech) > 0.02 * np.abs(speech).max())  # trim eSpeak's leading/trailing silence
     speech = torch.from_numpy(speech[loud[0]:loud[-1] + 1].copy())
-    speech = AF.resample(speech, engine.sample_rate, sample_rate)[:sample_rate]
-    speech = speech * (recipe.peak / speech.abs().max())
+    # read as if recorded at speed x the engine's rate (rounded to 50 Hz, which keeps the resampling filter short)
+    played_at = int(round(engine.sample_rate * recipe.speed / 50)) * 50
+    speech = AF.resample(speech, played_at, sample_rate)[:sample_rate]
     clip = torch.zeros(sample_rate)
     start = int(recipe.position * (sample_rate - len(speech)))
     clip[start:start + len(speech)] = speech
-    noise_rms = float(speech.pow(2).mean().sqrt()) * 10 ** (-recipe.snr_db / 20)
-    clip += torch.from_numpy(rng.standard_normal(sample_rate).astype(np.float32)) * noise_rms
+    if recipe.reverb_seconds > 0:
+        clip = AF.fftconvolve(clip, _room(recipe.reverb_seconds, recipe.reverb_wet, rng, sample_rate))[:sample_rate]
+    clip = clip * (recipe.peak / clip.abs().max())
+    speech_rms = float(clip[start:start + len(speech)].pow(2).mean().sqrt())
+    clip = clip + _coloured_noise(recipe.noise_colour, sample_rate, rng) * speech_rms * 10 ** (-recipe.snr_db / 20)
+    if recipe.highpass_hz > 0:
+        clip = AF.highpass_biquad(clip, sample_rate, recipe.highpass_hz)
+    if recipe.lowpass_hz > 0:
+        clip = AF.lowpass_biquad(clip, sample_rate, recipe.lowpass_hz)
     return clip.clamp(-1.0, 1.0)
 
 
@@ -154,8 +223,9 @@ def held_out_counts(per_class: int) -> tuple[int, int]:
 
 
 def make_digits(out: str | os.PathLike, per_class: int = 200, seed: int = 0, force: bool = False,
-                progress: bool = True) -> Path:
-    """Build the spoken-digits set in SC09's layout under ``out``; returns ``out``.
+                progress: bool = True, voices: str = "train") -> Path:
+    """Build the spoken-digits set in SC09's layout under ``out``; returns ``out``. ``voices``: 'train' (every voice
+    but the held-out ones) or 'held-out' (only held-out variants; see the module docstring).
 
     Refuses a non-empty ``out`` unless ``force`` (then files are overwritten in place, and the clips of an earlier
     set there, listed in its synthesis.json, that this set does not replace are removed, so that they do not join
@@ -165,6 +235,8 @@ def make_digits(out: str | os.PathLike, per_class: int = 200, seed: int = 0, for
     out = Path(out)
     if per_class < 3:
         raise ValueError(f"per_class must be at least 3 (train, validation and test need one clip each), got {per_class}")
+    if voices not in VOICE_SETS:
+        raise ValueError(f"unknown voice set {voices!r}; choose one of {', '.join(VOICE_SETS)}")
     if out.exists() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out}: exists and is not empty (pass --force to overwrite)")
     if force:
@@ -172,7 +244,7 @@ def make_digits(out: str | os.PathLike, per_class: int = 200, seed: int = 0, for
         for stale in set(_earlier_clips(out)) - new:
             (out / stale).unlink(missing_ok=True)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        pool.apply(_synthesise_set, (str(out), per_class, seed, progress))
+        pool.apply(_synthesise_set, (str(out), per_class, seed, progress, voices))
     return out
 
 
@@ -185,12 +257,13 @@ def _earlier_clips(out: Path) -> list[str]:
     return [rel for rel in clips if isinstance(rel, str) and re.fullmatch(r"[a-z]+/\d{5}\.wav", rel)]
 
 
-def _synthesise_set(out: str, per_class: int, seed: int, progress: bool) -> None:
+def _synthesise_set(out: str, per_class: int, seed: int, progress: bool, which_voices: str) -> None:
     """The body of :func:`make_digits`, run in a process where eSpeak NG has not spoken yet."""
     out_dir = Path(out)
     torch.set_num_threads(1)  # per-clip tensors are tiny: intra-op threads only add overhead (3-4x measured)
     engine = _Espeak.get()
     engine.seed(seed)
+    accents, variants = voices(which_voices, engine.variants)
     n_val, n_test = held_out_counts(per_class)
     held_out: dict[str, list[str]] = {"validation": [], "test": []}
     recipes = {}
@@ -198,7 +271,7 @@ def _synthesise_set(out: str, per_class: int, seed: int, progress: bool) -> None
     for label, word in enumerate(DIGITS):
         for k in range(per_class):
             rng = np.random.default_rng([seed, label, k])
-            recipe = draw_recipe(word, rng, engine.variants)
+            recipe = draw_recipe(word, rng, accents, variants)
             rel = f"{word}/{k:05d}.wav"
             save_wav(out_dir / rel, render(recipe, rng))
             recipes[rel] = asdict(recipe)
@@ -210,6 +283,6 @@ def _synthesise_set(out: str, per_class: int, seed: int, progress: bool) -> None
     bar.close()
     for split, name in SPLIT_LISTS.items():
         (out_dir / name).write_text("".join(f"{rel}\n" for rel in held_out[split]))
-    meta = {"generator": "eSpeak NG via espeakng-loader", "seed": seed, "per_class": per_class,
+    meta = {"generator": "eSpeak NG via espeakng-loader", "seed": seed, "per_class": per_class, "voices": which_voices,
             "sample_rate": SAMPLE_RATE, "clips": recipes}
     (out_dir / "synthesis.json").write_text(json.dumps(meta, indent=1))

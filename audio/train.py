@@ -234,8 +234,13 @@ class ClassifierExperiment:
 
 def classifier_preset(name: str) -> ClassifierExperiment:
     """resnext29: the s4 metric classifier (its recipe trains for tens of epochs at batch 96; AdamW here).
+    small: the shipped classifier's recipe (on the built-in digits set, about 20 minutes on 2 CPU cores).
     tiny: a toy width for CPU tests."""
     model = ClassifierConfig.preset(name)
+    if name == "small":
+        train = TrainConfig(batch_size=64, log_every=25, eval_every=250,
+                            optim=OptimConfig(lr=3e-3, weight_decay=1e-2, warmup_steps=50))
+        return ClassifierExperiment(ClassifierData(), model, train, preset=name, epochs=12.0)
     if name == "tiny":
         train = TrainConfig(batch_size=16, log_every=10, optim=OptimConfig(lr=3e-3, weight_decay=0.0,
                                                                          warmup_steps=5))

@@ -90,33 +90,41 @@ QUICK = Settings(preset="tiny", pretrain_seqlen=1024, pretrain_steps=30, pretrai
                  markov_orders=(2, 4, 6), lr=3e-3)
 
 
-def prepare_genomes() -> Path:
-    """The six genomes as CACHE/genomes/<class>.fa.
+def prepare_genomes(genomes_from: dict[str, tuple[str, str]] = GENOMES, cache: Path = CACHE) -> Path:
+    """The genomes of ``genomes_from`` (class -> (Debian package, path inside it)) as cache/genomes/<class>.fa.
 
-    Their compressed originals are kept in CACHE/sources/<class>.fa.gz (55 MB: small enough to carry to a machine
-    without network); missing ones are taken from the Debian packages, downloaded and unpacked once."""
+    Their compressed originals are kept in cache/sources/<class>.fa.gz (or .fa.xz; 55 MB for the six genomes here:
+    small enough to carry to a machine without network); missing ones are taken from the Debian packages,
+    downloaded and unpacked once."""
+    import lzma
+
     from ssm_core.utils.download import decompress_gzip
 
-    sources, genomes = CACHE / "sources", CACHE / "genomes"
+    sources, genomes = cache / "sources", cache / "genomes"
     for d in (sources, genomes):
         d.mkdir(parents=True, exist_ok=True)
-    for name, (package, inner) in GENOMES.items():
-        source = sources / f"{name}.fa.gz"
+    for name, (package, inner) in genomes_from.items():
+        xz = inner.endswith(".xz")
+        source = sources / f"{name}.fa.{'xz' if xz else 'gz'}"
         if not source.exists():
-            unpacked = CACHE / "root" / inner
+            unpacked = cache / "root" / inner
             if not unpacked.exists():
-                debs = CACHE / "debs"
+                debs = cache / "debs"
                 debs.mkdir(exist_ok=True)
                 if not list(debs.glob(f"{package}_*.deb")):
                     print(f"apt-get download {package}")
                     subprocess.run(["apt-get", "download", package], cwd=debs, check=True)
                 subprocess.run(["dpkg-deb", "-x", str(sorted(debs.glob(f"{package}_*.deb"))[-1]),
-                                str(CACHE / "root")], check=True)
+                                str(cache / "root")], check=True)
             shutil.copyfile(unpacked, source)
         target = genomes / f"{name}.fa"
         if not target.exists():
             print(f"decompressing {source.name} -> {target}")
-            decompress_gzip(source, target)
+            if xz:
+                with lzma.open(source) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+            else:
+                decompress_gzip(source, target)
     return genomes
 
 

@@ -331,6 +331,7 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     from ssm_core.train.config import add_engine_args
 
     from genomics.finetune import FinetuneExperiment
+    from genomics.models import SHIPPED_BACKBONE
 
     p = subparsers.add_parser("finetune", help="species classification: fine-tune on one FASTA per class",
                               description="Fine-tune a DNA Mamba (pretrained or from scratch) to tell species "
@@ -342,7 +343,9 @@ def add_finetune_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--init", metavar="RUN_OR_CKPT",
                    help="initialise the backbone from a pretraining run (its model size is used; --preset ignored), "
                         "or the whole classifier from a fine-tuning run of the same classes (e.g. a shorter "
-                        "window's run, to continue at a longer window)")
+                        "window's run, to continue at a longer window); 'none' trains from scratch. Default: "
+                        f"{SHIPPED_BACKBONE}, the backbone shipped with the suite (pretrained on bacterial genomes; "
+                        "see its card in ssm_core/pretrained/), unless --preset is given (then from scratch)")
     p.add_argument("--window", type=POSITIVE_INT, help="window length in bases (default: 1024)")
     p.add_argument("--pooling", choices=("last", "mean"), default="last",
                    help="classify from the last position (default, causal) or the mean of all positions")
@@ -367,8 +370,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from genomics.finetune import FinetuneExperiment, run_finetune
-    from genomics.models import preset_config
+    from genomics.models import SHIPPED_BACKBONE, preset_config
 
+    if args.init is None:  # a preset names the model to build; without one, start from the shipped backbone
+        args.init = None if args.preset else SHIPPED_BACKBONE
+    elif args.init == "none":
+        args.init = None
     exp = FinetuneExperiment(init=args.init)
     if args.preset:
         exp.model, exp.preset = preset_config(args.preset, num_classes=2), args.preset

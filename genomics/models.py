@@ -12,6 +12,10 @@ Our reading of the Mamba paper (§4.3.3 and appendix E.3): the species task comp
 1.4M and 7M; 12 blocks of width 128 and 16 blocks of width 256 with the standard block (expand 2, d_state 16,
 d_conv 4) and the 9-token byte vocabulary give 1.40 M and 7.01 M parameters (counted with a tied LM head;
 the classification head adds ``d_model x classes + classes``). ``python -m genomics presets`` prints them.
+
+The suite ships a pretrained tiny backbone, ``dna-tiny`` (:data:`SHIPPED_BACKBONE`, in ``ssm_core/pretrained/``;
+``benchmarks/dna_pretrain.py`` trains it): ``finetune`` starts from it unless told otherwise, and
+``--init``/``--checkpoint`` take its name wherever they take a run directory.
 """
 from __future__ import annotations
 
@@ -24,10 +28,13 @@ from torch import nn
 
 from ssm_core import MambaConfig, MambaLMHeadModel, MambaSequenceClassifier
 from ssm_core.models import ModelFileError
+from ssm_core.models.io import resolve_model_dir
 from ssm_core.train import CheckpointError, load_trained_model
 
 from genomics.errors import GenomicsInputError
 from genomics.tokenizer import VOCAB_SIZE
+
+SHIPPED_BACKBONE = "dna-tiny"  # the pretrained backbone shipped with the suite: finetune's default --init
 
 PRESETS: dict[str, dict] = {
     "tiny": {"n_layer": 2, "d_model": 48},
@@ -94,8 +101,8 @@ def classifier_config(backbone: MambaConfig, num_classes: int, pooling: str, sta
 
 def run_path(path: str | Path) -> Path:
     """What a ``--checkpoint``/``--init`` value names: a run's ``model.safetensors`` or ``model.json`` stands for
-    its run directory; anything else is kept as given."""
-    path = Path(path)
+    its run directory, a shipped model's name (``dna-tiny``) for its directory; anything else is kept as given."""
+    path = resolve_model_dir(path)
     if path.is_file() and path.name in ("model.safetensors", "model.json"):
         return path.parent
     return path

@@ -104,6 +104,15 @@ def test_classifier_then_metrics(digits, tmp_path, capsys):
     assert '"fid"' not in capsys.readouterr().out  # a report that could not be saved is not half-delivered
 
 
+def test_metrics_without_classifier_use_the_shipped_one_which_hears_held_out_voices(tmp_path, capsys):
+    held_out = make_digits(tmp_path / "held", per_class=4, seed=7, voices="held-out", progress=False)
+    assert main(["metrics", "--generated", str(held_out), "--generated-split", "all", "--reference", str(held_out),
+                 "--reference-split", "train", "--device", "cpu", "--allow-few-clips"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n_generated"] == 40
+    assert report["generated_accuracy"] >= 0.8  # its card: 96% on held-out voices
+
+
 def test_train_on_a_folder_of_recordings(tmp_path):
     folder = tmp_path / "recordings"
     folder.mkdir()

@@ -201,6 +201,28 @@ def test_finetune_continues_from_a_classifier_run_head_included(workspace, tmp_p
     assert "a classifier of the classes" in message and "orangutan" in message
 
 
+def test_finetune_starts_from_the_shipped_backbone_unless_told_otherwise(workspace, tmp_path):
+    from ssm_core import from_pretrained
+
+    common = ["--fasta-dir", workspace["apes"], "--window", 64, "--steps", 1, "--batch-size", 2, "--lr", "1e-9",
+              "--valid-samples", 4, "--test-samples", 4, "--device", "cpu"]
+    shipped = from_pretrained("dna-tiny")  # by name, from the package
+    assert run_cli("finetune", "--out", tmp_path / "default", *common) == 0
+    assert run_cli("finetune", "--out", tmp_path / "scratch", *common, "--init", "none") == 0
+    assert run_cli("finetune", "--out", tmp_path / "preset", *common, "--preset", "tiny") == 0
+    configs = {run: json.loads((tmp_path / run / "config.json").read_text()) for run in ("default", "scratch",
+                                                                                         "preset")}
+    assert configs["default"]["init"] == "dna-tiny"
+    assert configs["scratch"]["init"] is None and configs["preset"]["init"] is None
+
+    def embedding(run):
+        return load_run_model(tmp_path / run).backbone.embedding.weight
+
+    # one step at lr 1e-9 leaves the shipped backbone's weights where they were; from scratch they are others
+    torch.testing.assert_close(embedding("default"), shipped.backbone.embedding.weight, rtol=0, atol=1e-6)
+    assert (embedding("scratch") - shipped.backbone.embedding.weight).abs().max() > 1e-2
+
+
 def test_finetune_standardises_pooled_features_unless_told_not_to(workspace, tmp_path):
     from genomics.models import load_run_model
 

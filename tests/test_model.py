@@ -317,6 +317,32 @@ def test_save_pretrained_writes_a_self_contained_directory_with_a_model_card(tmp
         from_pretrained(copy)
 
 
+def test_half_precision_weights_checksum_in_the_card_and_shipped_models_by_name(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from ssm_core.models import ModelFileMissingError
+    from ssm_core.models import io as model_io
+
+    torch.manual_seed(4)
+    model = MambaLMHeadModel(MambaConfig(d_model=16, n_layer=1, vocab_size=9))
+    shipped = tmp_path / "pretrained"
+    model.save_pretrained(shipped / "dna-test", ModelInfo(trained_on="a few bases"), dtype=torch.bfloat16)
+    weights = shipped / "dna-test" / "model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    assert next(model.parameters()).dtype == torch.float32  # the model itself is left as it was
+    assert model_io.card_sha256(shipped / "dna-test") == model_io.file_sha256(weights)
+    monkeypatch.setattr(model_io, "SHIPPED_DIR", shipped)
+    monkeypatch.chdir(tmp_path)
+    assert list(model_io.shipped_models()) == ["dna-test"]
+    loaded = from_pretrained("dna-test")  # by name: the shipped directory, weights cast back to float32
+    assert loaded.model_info.trained_on == "a few bases" and next(loaded.parameters()).dtype == torch.float32
+    x = torch.randint(0, 9, (1, 20))
+    torch.testing.assert_close(loaded.eval()(x), model.eval()(x), rtol=0.05, atol=0.05)
+    with pytest.raises(ModelFileMissingError, match="dna-nonesuch"):
+        from_pretrained("dna-nonesuch")
+
+
 def test_saving_never_overwrites_a_readme_of_the_users(tmp_path):
     from ssm_core.models.errors import ModelCardExistsError
 

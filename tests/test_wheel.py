@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+SHIPPED_MODELS = ["digits-classifier", "dna-tiny"]  # ssm_core/pretrained/<name>: weights, model.json and card each
 PACKAGE_DATA = ["ssm_core/ops/csrc/selective_scan.cu", "ssm_core/data_manifests/README.md"] + [
-    f"ssm_core/data_manifests/{p.name}" for p in (REPO / "ssm_core" / "data_manifests").glob("*.json")]
+    f"ssm_core/data_manifests/{p.name}" for p in (REPO / "ssm_core" / "data_manifests").glob("*.json")] + [
+    f"ssm_core/pretrained/{m}/{f}" for m in SHIPPED_MODELS for f in ("model.safetensors", "model.json", "README.md")]
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +31,10 @@ def _run(cmd, cwd, timeout=900, env=None):
     done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, f"{cmd} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
+
+
+def _clean_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +51,9 @@ def venv_python(wheel, tmp_path_factory) -> Path:
     env = tmp_path_factory.mktemp("venv")
     _run([sys.executable, "-m", "venv", "--without-pip", str(env)], cwd=env)   # nothing in it but the wheel
     python = env / "bin" / "python"
+    # --force-reinstall and no PYTHONPATH: a checkout on the path (its .egg-info) must not pass for an install
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index",
-          str(wheel)], cwd=env)
+          "--force-reinstall", str(wheel)], cwd=env, env=_clean_env())
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                      cwd=env).stdout.strip())
     # A plain path line: the test environment's packages become importable, its .pth files (such as the
@@ -59,11 +66,11 @@ def test_wheel_carries_kernel_source_and_manifests(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     missing = [p for p in PACKAGE_DATA if p not in names]
     assert not missing, f"{wheel.name} lacks {missing}"
-    assert len(PACKAGE_DATA) >= 6   # the .cu, the README and the four manifests at least
+    assert len(PACKAGE_DATA) >= 9   # the .cu, the README, the four manifests and a shipped model at least
 
 
 def test_installed_wheel_runs_outside_the_checkout(venv_python, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env = _clean_env()
     _run([sys.executable, "-m", "pip", "--python", str(venv_python), "check"], cwd=tmp_path, env=env)
     smoke = textwrap.dedent("""
         import sys
@@ -92,8 +99,17 @@ def test_installed_wheel_runs_outside_the_checkout(venv_python, tmp_path):
             load_manifest(name)
         for name in ("sc09", "youtubemix"):
             load_audio_manifest(name)
+        # the shipped models load by name from the installed package, their weights as their cards say
+        from ssm_core import from_pretrained
+        from ssm_core.models.io import card_sha256, file_sha256, shipped_models
+        shipped = shipped_models()
+        for name in {models}:
+            assert "site-packages" in str(shipped[name]), shipped[name]
+            weights = shipped[name] / "model.safetensors"
+            assert card_sha256(shipped[name]) == file_sha256(weights), name
+            assert sum(p.numel() for p in from_pretrained(name).parameters()) > 0
         print("smoke ok")
-    """).format(repo=REPO)
+    """).format(repo=REPO, models=SHIPPED_MODELS)
     assert "smoke ok" in _run([str(venv_python), "-c", smoke], cwd=tmp_path, env=env).stdout
     from ssm_core import __version__
     for script in ("mamba-genomics", "mamba-audio", "mamba-suite"):  # console commands, the same as python -m

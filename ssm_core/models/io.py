@@ -9,20 +9,29 @@
 and for how many steps, its metrics and a command line that uses it. Copy the directory anywhere and
 :func:`from_pretrained` (or ``SomeModel.from_pretrained``) loads it; nothing is fetched from the network.
 
+The card records the SHA-256 of model.safetensors, so a copy can be checked against it.
+
+Models shipped with the suite live in ``ssm_core/pretrained/<name>/`` (package data); :func:`from_pretrained` takes
+their name (``from_pretrained("digits-classifier")``, see :func:`shipped_models`) wherever it takes a directory.
+
 Loading runs no code from the directory: ``model_class`` is looked up in the registry (``registry.py``) and the
 weights are safetensors. Directories written before ``metadata`` existed (and their module-path ``model_class``)
 still load. ``save_model``/``load_model`` are the same functions as ``save_pretrained``/``from_pretrained``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 import yaml
 from safetensors import SafetensorError
@@ -33,6 +42,40 @@ from .registry import describe, lookup, registered
 
 WEIGHTS, CONFIG, CARD = "model.safetensors", "model.json", "README.md"
 LIBRARY = "mamba-seq-suite"  # the model card's library_name, and how a card of ours is recognised
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "pretrained"  # ssm_core/pretrained: the shipped models
+
+
+def shipped_models() -> dict[str, Path]:
+    """The models shipped inside the package: name -> model directory (``ssm_core/pretrained/<name>``)."""
+    if not SHIPPED_DIR.is_dir():
+        return {}
+    return {d.name: d for d in sorted(SHIPPED_DIR.iterdir()) if (d / CONFIG).is_file()}
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike) -> Path:
+    """``name_or_path`` as a model directory: an existing path as it is, else a shipped model's name (a directory
+    in the working directory of that name wins), else the path as given (loading it then says what is missing)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    return shipped_models().get(str(name_or_path), path)
+
+
+def card_sha256(directory: str | os.PathLike) -> str | None:
+    """The SHA-256 of model.safetensors that the model card of ``directory`` records (None when it records none):
+    compare with :func:`file_sha256` of the weights to check a copy."""
+    card = Path(directory) / CARD
+    found = re.search(rf"^SHA-256 of `{re.escape(WEIGHTS)}`: `([0-9a-f]{{64}})`$", card.read_text(), re.MULTILINE)
+    return found.group(1) if found else None
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 @dataclass
@@ -109,9 +152,12 @@ def _check_card_is_ours(directory: Path) -> None:
                                    "not overwriting it (save the model into another directory)")
 
 
-def save_model(model: nn.Module, directory: str | os.PathLike, info: ModelInfo | None = None) -> Path:
+def save_model(model: nn.Module, directory: str | os.PathLike, info: ModelInfo | None = None,
+               dtype: torch.dtype | None = None) -> Path:
     """Write the model directory ``directory``: model.safetensors, model.json and the README.md model card (each
     through a temporary file and a rename). ``info`` defaults to the ``model_info`` the model was loaded with.
+    ``dtype`` (e.g. ``torch.bfloat16``) stores the floating-point weights in that type (half the size; loading casts
+    them back to the model's type); the model itself is left as it is.
 
     The model's class must be registered (``register_model``); a README.md of the user's own is never
     overwritten (``ModelCardExistsError``, before anything is written). Returns ``directory``.
@@ -127,7 +173,8 @@ def save_model(model: nn.Module, directory: str | os.PathLike, info: ModelInfo |
     meta = {"model_class": entry.name, "config": dataclasses.asdict(model.config), "parameters": parameters,
             "metadata": info.to_json()}
     tmp = directory / (WEIGHTS + ".tmp")
-    _save_safetensors(model, str(tmp), metadata={"format": "pt"})  # "format": what transformers' loaders expect
+    stored = model if dtype is None else copy.deepcopy(model).to(dtype)  # .to casts floating-point tensors only
+    _save_safetensors(stored, str(tmp), metadata={"format": "pt"})  # "format": what transformers' loaders expect
     os.replace(tmp, directory / WEIGHTS)
     _write_json_and_card(directory, meta, info)
     return directory
@@ -136,8 +183,10 @@ def save_model(model: nn.Module, directory: str | os.PathLike, info: ModelInfo |
 def _write_json_and_card(directory: Path, meta: dict, info: ModelInfo) -> None:
     _atomic_write_text(directory / CONFIG, json.dumps(meta, indent=2) + "\n")
     entry = lookup(meta["model_class"], str(directory / CONFIG))
+    weights = directory / WEIGHTS
     _atomic_write_text(directory / CARD, model_card(directory.name, entry.name, entry.description,
-                                                    meta.get("parameters"), info))
+                                                    meta.get("parameters"), info,
+                                                    file_sha256(weights) if weights.is_file() else None))
 
 
 def update_model_info(directory: str | os.PathLike, **changes: Any) -> ModelInfo:
@@ -228,11 +277,11 @@ def build_model(model_class: str, config: dict, source: str = CONFIG) -> nn.Modu
 
 
 def load_model(directory: str | os.PathLike, map_location: str = "cpu", expected: type | None = None) -> nn.Module:
-    """The model saved in the model directory ``directory`` (see the module docstring), on ``map_location``, with
-    its ``ModelInfo`` as ``model.model_info``. With ``expected`` (a model class), a model of another class is
-    refused (``WrongModelError``) before its weights are read.
+    """The model saved in the model directory ``directory`` (or the shipped model of that name; see the module
+    docstring), on ``map_location``, with its ``ModelInfo`` as ``model.model_info``. With ``expected`` (a model
+    class), a model of another class is refused (``WrongModelError``) before its weights are read.
     """
-    directory = Path(directory)
+    directory = resolve_model_dir(directory)
     meta = read_model_json(directory)
     source = str(directory / CONFIG)
     entry = lookup(meta["model_class"], source)
@@ -256,18 +305,20 @@ class PretrainedModel:
         """The model saved in the model directory ``path``; ``WrongModelError`` when it holds another kind of model."""
         return load_model(path, device, expected=cls)
 
-    def save_pretrained(self, path: str | os.PathLike, info: ModelInfo | None = None) -> Path:
+    def save_pretrained(self, path: str | os.PathLike, info: ModelInfo | None = None,
+                        dtype: torch.dtype | None = None) -> Path:
         """Write the model directory ``path`` (weights, model.json, README.md model card); see ``save_model``."""
-        return save_model(self, path, info)
+        return save_model(self, path, info, dtype)
 
 
 def _number(value: float) -> str:
     return f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
-def model_card(name: str, model_class: str, description: str, parameters: int | None, info: ModelInfo) -> str:
+def model_card(name: str, model_class: str, description: str, parameters: int | None, info: ModelInfo,
+               sha256: str | None = None) -> str:
     """The README.md of a model directory: YAML front matter for the Hugging Face Hub, then what the model is,
-    what it was trained on and for how long, its metrics and how to use it."""
+    what it was trained on and for how long, its metrics, how to use it and the weights' SHA-256."""
     front: dict[str, Any] = {"library_name": LIBRARY, "tags": ["mamba", "state-space-model", *info.tags]}
     if info.metrics:
         front["model-index"] = [{"name": name, "results": [{
@@ -294,4 +345,6 @@ def model_card(name: str, model_class: str, description: str, parameters: int | 
         lines += ["```bash", info.usage, "```", ""]
     lines += [f"Files: `{WEIGHTS}` (weights), `{CONFIG}` (class, config and the metadata above). Loading it runs "
               "no code from this directory and needs no network.", ""]
+    if sha256:
+        lines += [f"SHA-256 of `{WEIGHTS}`: `{sha256}`", ""]
     return "\n".join(lines)
