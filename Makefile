@@ -7,7 +7,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-gpu bench-cpu clean
+.PHONY: setup demo test test-gpu bench-cpu wheel clean
 
 # Re-install when the dependency list changes. pip resolves torch 2.14.x (CUDA 13 build, runs on CPU too) and
 # torchaudio 2.11 here; on a GPU image with torch 2.11 the same ranges are already satisfied.
@@ -28,6 +28,10 @@ test: $(STAMP)
 # On a CUDA machine (see benchmarks/README.md for the device command): GPU tests, then the GPU benchmark.
 test-gpu: $(STAMP)
 	$(PY) -m pytest -q -m gpu $(ARGS)
+
+# The wheel a user installs, into .whl/ (benchmarks/run_device.sh scan installs it on the GPU machine: SSM_WHEEL).
+wheel: $(STAMP)
+	rm -rf .whl && $(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl .
 
 bench-cpu: $(STAMP)
 	$(PY) benchmarks/cpu_scan.py

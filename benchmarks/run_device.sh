@@ -22,7 +22,8 @@
 # mamba-ssm is compared only when MAMBA_SSM_PATH names a source tree whose selective_scan_cuda extension is built
 # in place: this script never fetches or builds it (see benchmarks/README.md).
 # SCAN_TESTS, if set, names the test files the scan workload runs (default: test_scan_cuda.py test_scan_gpu.py
-# test_varlen.py). WAIT_FOR_PID, if set, names a process (say a background build of mamba-ssm) the benchmark waits for after the tests.
+# test_varlen.py). SSM_WHEEL, if set, names a wheel built beforehand to install instead of building one here (the
+# image's setuptools may be too old for pyproject metadata: build it with `make wheel` and carry .whl/). WAIT_FOR_PID, if set, names a process (say a background build of mamba-ssm) the benchmark waits for after the tests.
 # Exit status: non-zero if the tests or the benchmark failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +37,20 @@ TEST_DIR=$PWD/tests
 install_wheel() {  # the suite from its wheel into a fresh venv; PY, TEST_DIR and the environment then point there
     local build=/tmp/ssm_wheel env=/tmp/ssm_wheel_env
     rm -rf "$build" "$env" && mkdir -p "$build/tests"
-    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build" . || return 1
-    "$PY" -m venv --system-site-packages "$env" && "$env/bin/python" -m pip install -q --no-deps --no-index "$build"/*.whl \
-        || return 1
+    if [ -n "${SSM_WHEEL:-}" ]; then  # a wheel built elsewhere (the image's setuptools may predate PEP 621)
+        cp "$SSM_WHEEL" "$build/" || return 1
+    else
+        "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$build" . || return 1
+    fi
+    ls "$build"/mamba_seq_suite-*.whl || { echo "no mamba_seq_suite wheel was built: $(ls "$build")"; return 1; }
+    # Without PYTHONPATH (the checkout on it, with an egg-info from an earlier build, made pip skip the install as
+    # "already satisfied"), and forced for the same reason.
+    "$PY" -m venv --system-site-packages "$env" && env -u PYTHONPATH "$env/bin/python" -m pip install -q --no-deps \
+        --no-index --force-reinstall "$build"/*.whl || return 1
+    # The image's torch may live in a virtual environment of its own, which --system-site-packages does not reach:
+    # a .pth puts the building interpreter's site-packages after the venv's own (as a user's pip install into it).
+    "$PY" -c 'import site; print("\n".join(site.getsitepackages()))' \
+        > "$("$env/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/image_packages.pth"
     cp tests/*.py "$build/tests/"
     PY="$env/bin/python" TEST_DIR="$build/tests"
     unset PYTHONPATH CUDA_HOME CUDA_PATH
@@ -70,7 +82,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else None)' 2>&1 | tee
 tests_rc=0
 if [ ${#tests[@]} -gt 0 ]; then
     # Test modules that cannot import here (a CPU-only dependency missing on the device) are reported, not fatal.
-    (cd "$TEST_DIR/.." && "$PY" -m pytest -m gpu "${tests[@]}" -q -rs -p no:cacheprovider \
+    (cd "$TEST_DIR/.." && "$PY" -m pytest -m gpu "${tests[@]}" -q -rs --durations=8 -p no:cacheprovider \
         --continue-on-collection-errors 2>&1) | tee -a "$RESULTS/gpu_${workload}.log"
     tests_rc=${PIPESTATUS[0]}
 fi
@@ -84,8 +96,8 @@ if [ -n "${WAIT_FOR_PID:-}" ]; then
     while kill -0 "$WAIT_FOR_PID" 2>/dev/null; do sleep 5; done
 fi
 case $workload in
-    scan) bench benchmarks/scan_first_use.py --out-dir "$RESULTS" || bench_rc=$?
-          bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
+    scan) bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$?
+          bench benchmarks/scan_first_use.py --out-dir "$RESULTS" || bench_rc=$? ;;
     audio) bench benchmarks/audio_generation.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
     genomics) bench benchmarks/genomics_throughput.py gpu "$@" || bench_rc=$?
               [ "$RESULTS" = benchmarks/results ] || cp benchmarks/results/genomics_throughput_gpu_* "$RESULTS/" ;;

@@ -42,7 +42,8 @@ print(json.dumps({"first_call_s": first, "second_call_s": time.perf_counter() - 
 
 def run_child(cache: str) -> dict:
     env = {**os.environ, "SSM_CORE_CACHE_DIR": cache}
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-c", CHILD], env=env, stdout=subprocess.PIPE, text=True, check=True,
+                          timeout=300)  # stderr passes through: a slow compile shows its progress
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -383,11 +383,12 @@ def _bwd_kernel(u_ptr, delta_ptr, z_ptr, dout_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b
         dy_rev = tl.gather(dy, rev, 1)
         t_rows = _rows_of(t, BLOCK_D)
         if VARLEN:
-            is_start, _, state_offs = _seq_flags(cu_ptr, seq_ptr, t_rows, seqlen, dim, offs_d, d_mask, DSTATE)
+            # (Triton needs every name in the loop below to keep one type: the unused flags get names of their own.)
+            is_start, _is_end, state_offs = _seq_flags(cu_ptr, seq_ptr, t_rows, seqlen, dim, offs_d, d_mask, DSTATE)
             # The same flags in reversed time (steps loaded in reverse order), and whether the step after starts.
             t_rev = _rows_of(c * CHUNK + CHUNK - 1 - offs_t, BLOCK_D)
-            _, is_end_rev, state_offs_rev = _seq_flags(cu_ptr, seq_ptr, t_rev, seqlen, dim, offs_d, d_mask, DSTATE)
-            next_starts_rev, _, _ = _seq_flags(cu_ptr, seq_ptr, t_rev + 1, seqlen, dim, offs_d, d_mask, DSTATE)
+            _starts_rev, is_end_rev, state_offs_rev = _seq_flags(cu_ptr, seq_ptr, t_rev, seqlen, dim, offs_d, d_mask, DSTATE)
+            next_starts_rev, _next_is_end, _next_offs = _seq_flags(cu_ptr, seq_ptr, t_rev + 1, seqlen, dim, offs_d, d_mask, DSTATE)
             next_starts_rev = next_starts_rev & (offs_t[None, :] > 0)  # r = 0: the carried-in gradient, a = 1
         h_ptr = state_ptr + (chan * (n_chunks + 1) + c) * DSTATE
         q_ptr = adj_ptr + (chan * (n_chunks + 1) + c) * DSTATE
@@ -424,7 +425,7 @@ def _bwd_kernel(u_ptr, delta_ptr, z_ptr, dout_ptr, A_ptr, B_ptr, C_ptr, D_ptr, b
                 c_rev += tl.load(dlast_ptr + state_offs_rev + n, mask=is_end_rev, other=0.0).to(ACC)
                 decay_next_rev = tl.where(next_starts_rev, 0.0, decay_next_rev)
             c_rev = tl.where(offs_t[None, :] == 0, c_rev + q_end[:, None], c_rev)
-            _, grad_rev = tl.associative_scan((decay_next_rev, c_rev), 1, _linear_combine)
+            _decay_all, grad_rev = tl.associative_scan((decay_next_rev, c_rev), 1, _linear_combine)
             grad = tl.gather(grad_rev, rev, 1)
             # g_t a_t h_{t-1} (inp without the initial state: at a sequence start h_{t-1} is that state)
             grad_decayed = grad * (hs - inp)
