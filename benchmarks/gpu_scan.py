@@ -245,7 +245,8 @@ def scan_impls(args, mamba_fn):
     return impls, cfg, notes
 
 
-def bench_shapes(args, impls, bandwidth, exp_rate) -> list[dict]:
+def bench_shapes(args, impls, bandwidth, exp_rate, save=lambda rows: None) -> list[dict]:
+    """One row per shape and dtype; ``save(rows)`` after each, so a run cut short keeps what it measured."""
     rows = []
     jobs = [(s, d) for s in args.shapes for d in args.dtypes]
     for shape_name, dtype_name in tqdm(jobs, desc="shapes", file=sys.stdout):
@@ -266,6 +267,7 @@ def bench_shapes(args, impls, bandwidth, exp_rate) -> list[dict]:
                 row[name] = {"error": f"out of memory: {e}".splitlines()[0]}
             torch.cuda.empty_cache()
         rows.append(row)
+        save(rows)
         del inputs
         torch.cuda.empty_cache()
     return rows
@@ -395,6 +397,11 @@ def main(argv=None):
         sys.exit("gpu_scan.py needs a CUDA GPU")
 
     device = torch.cuda.get_device_name()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-")
+    tag = "".join(f"{t}_" for t in ("tune" if args.tune else "", args.tag) if t)
+    path = out_dir / f"gpu_scan_{tag}{slug}_{datetime.date.today().isoformat()}.json"
     record = {"device": device, "date": datetime.datetime.now().isoformat(timespec="seconds"),
               "torch": torch.__version__, "cuda": torch.version.cuda}
     import triton
@@ -412,14 +419,11 @@ def main(argv=None):
         print(f"{device}: copy bandwidth {bandwidth / 1e12:.2f} TB/s")
         record["exp2_per_s"] = exp_rate = exp2_rate()
         print(f"{device}: hardware exp2 {exp_rate / 1e12:.2f} T/s")
-        record["shapes"] = bench_shapes(args, impls, bandwidth, exp_rate)
+        record["shapes"] = bench_shapes(args, impls, bandwidth, exp_rate,
+                                        save=lambda rows: path.write_text(json.dumps({**record, "shapes": rows,
+                                                                                      "partial": True}, indent=1)))
         record["attention_sweep"] = [] if args.no_sweep else bench_attention_sweep(args, impls)
         print_tables(record["shapes"], record["attention_sweep"])
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-")
-    tag = "".join(f"{t}_" for t in ("tune" if args.tune else "", args.tag) if t)
-    path = out_dir / f"gpu_scan_{tag}{slug}_{datetime.date.today().isoformat()}.json"
     path.write_text(json.dumps(record, indent=1))
     print(f"saved {path}")
 

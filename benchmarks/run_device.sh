@@ -21,7 +21,7 @@
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
 # mamba-ssm is compared only when MAMBA_SSM_PATH names a source tree whose selective_scan_cuda extension is built
 # in place: this script never fetches or builds it (see benchmarks/README.md).
-# SCAN_TESTS, if set, names the test files the scan workload runs (default: test_scan_cuda.py test_scan_gpu.py
+# SCAN_TESTS, if set, names the test files the scan workload runs (empty: none; default: test_scan_cuda.py test_scan_gpu.py
 # test_varlen.py). SSM_WHEEL, if set, names a wheel built beforehand to install instead of building one here (the
 # image's setuptools may be too old for pyproject metadata: build it with `make wheel` and carry .whl/). WAIT_FOR_PID, if set, names a process (say a background build of mamba-ssm) the benchmark waits for after the tests.
 # Exit status: non-zero if the tests or the benchmark failed.
@@ -70,7 +70,7 @@ case $workload in
           cat "$RESULTS/gpu_scan_install.log"
           [ $rc -eq 0 ] || { echo "scan: installing the wheel failed"; exit 1; }
           tests=()
-          for t in ${SCAN_TESTS:-test_scan_cuda.py test_scan_gpu.py test_varlen.py}; do tests+=("$TEST_DIR/$t"); done ;;
+          for t in ${SCAN_TESTS-test_scan_cuda.py test_scan_gpu.py test_varlen.py}; do tests+=("$TEST_DIR/$t"); done ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
     genomics|genomics-accuracy|main-job) tests=() ;;
     tests) tests=("$TEST_DIR") ;;
@@ -93,7 +93,10 @@ bench() {  # bench SCRIPT ARGS...: one benchmark, its output appended to the log
 }
 bench_rc=0
 if [ -n "${WAIT_FOR_PID:-}" ]; then
-    while kill -0 "$WAIT_FOR_PID" 2>/dev/null; do sleep 5; done
+    # (A finished background job stays a zombie until its parent reaps it, and kill -0 still finds a zombie.)
+    while kill -0 "$WAIT_FOR_PID" 2>/dev/null && [ "$(ps -o stat= -p "$WAIT_FOR_PID" | cut -c1)" != Z ]; do
+        sleep 5
+    done
 fi
 case $workload in
     scan) bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$?
