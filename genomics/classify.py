@@ -50,6 +50,7 @@ from ssm_core.utils.progress import progress_bar
 from ssm_core import MambaLMHeadModel, MambaSequenceClassifier
 from ssm_core.models import ModelFileError, describe, read_model_info
 from ssm_core.train import CheckpointError, resolve_checkpoint
+from ssm_core.utils.varlen import cu_seqlens_of, pool_packed
 
 from genomics.errors import GenomicsInputError
 from genomics.models import load_run_model, run_path
@@ -155,6 +156,7 @@ _PRETRAINING = ("--checkpoint {checkpoint}: a pretraining run, which has no clas
 # 32 MiB mmap threshold (freed memory is reused instead of page-faulted again) and mostly in cache: the 7m model
 # read 4 windows of 65,536 bases in 38 s instead of 84 s (2 cores). A GPU wants long pieces.
 CHUNK_CPU, CHUNK_GPU = 2**10, 2**16
+PACK_CPU = 2**14
 
 
 class WindowedModel:
@@ -163,11 +165,14 @@ class WindowedModel:
     ``model``: a species classifier or a pretrained language model. ``window``: bases per window.
     ``batch_tokens``: bases per forward pass; ``chunk``: longest piece read at once (default ``CHUNK_CPU`` or
     ``CHUNK_GPU`` by device). ``bf16``: matrix products in bfloat16 with float32 accumulation (``torch.autocast``):
-    1.4x faster on a CPU with AVX512-BF16, but the probabilities move (see ``--bf16`` in the CLI).
+    1.4x faster on a CPU with AVX512-BF16, but the probabilities move (see ``--bf16`` in the CLI). ``pack``:
+    windows of at most ``chunk`` bases are read packed (:meth:`batched`), at most ``pack_tokens`` bases per pack
+    (default ``PACK_CPU`` or ``batch_tokens`` by device).
     """
 
     def __init__(self, model: nn.Module, window: int, device: torch.device | str = "cpu", chunk: int | None = None,
-                 batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False):
+                 batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False, pack: bool = True,
+                 pack_tokens: int | None = None):
         if not isinstance(model, (MambaSequenceClassifier, MambaLMHeadModel)) \
                 or model.config.vocab_size != VOCAB_SIZE:
             raise GenomicsInputError(f"the checkpoint holds a {type(model).__name__} that does not read DNA tokens "
@@ -178,6 +183,8 @@ class WindowedModel:
         self.device = torch.device(device)
         self.chunk = chunk or (CHUNK_CPU if self.device.type == "cpu" else CHUNK_GPU)
         self.batch_tokens, self.iupac, self.bf16 = batch_tokens, iupac, bf16
+        self.pack = pack
+        self.pack_tokens = pack_tokens or (min(PACK_CPU, batch_tokens) if self.device.type == "cpu" else batch_tokens)
 
     @torch.no_grad()
     def run(self, tokens: np.ndarray, head: bool = False) -> np.ndarray:
@@ -186,13 +193,26 @@ class WindowedModel:
         ``head``, the classifier's log-probabilities (batch, classes) instead."""
         ids = torch.from_numpy(tokens.astype(np.int64)).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            if isinstance(self.model, MambaSequenceClassifier):
-                pooled = self.model.backbone.pooled(ids, self.model.config.pooling, self.chunk)
-                features = self.model.standardize(pooled)
-            else:
-                features = self.model.backbone.pooled(ids, "mean", self.chunk)
-            if head:
-                return torch.log_softmax(self.model.head(features).float(), -1).cpu().numpy()
+            return self._features(self.model.backbone.pooled(ids, self._pooling(), self.chunk), head)
+
+    @torch.no_grad()
+    def run_packed(self, windows: list[np.ndarray], head: bool = False) -> np.ndarray:
+        """windows, each uint8 (length,) of any length >= 1, read as one pack (1, total) with ``cu_seqlens``, each
+        as if alone -> one row per window, as :meth:`run` gives."""
+        ids = torch.from_numpy(np.concatenate(windows).astype(np.int64)).to(self.device)[None]
+        cu_seqlens = cu_seqlens_of([len(w) for w in windows], self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            hidden = self.model.backbone(ids, cu_seqlens=cu_seqlens)
+            return self._features(pool_packed(hidden, cu_seqlens, self._pooling(), "classify"), head)
+
+    def _pooling(self) -> str:
+        return self.model.config.pooling if isinstance(self.model, MambaSequenceClassifier) else "mean"
+
+    def _features(self, pooled: torch.Tensor, head: bool) -> np.ndarray:
+        """pooled (batch, d_model) -> standardised features (a classifier's) or log-probabilities (``head``)."""
+        features = self.model.standardize(pooled) if isinstance(self.model, MambaSequenceClassifier) else pooled
+        if head:
+            return torch.log_softmax(self.model.head(features).float(), -1).cpu().numpy()
         return features.float().cpu().numpy()
 
     def groups(self, records: Iterable[SequenceRecord], source: str,
@@ -211,12 +231,27 @@ class WindowedModel:
             yield group
 
     def batched(self, windows: list[np.ndarray], head: bool = False, progress: tqdm | None = None) -> list[np.ndarray]:
-        """:meth:`run` over token windows (length,) of any lengths: equal lengths stacked, about ``batch_tokens``
-        bases per pass. Returns one output row per window, in order."""
+        """:meth:`run` over token windows (length,) of any lengths, about ``batch_tokens`` bases per pass. Windows
+        of at most ``chunk`` bases are packed back to back whatever their lengths (``pack``: reads and short
+        contigs need no padding and no pass of their own); longer ones are stacked by length and read chunk by
+        chunk. Returns one output row per window, in order."""
         out: list[np.ndarray | None] = [None] * len(windows)
+        packed = [i for i, w in enumerate(windows) if self.pack and len(w) <= self.chunk]
+        pack, size = [], 0
+        for i in packed + [None]:
+            if pack and (i is None or size + len(windows[i]) > self.pack_tokens):
+                for j, row in zip(pack, self.run_packed([windows[j] for j in pack], head)):
+                    out[j] = row
+                if progress is not None:
+                    progress.update(size)
+                pack, size = [], 0
+            if i is not None:
+                pack.append(i)
+                size += len(windows[i])
         by_length = defaultdict(list)
         for i, w in enumerate(windows):
-            by_length[len(w)].append(i)
+            if out[i] is None:
+                by_length[len(w)].append(i)
         for length, indices in by_length.items():
             per_batch = max(1, self.batch_tokens // length)
             for j in range(0, len(indices), per_batch):
@@ -244,7 +279,7 @@ class SpeciesClassifier(WindowedModel):
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
                  chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False,
-                 strand: str = "both", min_bases: int = MIN_BASES):
+                 strand: str = "both", min_bases: int = MIN_BASES, pack: bool = True, pack_tokens: int | None = None):
         model = load_run_model(checkpoint, device)
         if isinstance(model, MambaLMHeadModel):
             raise GenomicsInputError(_PRETRAINING.format(checkpoint=checkpoint))
@@ -255,7 +290,7 @@ class SpeciesClassifier(WindowedModel):
             raise GenomicsInputError(f"--checkpoint {checkpoint}: the model has {model.config.num_classes} "
                                      f"outputs but the run names {len(self.classes)} classes")
         super().__init__(model, window or trained_window or DEFAULT_WINDOW, device, chunk, batch_tokens, iupac,
-                         bf16)
+                         bf16, pack, pack_tokens)
         if strand not in STRANDS:
             raise GenomicsInputError(f"strand must be one of {STRANDS}, got {strand!r}")
         self.strand, self.min_bases = strand, min_bases

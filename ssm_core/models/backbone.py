@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..modules.mamba import Mamba, MambaState
-from ..utils.varlen import CuSeqlensError, check_cu_seqlens, sequence_ids
+from ..utils.varlen import check_cu_seqlens, pool_packed
 from .config import MambaConfig
 from .io import PretrainedModel
 from .registry import register_model
@@ -287,16 +287,7 @@ class MambaSequenceClassifier(nn.Module, PretrainedModel):
     def pool_packed(self, hidden: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """hidden (1, seqlen, d_model) of the n sequences that cu_seqlens (n + 1,) packs -> (n, d_model), each
         pooled over its own positions. Every sequence needs at least one position."""
-        lengths = cu_seqlens.diff()
-        if (lengths == 0).any():
-            i = int((lengths == 0).nonzero()[0])
-            raise CuSeqlensError(f"MambaSequenceClassifier: sequence {i} of `cu_seqlens` is empty; a classifier "
-                                 "needs at least one position per sequence")
-        if self.config.pooling == "last":
-            return hidden[0, cu_seqlens[1:].long() - 1]
-        ids = sequence_ids(cu_seqlens, hidden.shape[1]).long()
-        sums = hidden.new_zeros(lengths.numel(), hidden.shape[-1]).index_add(0, ids, hidden[0])
-        return sums / lengths[:, None].to(hidden.dtype)
+        return pool_packed(hidden, cu_seqlens, self.config.pooling, "MambaSequenceClassifier")
 
     def classify(self, pooled: torch.Tensor) -> torch.Tensor:
         """pooled (batch, d_model) -> logits (batch, num_classes)."""

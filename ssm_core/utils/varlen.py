@@ -1,5 +1,5 @@
-"""Packed variable-length sequences (``cu_seqlens``): the checks and the per-position index shared by the scans,
-the Mamba block and the classifier.
+"""Packed variable-length sequences (``cu_seqlens``): the checks, the per-position index and the per-sequence
+pooling shared by the scans, the Mamba block, the classifier and the packed readers of the domain packages.
 
 A pack holds n sequences back to back along seqlen, with batch 1. ``cu_seqlens`` is a 1-D int32 tensor of the
 n + 1 cumulative lengths: sequence i occupies positions ``cu_seqlens[i]:cu_seqlens[i + 1]``. Zero-length sequences
@@ -52,3 +52,26 @@ def sequence_ids(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:
     """(seqlen,) int32: the index of the sequence each position belongs to (zero-length sequences own none)."""
     positions = torch.arange(seqlen, dtype=cu_seqlens.dtype, device=cu_seqlens.device)
     return torch.searchsorted(cu_seqlens[1:], positions, right=True, out_int32=True)
+
+
+def cu_seqlens_of(lengths, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(n + 1,) int32 cumulative lengths of n sequence lengths (a list or a 1-D tensor)."""
+    lengths = torch.as_tensor(lengths, dtype=torch.int64)
+    return torch.cat([lengths.new_zeros(1), lengths.cumsum(0)]).to(torch.int32).to(device)
+
+
+def pool_packed(hidden: torch.Tensor, cu_seqlens: torch.Tensor, pooling: str = "mean",
+                where: str = "pool_packed") -> torch.Tensor:
+    """hidden (1, seqlen, d_model) of the n sequences that cu_seqlens (n + 1,) packs -> (n, d_model): each
+    sequence's last position (``pooling="last"``) or the mean over its own positions. Every sequence needs at least
+    one position (CuSeqlensError naming ``where`` and the sequence otherwise)."""
+    lengths = cu_seqlens.diff()
+    if (lengths == 0).any():
+        i = int((lengths == 0).nonzero()[0])
+        raise CuSeqlensError(f"{where}: sequence {i} of `cu_seqlens` is empty; pooling needs at least one position "
+                             "per sequence")
+    if pooling == "last":
+        return hidden[0, cu_seqlens[1:].long() - 1]
+    ids = sequence_ids(cu_seqlens, hidden.shape[1]).long()
+    sums = hidden.new_zeros(lengths.numel(), hidden.shape[-1]).index_add(0, ids, hidden[0])
+    return sums / lengths[:, None].to(hidden.dtype)
