@@ -23,11 +23,11 @@ import warnings
 import zipfile
 from pathlib import Path
 
-from ssm_core.utils import manifests
 from ssm_core.utils.progress import progress_bar
 
 from audio.datasets import DIGITS, SPLIT_LISTS
 from audio.errors import AudioNotice
+from ssm_core.utils import manifests
 from ssm_core.utils.download import GZIP_ERRORS, CorruptFileError
 from ssm_core.utils.fetch_paths import ExistingPathError, archive_member, temp_beside
 from ssm_core.utils.manifests import Kind, Manifest, ManifestError, Step

@@ -1,25 +1,15 @@
-"""Data manifests (``ssm_core/data_manifests/*.json``) and the one ``fetch`` that ``genomics fetch`` and
-``audio fetch`` share.
+"""Data manifests (``ssm_core/data_manifests/*.json``, one schema: its README.md) and the one ``fetch`` behind
+``genomics fetch`` and ``audio fetch``.
 
-A manifest names the files of one real data set with their URL, size and checksum, licence, citation and the
-post-processing steps that make each download usable (the one schema: ``data_manifests/README.md``). A checksum
-is a pinned SHA-256 or MD5, or, where none could be pinned, ``checksums_url``: the publisher's own checksum list
-in ``md5sum`` format (UCSC's ``md5sum.txt``), read at fetch time. :func:`fetch` downloads each file into
-``DEST/<downloads>/`` through :func:`ssm_core.utils.download.download` (resumes a partial ``.part`` file,
-verifies size and checksum, deletes and re-fetches a corrupt file, never uses it), then runs the file's steps to
-make ``DEST/<output>``; a file that nothing pinned is named with the SHA-256 it has, to pin. A stamp
-``DEST/.fetch/<output>.json`` records the download's SHA-256, what verified it and the output's size; a later
-fetch skips a file whose stamp agrees with the manifest and whose output still has that size (a folder is always
-made again).
+:func:`fetch` checks every target of every file before the first download (nothing written outside ``DEST``,
+nothing replaced that a stamp does not say this manifest's fetch made: :mod:`ssm_core.utils.fetch_paths`), downloads
+each file into ``DEST/<downloads>/`` through :func:`ssm_core.utils.download.download` (resumed, verified against
+the pinned SHA-256 or MD5, or the MD5 in the publisher's ``checksums_url`` list), names every file no pinned
+SHA-256 verified, runs the file's post-processing steps to make ``DEST/<output>`` and stamps it
+(``DEST/.fetch/<output>.json``); a later fetch skips a file whose stamp still vouches for its output.
 
-Nothing is written outside ``DEST`` and nothing a user had there is replaced (:mod:`ssm_core.utils.fetch_paths`):
-names from the manifest must be plain file names, every target must resolve inside ``DEST`` (also through
-symlinks there), and an existing output is replaced only when its stamp says this manifest's fetch made it; all
-of it is checked for every file before the first download.
-
-The domains plug in without ssm_core importing them: ``genomics.manifests`` and ``audio.manifests`` each
-:func:`register` a :class:`Kind` when imported (their manifests' ``"kind"``, downloads folder, error type, how a
-notice reaches the user, and their post-processing :class:`Step`\\ s).
+ssm_core imports no domain: ``genomics.manifests`` and ``audio.manifests`` each :func:`register` a :class:`Kind`
+when imported (their manifests' ``"kind"``, downloads folder, error type, notices and post-processing steps).
 """
 from __future__ import annotations
 
@@ -32,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ssm_core.utils import download as downloads
+from ssm_core.utils import download as downloads  # through the module: a test's stand-in is what runs
 from ssm_core.utils.download import CorruptFileError
 from ssm_core.utils.fetch_paths import STAMPS, claim, inside, making, plain_name, read_stamp, replacing, write_stamp
 
