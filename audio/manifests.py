@@ -1,101 +1,38 @@
-"""Data manifests for the audio sets (``data_manifests/sc09.json``, ``youtubemix.json``) and fetching them.
+"""``python -m audio fetch``: the audio manifests (``"kind": "audio"``: ``data_manifests/sc09.json``,
+``youtubemix.json``) and their post-processing steps.
 
-A manifest names its files with URL, size and SHA-256 (either may be null when not established), the
-licence and citation, and a ``post_process`` step run after the verified download:
+Loading, path checks, checksums, stamps and the fetch itself are :mod:`ssm_core.utils.manifests` (format:
+``data_manifests/README.md``); this module registers what is particular to the audio sets, each made from one
+archive into the folder ``DEST/<output>``:
 
 * ``extract_sc09`` -- stream the Speech Commands tarball once and keep only the ten digit words, plus
   ``validation_list.txt`` / ``testing_list.txt`` cut down to those words: DEST/sc09 in SC09's layout.
-* ``unzip`` -- extract a zip archive into DEST/<name>.
-* null -- nothing.
-Downloads go through ``ssm_core.utils.download.download`` (resume, checksum, ``file://`` URLs).
+* ``unzip`` -- extract a zip archive.
 
-Nothing is written outside DEST and nothing a user had there is replaced (``ssm_core.utils.fetch_paths``): the
-manifest's ``name`` and ``filename`` must be plain names whose targets resolve inside DEST (also through symlinks
-there), checked for every file before the first download; archive members that are absolute, climb out with
-``..``, or are links or devices are skipped; and DEST/<name> is replaced only when its stamp
-``DEST/.fetch/<name>.json`` says that an earlier fetch of this manifest made it. The stamp also records what
-verified each download (``"verified_by"``: ``sha256 pinned`` or ``none``); a file that nothing verified is
-named in a notice with its SHA-256, to pin.
+Archive members that are absolute, climb out with ``..``, or are links or devices are skipped, with a notice.
+Downloads stay in ``DEST/downloads`` (a second fetch reuses them); a file that nothing verified is named in an
+:class:`AudioNotice` with its SHA-256, to pin.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
 import tarfile
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from ssm_core.utils.progress import progress_bar
 
 from audio.datasets import DIGITS, SPLIT_LISTS
 from audio.errors import AudioNotice
-from ssm_core.utils.download import (GZIP_ERRORS, MANIFEST_DIR, CorruptFileError, check_url, download, is_hex,
-                                     sha256sum, unpinned_notice)
-from ssm_core.utils.fetch_paths import (STAMPS, ExistingPathError, archive_member, claim, inside, making,
-                                        plain_name, temp_beside, write_stamp)
+from ssm_core.utils import manifests
+from ssm_core.utils.download import GZIP_ERRORS, CorruptFileError
+from ssm_core.utils.fetch_paths import ExistingPathError, archive_member, temp_beside
+from ssm_core.utils.manifests import Kind, Manifest, ManifestError, Step
 
-POST_PROCESS = ("extract_sc09", "unzip", None)
-DOWNLOADS = "downloads"  # DEST/downloads/<filename>
 ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, NotImplementedError, *GZIP_ERRORS)  # truncated, damaged
-
-
-@dataclass(frozen=True)
-class ManifestFile:
-    url: str
-    filename: str
-    size: int | None
-    sha256: str | None
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    description: str
-    licence: str
-    citation: str
-    files: tuple[ManifestFile, ...]
-    post_process: str | None
-    path: Path
-
-
-def load_manifest(spec: str | os.PathLike) -> Manifest:
-    """A manifest from a JSON path, or by name from the repository's ``data_manifests/`` (e.g. ``sc09``)."""
-    path = Path(spec)
-    if not path.is_file():
-        path = MANIFEST_DIR / f"{spec}.json"
-    if not path.is_file():
-        known = sorted(p.stem for p in MANIFEST_DIR.glob("*.json")) if MANIFEST_DIR.is_dir() else []
-        raise FileNotFoundError(f"no manifest {spec!r}: not a file, and not one of {known} in {MANIFEST_DIR}")
-    try:
-        raw = json.loads(path.read_text())
-        files = tuple(ManifestFile(**{k: f.get(k) for k in ("url", "filename", "size", "sha256")}, note=f.get("note", ""))
-                      for f in raw["files"])
-        manifest = Manifest(raw["name"], raw["description"], raw["licence"], raw["citation"], files,
-                            raw.get("post_process"), path)
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise ValueError(f"{path}: not a valid data manifest ({type(err).__name__}: {err})") from None
-    if manifest.post_process not in POST_PROCESS:
-        raise ValueError(f"{path}: unknown post_process {manifest.post_process!r}; known: {POST_PROCESS}")
-    if not files:
-        raise ValueError(f"{path}: not a valid data manifest (its 'files' list is empty)")
-    plain_name(manifest.name, f'{path}, "name"', reserved=(DOWNLOADS, STAMPS))
-    filenames = set()
-    for i, f in enumerate(files):
-        where = f"{path}, files[{i}]"
-        check_url(f.url, f'{where}, "url"')
-        if plain_name(f.filename, f'{where}, "filename"') in filenames:
-            raise ValueError(f'{where}, "filename": {f.filename!r} is repeated (an earlier file has it)')
-        filenames.add(f.filename)
-        if f.size is not None and (type(f.size) is not int or f.size < 0):
-            raise ValueError(f'{where}, "size": must be a number of bytes or null, got {f.size!r}')
-        if f.sha256 is not None and not is_hex(f.sha256, 64):
-            raise ValueError(f'{where}, "sha256": must be 64 hex digits or null, got {f.sha256!r}')
-    return manifest
 
 
 def _unsafe_tar_member(member: tarfile.TarInfo, root: Path) -> bool:
@@ -221,42 +158,33 @@ def unzip(archive: str | os.PathLike, dest: str | os.PathLike, replace: bool = F
     return _extracting(archive, Path(dest), replace, extract)
 
 
-def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True, overwrite: bool = False) -> Path:
-    """Download (and verify) a manifest's files into ``dest/downloads``, then post-process; returns the data dir.
+def _extract_sc09_step(download: Path, output: Path, quiet: bool) -> bool:
+    extract_sc09(download, output, progress=not quiet, replace=True)  # fetch has checked that it made `output`
+    return True
 
-    Before the first download, every target is checked: inside ``dest`` (also through symlinks there), and
-    ``dest/<name>`` replaced only if an earlier fetch of this manifest made it (or ``overwrite``). A file that nothing verified (no
-    sha256) is named in a notice; one that turns out damaged when unpacked is deleted, and the error names its URL.
+
+def _unzip_step(download: Path, output: Path, quiet: bool) -> bool:
+    unzip(download, output, replace=True)
+    return True
+
+
+KIND = manifests.register(Kind(
+    name="audio", downloads="downloads", error=ManifestError,
+    notice=lambda message: warnings.warn(message, AudioNotice, stacklevel=2),
+    steps={"extract_sc09": Step(_extract_sc09_step), "unzip": Step(_unzip_step)}))
+
+
+def load_manifest(spec: str | os.PathLike) -> Manifest:
+    """An audio manifest from a JSON path, or by name from ``data_manifests/`` (e.g. ``sc09``); validated."""
+    return manifests.load_manifest(spec, KIND.name)
+
+
+def fetch(manifest: Manifest, dest: str | os.PathLike, progress: bool = True, overwrite: bool = False) -> Path:
+    """Download (and verify) a manifest's files into ``dest/downloads``, then post-process; returns the data folder
+    (``dest/<output>`` of a manifest of one file, else ``dest``).
+
+    See :func:`ssm_core.utils.manifests.fetch`: every target is checked before the first download, and an
+    existing ``dest/<output>`` is replaced only if an earlier fetch of this manifest made it (or ``overwrite``).
     """
-    dest = Path(dest)
-    where = str(manifest.path)
-    for i, f in enumerate(manifest.files):
-        for name in (f.filename, f"{f.filename}.part"):
-            inside(dest, DOWNLOADS, name, where=f'{where}, files[{i}], "filename"')
-    inside(dest, STAMPS, f"{manifest.name}.json", where=f'{where}, "name"')
-    if manifest.post_process is not None:
-        inside(dest, manifest.name, where=f'{where}, "name"')
-        claim(dest, manifest.name, manifest.name, where, overwrite)
-    paths, records = [], []
-    for f in manifest.files:
-        path = download(f.url, dest / DOWNLOADS / f.filename, sha256=f.sha256, size=f.size, quiet=not progress)
-        verified_by = "sha256 pinned" if f.sha256 else "none"
-        digest = f.sha256 or sha256sum(path)
-        if f.sha256 is None:
-            warnings.warn(unpinned_notice(f.filename, digest, verified_by), AudioNotice, stacklevel=2)
-        paths.append(path)
-        records.append({"url": f.url, "name": f.filename, "sha256": digest, "verified_by": verified_by})
-    if manifest.post_process is None:
-        write_stamp(dest, manifest.name, {"files": records, "manifest": manifest.name})
-        return dest / DOWNLOADS
-    with making(dest, manifest.name, manifest.name):
-        try:
-            if manifest.post_process == "extract_sc09":
-                data = extract_sc09(paths[0], dest / manifest.name, progress=progress, replace=True)
-            else:
-                data = unzip(paths[0], dest / manifest.name, replace=True)
-        except CorruptFileError as err:  # the download is damaged: never reuse it
-            paths[0].unlink(missing_ok=True)
-            raise CorruptFileError(f"{manifest.files[0].url}: {err}; the download was deleted") from None
-        write_stamp(dest, manifest.name, {"files": records, "manifest": manifest.name})
-    return data
+    outputs = manifests.fetch(manifest, dest, keep_downloads=True, quiet=not progress, overwrite=overwrite)
+    return outputs[0] if len(outputs) == 1 else Path(dest)

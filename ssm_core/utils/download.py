@@ -1,4 +1,5 @@
-"""Verified, resumable downloads for the data manifests (shared by `genomics fetch` and `audio fetch`).
+"""Verified, resumable downloads: what :func:`ssm_core.utils.manifests.fetch` (``genomics fetch``, ``audio fetch``)
+downloads with.
 
 A download goes to ``<dest>.part``; an interrupted one resumes from the bytes already there (HTTP Range).
 The finished file is checked against its SHA-256 or MD5 (and size, and the length the server announced) before it
@@ -26,9 +27,6 @@ from ssm_core.utils.progress import progress_bar
 from ssm_core.utils.fetch_paths import replacing
 
 CHUNK = 1 << 20
-# The data manifests (one JSON per data set; format: data_manifests/README.md) are package data of ssm_core, so
-# `fetch NAME` finds them from an installed wheel as from a checkout.
-MANIFEST_DIR = Path(__file__).resolve().parent.parent / "data_manifests"
 
 
 class ChecksumError(RuntimeError):
@@ -38,28 +36,6 @@ class ChecksumError(RuntimeError):
 class CorruptFileError(ChecksumError):
     """A file is not what it claims to be: a truncated or damaged gzip or archive, or a transfer that kept ending
     before the length the server announced. The message names the file (and URL)."""
-
-
-SCHEMES = ("https", "http", "file")
-
-
-def check_url(value, where: str) -> str:
-    """``value`` if it is an ``https://``, ``http://`` or ``file://`` URL, else ValueError naming ``where``."""
-    if not isinstance(value, str) or urllib.parse.urlparse(value).scheme not in SCHEMES:
-        raise ValueError(f"{where}: {value!r} is not an https://, http:// or file:// URL")
-    return value
-
-
-def is_hex(value, digits: int) -> bool:
-    """Whether ``value`` is a hex digest of ``digits`` digits (either case)."""
-    return isinstance(value, str) and len(value) == digits and all(c in "0123456789abcdef" for c in value.lower())
-
-
-def unpinned_notice(name: str, digest: str, verified_by: str) -> str:
-    """The line fetch prints for a file without a pinned SHA-256: its digest, to pin, and what (if anything)
-    verified it; ``verified_by`` is what the fetch stamp records (``"none"`` when nothing did)."""
-    checked = "nothing verified it" if verified_by == "none" else f"verified by {verified_by}"
-    return f"{name}: sha256 {digest} ({checked}; add it to the manifest to pin this file)"
 
 
 def file_digest(path: str | os.PathLike, algorithm: str, chunk: int = CHUNK) -> str:
