@@ -415,6 +415,8 @@ class _LoopState:
 
 def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_record: dict[str, Any],
            ctx: DistContext) -> TrainResult:
+    """The outline: set up and resume, then optimiser steps with their bookkeeping until the last step, an early
+    stop or the time limit, then the final model."""
     if ctx.is_main:
         run.create()
     barrier(ctx)
@@ -432,12 +434,12 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
     logger = MetricsLogger(run.metrics, run.tensorboard, start_step) if ctx.is_main else None
     progress = progress_bar(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step",
                             dynamic_ncols=True)
-    loop = _LoopState(start_step, start_step, _LogWindow.resumed(saved_window, ctx))
+    loop = _LoopState(start_step=start_step, step=start_step, window=_LogWindow.resumed(saved_window, ctx))
     batches = iter(train_loader)
     learner.model.train()
     try:
         while loop.step < cfg.steps:
-            _optimizer_step(task, learner, batches, loop, run, cfg, ctx)
+            _optimizer_step(task, learner, batches, loop, run, cfg, ctx)  # advances loop.step, fills its log window
             progress.update(1)
             _estimate_run_length(loop, cfg, ctx)
             if loop.step % cfg.log_every == 0 or loop.step == cfg.steps:
