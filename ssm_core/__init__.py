@@ -1,4 +1,9 @@
-"""ssm_core: the shared engine — selective scan (reference, numba CPU, Triton GPU), Mamba block, backbone."""
+"""ssm_core: the shared engine — the selective scan, the Mamba block, the backbone and its heads, the training loop.
+
+The scan has a plain PyTorch reference, numba kernels for the CPU, and for CUDA GPUs CUDA C++ kernels compiled at
+first use with NVRTC from PyTorch's CUDA wheels (``ops/scan_cuda.py``: no toolkit, cached on disk) with Triton
+kernels as their fallback; ``ops.selective_scan.choose_backend`` decides which runs.
+"""
 import os
 
 # PyTorch and numba's CPU kernels each run an OpenMP thread pool; with the default (active) wait policy the idle

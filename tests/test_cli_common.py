@@ -87,15 +87,15 @@ def test_progress_in_a_log_is_whole_lines_with_rate_and_eta_and_quiet_hides_it()
 
 
 def test_auto_picks_mps_where_pytorch_has_it_and_the_scan_runs_its_reference_there(monkeypatch):
-    from ssm_core.ops.selective_scan import resolve_backend
+    from ssm_core.ops.selective_scan import choose_backend
     from ssm_core.utils import device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(device, "mps_available", lambda: True)
     assert device.resolve_device("auto") == torch.device("mps")
     assert device.resolve_device("cpu") == torch.device("cpu")
-    assert resolve_backend("auto", torch.device("mps")) == "reference"
-    assert resolve_backend("auto", torch.device("cpu")) == "cpu"
+    assert choose_backend("auto", torch.device("mps")) == "reference"
+    assert choose_backend("auto", torch.device("cpu")) == "cpu"
     monkeypatch.setattr(device, "mps_available", lambda: False)
     assert device.resolve_device("auto") == torch.device("cpu")
     with pytest.raises(RuntimeError, match="--device mps was requested"):

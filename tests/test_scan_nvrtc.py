@@ -97,7 +97,7 @@ def test_fallback_warning_names_reason_cost_and_fix(monkeypatch):
     u = torch.zeros(1, 2, 3)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        ss._gpu_scan(u, u, torch.zeros(2, 4), torch.zeros(1, 4, 3))
+        ss.choose_backend("gpu", torch.device("cuda"), scan_inputs=(u, u, torch.zeros(2, 4), torch.zeros(1, 4, 3)))
     message = " ".join(str(w.message) for w in caught)
     assert "no libnvrtc" in message and "slower" in message and "SSM_CORE_GPU_SCAN=cuda" in message
 
@@ -108,4 +108,4 @@ def test_cuda_choice_is_an_error_when_kernels_are_unavailable(monkeypatch):
     monkeypatch.setenv("SSM_CORE_GPU_SCAN", "cuda")
     u = torch.zeros(1, 2, 3)
     with pytest.raises(ss.CudaKernelsUnavailable):
-        ss._gpu_scan(u, u, torch.zeros(2, 4), torch.zeros(1, 4, 3))
+        ss.choose_backend("gpu", torch.device("cuda"), scan_inputs=(u, u, torch.zeros(2, 4), torch.zeros(1, 4, 3)))

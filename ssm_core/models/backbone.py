@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..modules.mamba import Mamba, MambaState
+from ..ops.selective_scan import choose_backend
 from ..utils.varlen import check_cu_seqlens, pool_packed
 from .config import MambaConfig
 from .io import PretrainedModel
@@ -31,6 +32,13 @@ class ResidualBlock(nn.Module):
         self.norm = nn.RMSNorm(c.d_model, eps=c.norm_eps)
         self.mixer = Mamba(c.d_model, c.d_state, c.d_conv, c.expand, c.dt_rank, c.dt_min, c.dt_max, c.dt_init_floor,
                            c.conv_bias, c.bias, c.selective, c.bidirectional, c.scan_backend)
+        # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
+        # gradient is wanted (the kernel has no backward): choose_backend decides. Per block, set_fused_step turns
+        # it off (the unfused path of ~10 kernels) or lowers the batch it takes. One block step on an H100
+        # (benchmarks/audio_generation.py --sweep), fused vs unfused: 7-15 us vs 25-28 us at batch 1, 11-47 us vs
+        # 43-54 us at batch 64.
+        self.fused_step = True
+        self.fused_step_max_batch = 1 << 20
 
     def forward(self, h: torch.Tensor, state: MambaState | None = None, cu_seqlens: torch.Tensor | None = None):
         x = self.norm(h.to(self.norm.weight.dtype))
@@ -39,19 +47,13 @@ class ResidualBlock(nn.Module):
         y, new_state = self.mixer(x, state, cu_seqlens=cu_seqlens)
         return h + y.to(h.dtype), new_state
 
-    # On CUDA, step() runs the whole block as one Triton kernel (ssm_core/ops/block_step_triton.py) when no
-    # gradient is wanted (the kernel has no backward); set False (or use set_fused_step) for the unfused path of
-    # ~10 kernels, or lower fused_step_max_batch. One block step on an H100 (benchmarks/audio_generation.py
-    # --sweep), fused vs unfused: 7-15 us vs 25-28 us at batch 1, 11-47 us vs 43-54 us at batch 64.
-    fused_step: bool = True
-    fused_step_max_batch: int = 1 << 20
-
     def step(self, h: torch.Tensor, state: MambaState) -> torch.Tensor:
         """h: (batch, d_model) residual stream; ``state`` updated in place. Returns the new h (a new tensor)."""
-        if self.fused_step and h.is_cuda and h.shape[0] <= self.fused_step_max_batch and self.mixer.selective \
-                and not self.mixer.bidirectional \
-                and self.norm.weight is not None and not (torch.is_grad_enabled() and (
-                    h.requires_grad or any(p.requires_grad for p in self.parameters()))):
+        fusable = (self.fused_step and h.shape[0] <= self.fused_step_max_batch and self.mixer.selective
+                   and not self.mixer.bidirectional and self.norm.weight is not None)
+        grad = torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters()))
+        # "auto", not the mixer's scan_backend: the fused step answers to its own switch (fused_step)
+        if choose_backend("auto", h.device, "block_step", fusable=fusable, grad=grad) == "triton_fused":
             from ..ops.block_step_triton import fused_block_step
             return fused_block_step(h, state.conv, state.ssm, self.step_weights())
         return h + self.mixer.step(self.norm(h.to(self.norm.weight.dtype)), state).to(h.dtype)
@@ -71,7 +73,7 @@ class ResidualBlock(nn.Module):
 
 def set_fused_step(module: nn.Module, enabled: bool, max_batch: int | None = None) -> None:
     """Turn the one-kernel CUDA step of every ResidualBlock inside ``module`` on or off; ``max_batch`` also sets
-    the largest batch it takes (default: leave ResidualBlock.fused_step_max_batch)."""
+    the largest batch it takes (default: leave each block's fused_step_max_batch)."""
     for block in module.modules():
         if isinstance(block, ResidualBlock):
             block.fused_step = enabled

@@ -9,6 +9,7 @@ Three ways to run it, all computing the same function of the sequence:
 each ran alone: the conv and the scan restart at every sequence start (always through ``selective_scan``).
 Without autograd, a float32 CPU model runs the first two through fused numba kernels that read the projections in
 their (batch, seqlen, channels) layout (``_ScanBranch.forward_time_major``); training uses ``selective_scan``.
+``choose_backend`` (``ssm_core/ops/selective_scan.py``) decides, as it does for the scan and the step.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan, selective_state_update
+from ..ops.selective_scan import choose_backend
 from ..utils.varlen import check_cu_seqlens, sequence_ids
 
 
@@ -66,7 +68,7 @@ class Mamba(nn.Module):
                 raise ValueError("Mamba: packed sequences (cu_seqlens) are processed whole; there is no chunked "
                                  "mode with a state for them")
             check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.shape[1], hidden.device, "Mamba")
-        elif self._cpu_inference(hidden):  # .float(): under torch.autocast the projections come out in bf16
+        elif self._forward_backend(hidden) == "cpu_fused":  # .float(): under autocast the projections are bf16
             y, new_state = self.fwd.forward_time_major(self.in_proj(hidden).float(), state)
             out = self.out_proj(y)
             return out if state is None else (out, new_state)
@@ -80,11 +82,12 @@ class Mamba(nn.Module):
         y, new_state = self.fwd(x, z, state)
         return self.out_proj(y.transpose(1, 2)), new_state
 
-    def _cpu_inference(self, hidden: torch.Tensor) -> bool:
-        """Whether ``forward`` can take the fused numba path: float32 on CPU without autograd, one direction."""
-        return (not torch.is_grad_enabled() and hidden.device.type == "cpu" and hidden.dtype == torch.float32
-                and self.in_proj.weight.dtype == torch.float32 and self.selective and not self.bidirectional
-                and self.scan_backend in ("auto", "cpu"))
+    def _forward_backend(self, hidden: torch.Tensor) -> str:
+        """"cpu_fused" (``_ScanBranch.forward_time_major``) or "unfused", as ``choose_backend`` decides."""
+        fusable = (hidden.dtype == torch.float32 and self.in_proj.weight.dtype == torch.float32 and self.selective
+                   and not self.bidirectional)
+        return choose_backend(self.scan_backend, hidden.device, "block_forward", fusable=fusable,
+                              grad=torch.is_grad_enabled())
 
     def step(self, hidden: torch.Tensor, state: MambaState) -> torch.Tensor:
         """One time step. hidden: (batch, d_model); ``state`` is updated in place. Returns (batch, d_model)."""

@@ -1,7 +1,7 @@
-"""The public selective-scan API: argument checking and backend dispatch.
+"""The public selective-scan API: argument checking, and the one place that chooses an implementation.
 
 ``selective_scan`` mirrors mamba-ssm's ``selective_scan_fn`` (same argument names, shapes and semantics), so
-code can switch between the two. Backends:
+code can switch between the two. Backends, the ``backend=`` argument (``MambaConfig.scan_backend`` for models):
 
 - ``reference``: plain PyTorch (``scan_reference.py``), float64-capable, the oracle of the tests;
 - ``cpu``: numba kernels (``scan_cpu.py``), parallel over batch x dim, forward and backward;
@@ -9,10 +9,11 @@ code can switch between the two. Backends:
   PyTorch's CUDA wheels: no toolkit needed) or the Triton kernels (``scan_triton.py``): the environment variable
   ``SSM_CORE_GPU_SCAN`` = ``auto`` (CUDA kernels where they compile and take the inputs, else Triton, with a
   warning that says why and what it costs), ``cuda`` (the CUDA kernels or an error) or ``triton`` chooses;
-- ``auto``: ``gpu`` for CUDA tensors, ``cpu`` otherwise.
+- ``auto``: ``gpu`` for CUDA tensors, ``cpu`` on the CPU, ``reference`` elsewhere (Apple's mps).
 
 Every backend takes packed variable-length sequences (``cu_seqlens``, see ``ssm_core/utils/varlen.py``); on the
 ``gpu`` backend they go to the Triton kernels whatever ``SSM_CORE_GPU_SCAN`` says, until the CUDA kernels take them.
+``choose_backend`` applies these rules, and those of the Mamba blocks' fused inference paths, for every caller.
 """
 from __future__ import annotations
 
@@ -80,18 +81,6 @@ def check_scan_inputs(u, delta, A, B, C, D=None, z=None, delta_bias=None, initia
             _expect(t.device == u.device, name, f"on u's device {u.device}", _describe(t))
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}; got {backend!r}")
-    if backend == "auto":  # Apple's mps (and any other device) has neither kernel: the PyTorch reference runs there
-        return {"cuda": "gpu", "cpu": "cpu"}.get(device.type, "reference")
-    if backend == "cpu" and device.type != "cpu":
-        raise ValueError(f"selective_scan: backend 'cpu' needs CPU tensors; got device {device}")
-    if backend == "gpu" and device.type != "cuda":
-        raise ValueError(f"selective_scan: backend 'gpu' needs CUDA tensors; got device {device}")
-    return backend
-
-
 def _gpu_module():
     try:
         from . import scan_triton
@@ -123,24 +112,69 @@ def _no_cuda_kernels_message(why: str) -> str:
 @functools.cache
 def _warn_no_cuda_kernels(why: str) -> None:
     warnings.warn(f"selective_scan: {_no_cuda_kernels_message(why)} Set SSM_CORE_GPU_SCAN=cuda to make this an "
-                  "error, or SSM_CORE_GPU_SCAN=triton to choose Triton silently.", RuntimeWarning, stacklevel=3)
+                  "error, or SSM_CORE_GPU_SCAN=triton to choose Triton silently.", RuntimeWarning, stacklevel=4)
 
 
-def _gpu_scan(u, delta, A, B):
-    """The GPU scan implementation for these inputs, as SSM_CORE_GPU_SCAN chooses (see the module docstring)."""
+OPS = ("scan", "step", "block_forward", "block_step")
+
+
+def choose_backend(backend: str, device: torch.device, op: str = "scan", *, scan_inputs=None, packed: bool = False,
+                   fusable: bool = False, grad: bool = True) -> str:
+    """Which implementation runs `op` on `device` for a caller configured with `backend` (one of BACKENDS; see
+    the module docstring for what each means). Every caller asks here; nothing else chooses.
+
+    op, and what it returns:
+    - "scan" (``selective_scan``): "reference", "cpu" (numba), or on the gpu backend "cuda" or "triton" as
+      SSM_CORE_GPU_SCAN says, judged on ``scan_inputs`` = (u, delta, A, B); "triton" for ``packed`` sequences.
+    - "step" (``selective_state_update``): "triton" on the gpu backend, else "reference" (one step is
+      O(batch*dim*dstate): PyTorch's vectorised ops are already the right tool on the CPU).
+    - "block_forward" (``Mamba.forward``): "cpu_fused", numba kernels fused with the block's projections in their
+      (batch, seqlen, channels) layout, on the cpu backend when no gradient is wanted (``grad``) and the block
+      can take them (``fusable``: float32, selective, one direction); else "unfused" (the block's own ops around
+      ``selective_scan``).
+    - "block_step" (``ResidualBlock.step``): "triton_fused", the whole residual block in one Triton kernel
+      (``block_step_triton.py``: no backward), on the gpu backend when no gradient is wanted and the block allows
+      it (``fusable``: its ``fused_step`` switch and batch limit, selective, one direction); else "unfused".
+    Raises ValueError for an unknown backend or op and for a backend the device cannot run, CudaKernelsUnavailable
+    under SSM_CORE_GPU_SCAN=cuda without the CUDA kernels.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"selective_scan: `backend` must be one of {BACKENDS}; got {backend!r}")
+    if op not in OPS:
+        raise ValueError(f"choose_backend: `op` must be one of {OPS}; got {op!r}")
+    if backend == "auto":
+        backend = {"cuda": "gpu", "cpu": "cpu"}.get(device.type, "reference")
+    elif backend == "cpu" and device.type != "cpu":
+        raise ValueError(f"selective_scan: backend 'cpu' needs CPU tensors; got device {device}")
+    elif backend == "gpu" and device.type != "cuda":
+        raise ValueError(f"selective_scan: backend 'gpu' needs CUDA tensors; got device {device}")
+    if op == "block_forward":
+        return "cpu_fused" if backend == "cpu" and fusable and not grad else "unfused"
+    if op == "block_step":
+        return "triton_fused" if backend == "gpu" and fusable and not grad else "unfused"
+    if backend != "gpu":
+        return "reference" if op == "step" else backend
+    if op == "step" or packed:  # VARLEN-CUDA: Triton's kernels until the CUDA ones take cu_seqlens (to replace)
+        return "triton"
+    return _gpu_scan_kernel(*scan_inputs)
+
+
+def _gpu_scan_kernel(u, delta, A, B) -> str:
+    """"cuda" or "triton" for these inputs, as SSM_CORE_GPU_SCAN chooses (see the module docstring)."""
     choice = os.environ.get("SSM_CORE_GPU_SCAN", "auto")
     if choice not in GPU_KERNELS:
         raise ValueError(f"SSM_CORE_GPU_SCAN must be one of {GPU_KERNELS}; got {choice!r}")
-    if choice != "triton":
-        from . import scan_cuda
-        ok, why = scan_cuda.available()
-        if choice == "cuda" and not ok:
-            raise CudaKernelsUnavailable(f"selective_scan: SSM_CORE_GPU_SCAN=cuda, but {_no_cuda_kernels_message(why)}")
-        if ok and scan_cuda.supports(u, delta, A, B):
-            return scan_cuda.selective_scan_cuda
-        if not ok:
-            _warn_no_cuda_kernels(why)
-    return _gpu_module().selective_scan_gpu
+    if choice == "triton":
+        return "triton"
+    from . import scan_cuda
+    ok, why = scan_cuda.available()
+    if choice == "cuda" and not ok:
+        raise CudaKernelsUnavailable(f"selective_scan: SSM_CORE_GPU_SCAN=cuda, but {_no_cuda_kernels_message(why)}")
+    if ok and scan_cuda.supports(u, delta, A, B):
+        return "cuda"
+    if not ok:
+        _warn_no_cuda_kernels(why)
+    return "triton"
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -163,16 +197,17 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns out (batch, dim, seqlen) in u's dtype, or (out, last_state (batch, dim, dstate)) if asked.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
-    backend = resolve_backend(backend, u.device)
+    kernel = choose_backend(backend, u.device, scan_inputs=(u, delta, A, B), packed=cu_seqlens is not None)
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
-    if backend == "reference":
+    if kernel == "reference":
         return selective_scan_reference(*args, cu_seqlens=cu_seqlens)
-    if backend == "cpu":
+    if kernel == "cpu":
         from .scan_cpu import selective_scan_cpu
         return selective_scan_cpu(*args, cu_seqlens=cu_seqlens)
-    if cu_seqlens is not None:  # VARLEN-CUDA: Triton's kernels until the CUDA ones take cu_seqlens (to replace)
-        return _gpu_module().selective_scan_gpu(*args, cu_seqlens=cu_seqlens)
-    return _gpu_scan(u, delta, A, B)(*args)
+    if kernel == "cuda":
+        from .scan_cuda import selective_scan_cuda
+        return selective_scan_cuda(*args)
+    return _gpu_module().selective_scan_gpu(*args, cu_seqlens=cu_seqlens)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
@@ -195,8 +230,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         ok = (t.dim() == 2 and t.shape == (batch, dstate)) or (
             t.dim() == 3 and t.shape[0] == batch and t.shape[2] == dstate and dim % t.shape[1] == 0)
         _expect(ok, name, f"(batch, dstate) = {(batch, dstate)} or (batch, groups, dstate)", _describe(t))
-    backend = resolve_backend(backend, state.device)
-    if backend == "gpu":
+    if choose_backend(backend, state.device, "step") == "triton":
         return _gpu_module().selective_state_update_gpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    # One step is O(batch*dim*dstate): PyTorch's vectorised ops are already the right tool on CPU.
     return selective_state_update_reference(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

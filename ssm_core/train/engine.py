@@ -18,8 +18,8 @@ import random
 import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -341,14 +341,131 @@ def _locked(run: RunDir, resume: bool, config_record: dict[str, Any], train_pref
         lock.release()
 
 
+@dataclass
+class _Learner:
+    """The model in its three roles and what updates it: built by `_build_learner`, restored by `_resume`."""
+    model: nn.Module  # the plain module: parameters, state dicts, evaluation
+    wrapped: nn.Module  # the DDP wrapper or the FSDP-sharded model: gradient synchronisation
+    forward_model: nn.Module  # what the task's loss calls: `wrapped`, compiled under train.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    early_stopping: EarlyStopping
+    autocast: Callable[[], contextlib.AbstractContextManager]  # bf16 on a GPU under train.precision=bf16
+
+
+@dataclass
+class _LogWindow:
+    """The training metrics summed since the last log line, per rank. Checkpoints save it, so that a resumed run
+    logs the same averages as an uninterrupted one."""
+    sums: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # loss and gradient norm
+    task_sums: dict[str, torch.Tensor] = field(default_factory=dict)  # the task's metrics, on the device until logged
+    steps: int = 0
+    units: int = 0  # units trained on by all ranks (not saved: the rate is of this process's time)
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def resumed(cls, saved: list[dict[str, Any]] | None, ctx: DistContext) -> _LogWindow:
+        """The window a checkpoint saved (one entry per rank), or an empty one."""
+        window = cls()
+        if saved is not None and len(saved) == ctx.world_size:
+            mine = saved[ctx.rank]
+            window.sums.update(mine["sums"])
+            window.task_sums.update({k: torch.tensor(v, dtype=torch.float32, device=ctx.device)
+                                     for k, v in mine["task"].items()})
+            window.steps = mine["steps"]
+        return window
+
+    def add(self, loss: float, grad_norm: float, task_metrics: dict[str, torch.Tensor], units: int) -> None:
+        self.sums["loss"] += loss
+        self.sums["grad_norm"] += grad_norm
+        for name, value in task_metrics.items():
+            self.task_sums[name] = self.task_sums.get(name, 0) + value
+        self.steps += 1
+        self.units += units
+
+    def close(self, ctx: DistContext) -> tuple[dict[str, float], float]:
+        """The means over the window (the task's metrics averaged over ranks: a collective) and its rate in units
+        per second; the next window starts empty."""
+        rate = self.units / (time.perf_counter() - self.started)
+        for name in sorted(self.task_sums):  # same order on every rank
+            self.sums[name] = float(all_reduce_sum(self.task_sums[name], ctx)) / ctx.world_size
+        means = {name: total / self.steps for name, total in self.sums.items()}
+        self.sums.clear()
+        self.task_sums.clear()
+        self.steps, self.units, self.started = 0, 0, time.perf_counter()
+        return means, rate
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "task": {k: float(v) for k, v in self.task_sums.items()},
+                "steps": self.steps}
+
+
+@dataclass
+class _LoopState:
+    """Where the loop stands."""
+    start_step: int  # the step this process started (or resumed) from
+    step: int  # completed optimiser steps
+    window: _LogWindow
+    started: float = field(default_factory=time.monotonic)  # for train.time_limit_min
+    first_step_done: float = 0.0  # for the run-length estimate: the first step compiles and warms caches
+    eval_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    eval_step: int = -1
+    stopped_early: bool = False
+
+
 def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_record: dict[str, Any],
            ctx: DistContext) -> TrainResult:
+    """The outline: set up and resume, then optimiser steps with their bookkeeping until the last step, an early
+    stop or the time limit, then the final model."""
     if ctx.is_main:
         run.create()
     barrier(ctx)
     set_determinism(cfg.deterministic)
+    learner = _build_learner(task, cfg, ctx)
+    train_set = task.train_dataset()
+    data_identity = {"seed": cfg.seed, "batch_size": cfg.batch_size, "dataset_len": len(train_set),
+                     "shuffle": task.shuffle_train}
+    start_step, saved_window = _resume(learner, run, resume, data_identity, cfg, ctx)
+    if ctx.is_main:
+        _record_config(run, config_record, cfg, ctx)
+    train_loader = _train_loader(train_set, task.shuffle_train, cfg, start_step, ctx)
+    valid_loader = _valid_loader(task.valid_dataset(), cfg, ctx)
 
-    # --- model (identical initial weights on every rank), optimiser, schedule
+    logger = MetricsLogger(run.metrics, run.tensorboard, start_step) if ctx.is_main else None
+    progress = progress_bar(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step",
+                            dynamic_ncols=True)
+    loop = _LoopState(start_step=start_step, step=start_step, window=_LogWindow.resumed(saved_window, ctx))
+    batches = iter(train_loader)
+    learner.model.train()
+    try:
+        while loop.step < cfg.steps:
+            _optimizer_step(task, learner, batches, loop, run, cfg, ctx)  # advances loop.step, fills its log window
+            progress.update(1)
+            _estimate_run_length(loop, cfg, ctx)
+            if loop.step % cfg.log_every == 0 or loop.step == cfg.steps:
+                _log_training(loop, learner, task.unit, logger, progress, ctx)
+            if (cfg.eval_every and loop.step % cfg.eval_every == 0) or loop.step == cfg.steps:
+                _evaluate_and_check(loop, task, learner, valid_loader, logger, ctx)
+            out_of_time = _out_of_time(loop, cfg, ctx)  # a collective, so every rank stops at the same step
+            if (cfg.checkpoint_every and loop.step % cfg.checkpoint_every == 0) or loop.step == cfg.steps \
+                    or loop.stopped_early or out_of_time:
+                _write_checkpoint(loop, learner, data_identity, run, cfg, ctx)
+            if out_of_time and not loop.stopped_early:
+                _stop_at_time_limit(loop, task, learner, valid_loader, logger, cfg, ctx)
+                break
+            if loop.stopped_early:
+                _say(ctx, _early_stop_message(loop.step, learner.early_stopping, cfg.early_stop))
+                break
+    finally:
+        progress.close()
+        if logger:
+            logger.close()
+    return _finish(loop, task, learner, valid_loader, run, cfg, ctx)
+
+
+def _build_learner(task: Task, cfg: TrainConfig, ctx: DistContext) -> _Learner:
+    """The model (identical initial weights on every rank) on its device, wrapped for DDP/FSDP, its AdamW and
+    warm-up + cosine schedule."""
     seed_everything(cfg.seed)
     model = task.build_model()
     if not dataclasses.is_dataclass(getattr(model, "config", None)):
@@ -367,219 +484,219 @@ def _train(task: Task, cfg: TrainConfig, run: RunDir, resume: bool, config_recor
         _say(ctx, f"train.optim.warmup_steps {cfg.optim.warmup_steps} is not shorter than the run ({cfg.steps} "
                   f"steps): warming up over {warmup_steps(cfg.steps, cfg.optim)} steps (a tenth) instead",
              logging.WARNING)
-    early_stopping = EarlyStopping(cfg.early_stop)
-
-    train_set = task.train_dataset()
-    data_identity = {"seed": cfg.seed, "batch_size": cfg.batch_size, "dataset_len": len(train_set),
-                     "shuffle": task.shuffle_train}
-    full_options = _state_dict_options()
-
-    # --- resume: model, optimiser, schedule, early stopping, RNG and data position from the latest checkpoint
-    start_step = 0
-    saved_window = None  # the training metrics summed since the last log line, per rank
-    last_checkpoint = run.latest_checkpoint() if resume else None
-    if last_checkpoint is not None:
-        state = load_checkpoint(last_checkpoint)
-        _check_resumable(state, last_checkpoint, model, data_identity)
-        from torch.distributed.checkpoint.state_dict import set_state_dict
-        try:
-            set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
-                           options=full_options)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {last_checkpoint} does not fit this model/optimiser: {err}") from None
-        scheduler.load_state_dict(state["scheduler"])
-        early_stopping.load_state_dict(state["early_stop"])
-        start_step = state["step"]
-        saved_window = state.get("log_window")
-        if len(state["rng"]) == ctx.world_size:
-            set_rng_state(state["rng"][ctx.rank])
-        else:
-            _say(ctx, f"checkpoint was written by {len(state['rng'])} processes, now {ctx.world_size}: RNG states "
-                      "re-seeded (the data order is unaffected)")
-            seed_everything(cfg.seed + 7919 * (start_step + 1) + ctx.rank)
-        _say(ctx, f"resuming {run.root} from {last_checkpoint.name} (step {start_step})")
-        del state
-    else:
-        if resume:
-            _say(ctx, f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
-        seed_everything(cfg.seed + 1 + ctx.rank)  # per-rank randomness (dropout) from here on
-
-    if ctx.is_main:
-        previous = run.read_config()
-        if previous is not None:  # only RESUMABLE settings can differ here (see _locked)
-            changed = resume_changes(previous, config_record, _train_prefix(config_record, cfg))[0]
-            if changed:
-                _say(ctx, f"resuming with changed settings: {describe_changes(changed)}")
-        run.write_config(config_record)
-
-    # --- data: this rank's slice of each step's global batch; a fixed generator so loaders never touch the
-    # global RNG (which would make a resumed run diverge from an uninterrupted one)
-    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.grad_accum, ctx.rank, ctx.world_size,
-                               cfg.seed, start_step, cfg.steps, shuffle=task.shuffle_train)
-    train_loader = DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=cfg.num_workers,
-                              pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(0))
-    valid_set = task.valid_dataset()
-    valid_loader = None
-    if valid_set is not None:
-        if len(valid_set) < ctx.world_size:
-            raise ValueError(f"the validation set has {len(valid_set)} items, fewer than the {ctx.world_size} "
-                             "processes sharing it")
-        shard = RankShard(valid_set, ctx.rank, ctx.world_size, even=cfg.parallel == "fsdp")
-        eval_batch = cfg.eval_batch_size or cfg.batch_size // (cfg.grad_accum * ctx.world_size)
-        valid_loader = DataLoader(shard, batch_size=eval_batch, shuffle=False, num_workers=cfg.num_workers,
-                                  generator=torch.Generator().manual_seed(0))
-
     autocast = (functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
                 if ctx.device.type == "cuda" and cfg.precision == "bf16" else contextlib.nullcontext)
+    return _Learner(model, wrapped, forward_model, optimizer, scheduler, EarlyStopping(cfg.early_stop), autocast)
 
-    def evaluate() -> dict[str, float]:
-        if valid_loader is None:
-            return {}
-        model.eval()
-        with torch.no_grad(), autocast():
-            metrics = task.evaluate(model, _on_device(valid_loader, ctx.device))
-        model.train()
-        return reduce_means(metrics, len(valid_loader.dataset), ctx)
 
-    def write_checkpoint(step: int) -> Path:
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-        model_state, optim_state = get_state_dict(model, optimizer, options=full_options)  # collective
-        rng = gather_objects(rng_state(), ctx)
-        # the metrics summed since the last log line, so a resumed run logs the same averages as an uninterrupted one
-        log_window = gather_objects({"sums": dict(window), "task": {k: float(v) for k, v in window_metrics.items()},
-                                     "steps": window_steps}, ctx)
-        path = run.checkpoints / checkpoint_name(step)
-        if ctx.is_main:
-            save_checkpoint(path, {
-                "format": 1, "step": step, "model_class": model_class_name(model),
-                "model_config": to_dict(model.config), "model": model_state, "optimizer": optim_state,
-                "scheduler": scheduler.state_dict(), "early_stop": early_stopping.state_dict(), "rng": rng,
-                "data": data_identity, "train_config": to_dict(cfg), "log_window": log_window})
-            prune_checkpoints(run.checkpoints, cfg.keep_last)
-        barrier(ctx)
-        return path
-
-    logger = MetricsLogger(run.metrics, run.tensorboard, start_step) if ctx.is_main else None
-    progress = progress_bar(total=cfg.steps, initial=start_step, disable=not ctx.is_main, unit="step",
-                            dynamic_ncols=True)
-    window: dict[str, float] = defaultdict(float)
-    window_metrics: dict[str, torch.Tensor] = {}  # the task's metrics, summed on the device until logged
-    window_steps, window_units, window_start = 0, 0, time.perf_counter()
-    if saved_window is not None and len(saved_window) == ctx.world_size:
-        mine = saved_window[ctx.rank]
-        window.update(mine["sums"])
-        window_metrics.update({k: torch.tensor(v, dtype=torch.float32, device=ctx.device)
-                               for k, v in mine["task"].items()})
-        window_steps = mine["steps"]
-    eval_metrics: dict[str, float] = {}
-    eval_step = -1
-    stopped_early = False
-    step = start_step
-    started = time.monotonic()
-    batches = iter(train_loader)
-    model.train()
-
+def _resume(learner: _Learner, run: RunDir, resume: bool, data_identity: dict[str, Any], cfg: TrainConfig,
+            ctx: DistContext) -> tuple[int, list[dict[str, Any]] | None]:
+    """Restore model, optimiser, schedule, early stopping, RNG and data position from the latest checkpoint under
+    `resume`; else seed this rank's randomness (dropout) afresh. Returns the step to start from and the log window
+    the checkpoint saved (one per rank), if any."""
+    last_checkpoint = run.latest_checkpoint() if resume else None
+    if last_checkpoint is None:
+        if resume:
+            _say(ctx, f"--resume: no checkpoint in {run.checkpoints}; starting from step 0")
+        seed_everything(cfg.seed + 1 + ctx.rank)
+        return 0, None
+    state = load_checkpoint(last_checkpoint)
+    _check_resumable(state, last_checkpoint, learner.model, data_identity)
+    from torch.distributed.checkpoint.state_dict import set_state_dict
     try:
-        while step < cfg.steps:
-            # one optimiser step = grad_accum micro-batches on every rank
-            step_loss = torch.zeros((), device=ctx.device)
-            step_metrics: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=ctx.device))
-            for micro in range(cfg.grad_accum):
-                batch = to_device(next(batches), ctx.device)
-                last_micro = micro == cfg.grad_accum - 1
-                sync = _gradient_sync(wrapped, cfg.parallel, enabled=last_micro)
-                with sync, autocast():
-                    loss, metrics = task.loss(forward_model, batch)
-                    (loss / cfg.grad_accum).backward()
-                step_loss += loss.detach().float() / cfg.grad_accum
-                for name, value in metrics.items():
-                    step_metrics[name] += torch.as_tensor(value, dtype=torch.float32).to(ctx.device) / cfg.grad_accum
-                window_units += task.count_units(batch) * ctx.world_size
-            step_loss = all_reduce_sum(step_loss, ctx).item() / ctx.world_size
-            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP
-            if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
-                what = f"loss {step_loss}" if not math.isfinite(step_loss) else f"gradient norm {grad_norm}"
-                kept = run.latest_checkpoint()
-                message = (f"non-finite {what} at step {step + 1}: training stopped before applying it. "
-                           + (f"The last good checkpoint is {kept} (step {int(kept.stem.split('-')[1])})."
-                              if kept else "No checkpoint had been written yet."))
-                _say(ctx, message)
-                raise NonFiniteLossError(message, step + 1, kept)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
+        set_state_dict(learner.model, learner.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"], options=_state_dict_options())
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {last_checkpoint} does not fit this model/optimiser: {err}") from None
+    learner.scheduler.load_state_dict(state["scheduler"])
+    learner.early_stopping.load_state_dict(state["early_stop"])
+    start_step = state["step"]
+    if len(state["rng"]) == ctx.world_size:
+        set_rng_state(state["rng"][ctx.rank])
+    else:
+        _say(ctx, f"checkpoint was written by {len(state['rng'])} processes, now {ctx.world_size}: RNG states "
+                  "re-seeded (the data order is unaffected)")
+        seed_everything(cfg.seed + 7919 * (start_step + 1) + ctx.rank)
+    _say(ctx, f"resuming {run.root} from {last_checkpoint.name} (step {start_step})")
+    return start_step, state.get("log_window")
 
-            # bookkeeping: progress, metrics, evaluation, early stopping, checkpoints
-            window["loss"] += step_loss
-            window["grad_norm"] += grad_norm
-            for name, value in step_metrics.items():
-                window_metrics[name] = window_metrics.get(name, 0) + value
-            window_steps += 1
-            progress.update(1)
-            if step == start_step + 1:  # timed from the end of the first step: it compiles and warms caches
-                first_step_done = time.monotonic()
-            elif step == start_step + 1 + ESTIMATE_STEPS:
-                _warn_if_long(ctx, cfg, step, (time.monotonic() - first_step_done) / ESTIMATE_STEPS)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rate = window_units / (time.perf_counter() - window_start)
-                for name in sorted(window_metrics):  # same order on every rank
-                    window[name] = float(all_reduce_sum(window_metrics[name], ctx)) / ctx.world_size
-                logged = {f"train/{k}": v / window_steps for k, v in window.items()}
-                logged["train/lr"] = scheduler.get_last_lr()[0]
-                logged[f"train/{task.unit}_per_s"] = rate
-                if logger:
-                    logger.log(step, logged)
-                progress.set_postfix(loss=f"{logged['train/loss']:.4g}", lr=f"{logged['train/lr']:.2e}",
-                                     **{f"{task.unit}/s": f"{rate:.4g}"})
-                window.clear()
-                window_metrics.clear()
-                window_steps, window_units, window_start = 0, 0, time.perf_counter()
-            if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps:
-                eval_metrics, eval_step = evaluate(), step
-                if eval_metrics:
-                    if logger:
-                        logger.log(step, {f"valid/{k}": v for k, v in eval_metrics.items()})
-                    _say(ctx, f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-                    stopped_early = early_stopping.update(eval_metrics)
-            out_of_time = cfg.time_limit_min > 0 and bool(all_reduce_sum(torch.tensor(
-                float(time.monotonic() - started > 60 * cfg.time_limit_min), device=ctx.device), ctx) > 0)
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps or stopped_early \
-                    or out_of_time:
-                write_checkpoint(step)
-            if out_of_time and not stopped_early:
-                _say(ctx, f"time limit of {cfg.time_limit_min} min reached at step {step}: stopping (resume with "
-                          "--resume to continue)")
-                if eval_step != step and valid_loader is not None:
-                    eval_metrics, eval_step = evaluate(), step
-                    if logger:
-                        logger.log(step, {f"valid/{k}": v for k, v in eval_metrics.items()})
-                break
-            if stopped_early:
-                _say(ctx, f"early stop at step {step}: {cfg.early_stop.metric} "
-                          + (f"reached the target {cfg.early_stop.target}" if early_stopping.bad_evals <
-                             cfg.early_stop.patience else f"has not improved for {cfg.early_stop.patience} "
-                             f"evaluations (best {early_stopping.best:.4g})"))
-                break
-    finally:
-        progress.close()
+
+def _record_config(run: RunDir, config_record: dict[str, Any], cfg: TrainConfig, ctx: DistContext) -> None:
+    """Write RUN/config.json, first saying which settings a resume changed (only RESUMABLE ones get here: see
+    `_locked`)."""
+    previous = run.read_config()
+    if previous is not None:
+        changed = resume_changes(previous, config_record, _train_prefix(config_record, cfg))[0]
+        if changed:
+            _say(ctx, f"resuming with changed settings: {describe_changes(changed)}")
+    run.write_config(config_record)
+
+
+def _train_loader(train_set: Dataset, shuffle: bool, cfg: TrainConfig, start_step: int,
+                  ctx: DistContext) -> DataLoader:
+    """This rank's slice of each step's global batch, from `start_step` on; a fixed generator, so that the loader
+    never touches the global RNG (which would make a resumed run diverge from an uninterrupted one)."""
+    sampler = StepBatchSampler(len(train_set), cfg.batch_size, cfg.grad_accum, ctx.rank, ctx.world_size,
+                               cfg.seed, start_step, cfg.steps, shuffle=shuffle)
+    return DataLoader(EpochIndexed(train_set), batch_sampler=sampler, num_workers=cfg.num_workers,
+                      pin_memory=ctx.device.type == "cuda", generator=torch.Generator().manual_seed(0))
+
+
+def _valid_loader(valid_set: Dataset | None, cfg: TrainConfig, ctx: DistContext) -> DataLoader | None:
+    """This rank's share of the validation set (equal shares under FSDP, whose evaluation is a collective)."""
+    if valid_set is None:
+        return None
+    if len(valid_set) < ctx.world_size:
+        raise ValueError(f"the validation set has {len(valid_set)} items, fewer than the {ctx.world_size} "
+                         "processes sharing it")
+    shard = RankShard(valid_set, ctx.rank, ctx.world_size, even=cfg.parallel == "fsdp")
+    eval_batch = cfg.eval_batch_size or cfg.batch_size // (cfg.grad_accum * ctx.world_size)
+    return DataLoader(shard, batch_size=eval_batch, shuffle=False, num_workers=cfg.num_workers,
+                      generator=torch.Generator().manual_seed(0))
+
+
+def _optimizer_step(task: Task, learner: _Learner, batches: Iterator, loop: _LoopState, run: RunDir,
+                    cfg: TrainConfig, ctx: DistContext) -> None:
+    """One optimiser step = grad_accum micro-batches on every rank, refused (NonFiniteLossError) when the loss or
+    the gradient norm is not finite; its metrics go into the log window."""
+    step_loss = torch.zeros((), device=ctx.device)
+    step_metrics: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=ctx.device))
+    units = 0
+    for micro in range(cfg.grad_accum):
+        batch = to_device(next(batches), ctx.device)
+        sync = _gradient_sync(learner.wrapped, cfg.parallel, enabled=micro == cfg.grad_accum - 1)
+        with sync, learner.autocast():
+            loss, metrics = task.loss(learner.forward_model, batch)
+            (loss / cfg.grad_accum).backward()
+        step_loss += loss.detach().float() / cfg.grad_accum
+        for name, value in metrics.items():
+            step_metrics[name] += torch.as_tensor(value, dtype=torch.float32).to(ctx.device) / cfg.grad_accum
+        units += task.count_units(batch) * ctx.world_size
+    step_loss = all_reduce_sum(step_loss, ctx).item() / ctx.world_size
+    grad_norm = nn.utils.clip_grad_norm_(learner.model.parameters(), cfg.optim.grad_clip or float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)  # FSDP
+    if not (math.isfinite(step_loss) and math.isfinite(grad_norm)):
+        _stop_non_finite(step_loss, grad_norm, loop.step + 1, run, ctx)
+    learner.optimizer.step()
+    learner.scheduler.step()
+    learner.optimizer.zero_grad(set_to_none=True)
+    loop.step += 1
+    loop.window.add(step_loss, grad_norm, step_metrics, units)
+
+
+def _stop_non_finite(step_loss: float, grad_norm: float, step: int, run: RunDir, ctx: DistContext) -> None:
+    what = f"loss {step_loss}" if not math.isfinite(step_loss) else f"gradient norm {grad_norm}"
+    kept = run.latest_checkpoint()
+    message = (f"non-finite {what} at step {step}: training stopped before applying it. "
+               + (f"The last good checkpoint is {kept} (step {int(kept.stem.split('-')[1])})."
+                  if kept else "No checkpoint had been written yet."))
+    _say(ctx, message)
+    raise NonFiniteLossError(message, step, kept)
+
+
+def _estimate_run_length(loop: _LoopState, cfg: TrainConfig, ctx: DistContext) -> None:
+    """Time ESTIMATE_STEPS steps after the first (which compiles and warms caches), then warn of a long run."""
+    if loop.step == loop.start_step + 1:
+        loop.first_step_done = time.monotonic()
+    elif loop.step == loop.start_step + 1 + ESTIMATE_STEPS:
+        _warn_if_long(ctx, cfg, loop.step, (time.monotonic() - loop.first_step_done) / ESTIMATE_STEPS)
+
+
+def _log_training(loop: _LoopState, learner: _Learner, unit: str, logger: MetricsLogger | None, progress,
+                  ctx: DistContext) -> None:
+    """The log window's means, learning rate and rate to metrics.csv/TensorBoard and the progress line."""
+    means, rate = loop.window.close(ctx)
+    logged = {f"train/{name}": value for name, value in means.items()}
+    logged["train/lr"] = learner.scheduler.get_last_lr()[0]
+    logged[f"train/{unit}_per_s"] = rate
+    if logger:
+        logger.log(loop.step, logged)
+    progress.set_postfix(loss=f"{logged['train/loss']:.4g}", lr=f"{logged['train/lr']:.2e}",
+                         **{f"{unit}/s": f"{rate:.4g}"})
+
+
+def _evaluate(task: Task, learner: _Learner, valid_loader: DataLoader | None, ctx: DistContext) -> dict[str, float]:
+    """The task's metrics over the whole validation set (a collective); {} without one."""
+    if valid_loader is None:
+        return {}
+    learner.model.eval()
+    with torch.no_grad(), learner.autocast():
+        metrics = task.evaluate(learner.model, _on_device(valid_loader, ctx.device))
+    learner.model.train()
+    return reduce_means(metrics, len(valid_loader.dataset), ctx)
+
+
+def _evaluate_and_check(loop: _LoopState, task: Task, learner: _Learner, valid_loader: DataLoader | None,
+                        logger: MetricsLogger | None, ctx: DistContext) -> None:
+    """A scheduled evaluation: logged, said, and given to early stopping."""
+    loop.eval_metrics, loop.eval_step = _evaluate(task, learner, valid_loader, ctx), loop.step
+    if loop.eval_metrics:
         if logger:
-            logger.close()
+            logger.log(loop.step, {f"valid/{k}": v for k, v in loop.eval_metrics.items()})
+        _say(ctx, f"step {loop.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in loop.eval_metrics.items()))
+        loop.stopped_early = learner.early_stopping.update(loop.eval_metrics)
 
-    # --- final weights on their own (model.safetensors + model.json) and the plots
-    if start_step == step and step > 0 and not eval_metrics:
-        eval_metrics = evaluate()  # resumed a finished run: nothing trained, still report its metrics
-    final_model = _full_model(task, model, cfg.parallel, full_options, ctx)
+
+def _out_of_time(loop: _LoopState, cfg: TrainConfig, ctx: DistContext) -> bool:
+    """Whether any rank has passed train.time_limit_min."""
+    if cfg.time_limit_min <= 0:
+        return False
+    late = float(time.monotonic() - loop.started > 60 * cfg.time_limit_min)
+    return bool(all_reduce_sum(torch.tensor(late, device=ctx.device), ctx) > 0)
+
+
+def _write_checkpoint(loop: _LoopState, learner: _Learner, data_identity: dict[str, Any], run: RunDir,
+                      cfg: TrainConfig, ctx: DistContext) -> Path:
+    """RUN/checkpoints/step-N (atomic, rank 0), all that an exact resume needs; older ones pruned to keep_last."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+    model_state, optim_state = get_state_dict(learner.model, learner.optimizer,
+                                              options=_state_dict_options())  # collective
+    rng = gather_objects(rng_state(), ctx)
+    log_window = gather_objects(loop.window.state_dict(), ctx)
+    path = run.checkpoints / checkpoint_name(loop.step)
+    if ctx.is_main:
+        save_checkpoint(path, {
+            "format": 1, "step": loop.step, "model_class": model_class_name(learner.model),
+            "model_config": to_dict(learner.model.config), "model": model_state, "optimizer": optim_state,
+            "scheduler": learner.scheduler.state_dict(), "early_stop": learner.early_stopping.state_dict(),
+            "rng": rng, "data": data_identity, "train_config": to_dict(cfg), "log_window": log_window})
+        prune_checkpoints(run.checkpoints, cfg.keep_last)
+    barrier(ctx)
+    return path
+
+
+def _stop_at_time_limit(loop: _LoopState, task: Task, learner: _Learner, valid_loader: DataLoader | None,
+                        logger: MetricsLogger | None, cfg: TrainConfig, ctx: DistContext) -> None:
+    """Say so, and evaluate the model reached unless this step already did."""
+    _say(ctx, f"time limit of {cfg.time_limit_min} min reached at step {loop.step}: stopping (resume with "
+              "--resume to continue)")
+    if loop.eval_step != loop.step and valid_loader is not None:
+        loop.eval_metrics, loop.eval_step = _evaluate(task, learner, valid_loader, ctx), loop.step
+        if logger:
+            logger.log(loop.step, {f"valid/{k}": v for k, v in loop.eval_metrics.items()})
+
+
+def _early_stop_message(step: int, early_stopping: EarlyStopping, config: EarlyStopConfig) -> str:
+    why = (f"reached the target {config.target}" if early_stopping.bad_evals < config.patience
+           else f"has not improved for {config.patience} evaluations (best {early_stopping.best:.4g})")
+    return f"early stop at step {step}: {config.metric} {why}"
+
+
+def _finish(loop: _LoopState, task: Task, learner: _Learner, valid_loader: DataLoader | None, run: RunDir,
+            cfg: TrainConfig, ctx: DistContext) -> TrainResult:
+    """The final weights on their own (RUN/model.safetensors + model.json) and the plots."""
+    if loop.step == loop.start_step and loop.step > 0 and not loop.eval_metrics:
+        loop.eval_metrics = _evaluate(task, learner, valid_loader, ctx)  # a finished run resumed: still report
+    final_model = _full_model(task, learner.model, cfg.parallel, ctx)
     if ctx.is_main:
         from ssm_core.models.io import save_model
         save_model(final_model, run.root,
-                   ModelInfo(steps=step, metrics={f"valid_{k}": v for k, v in eval_metrics.items()}))
+                   ModelInfo(steps=loop.step, metrics={f"valid_{k}": v for k, v in loop.eval_metrics.items()}))
         plot_metrics(run.metrics, run.plots / "metrics.png", title=run.root.name,
                      counts={f"valid/{name}" for name in task.count_metrics})
-        _say(ctx, f"done: {step} steps; final model in {run.root}/model.safetensors")
+        _say(ctx, f"done: {loop.step} steps; final model in {run.root}/model.safetensors")
     barrier(ctx)
-    return TrainResult(final_model, step, stopped_early, eval_metrics)
+    return TrainResult(final_model, loop.step, loop.stopped_early, loop.eval_metrics)
 
 
 def _state_dict_options():
@@ -597,12 +714,12 @@ def _gradient_sync(wrapped: nn.Module, parallel: str, enabled: bool):
     return contextlib.nullcontext()
 
 
-def _full_model(task: Task, model: nn.Module, parallel: str, options, ctx: DistContext) -> nn.Module:
+def _full_model(task: Task, model: nn.Module, parallel: str, ctx: DistContext) -> nn.Module:
     """The trained model as a plain module; under FSDP an unsharded CPU copy built on rank 0."""
     if not (ctx.is_distributed and parallel == "fsdp"):
         return model
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
-    state = get_model_state_dict(model, options=options)  # collective
+    state = get_model_state_dict(model, options=_state_dict_options())  # collective
     if not ctx.is_main:
         return model
     full = task.build_model()
