@@ -6,9 +6,10 @@ Three ways to run it, all computing the same function of the sequence:
   chunks, so memory does not grow with the total length;
 - ``step(x_t, state)``: one time step (autoregressive generation).
 ``forward(x, cu_seqlens=cu)`` runs n sequences packed along seqlen (batch 1, ``ssm_core/utils/varlen.py``) as if
-each ran alone: the conv and the scan restart at every sequence start (always through ``selective_scan``).
+each ran alone: the conv and the scan restart at every sequence start.
 Without autograd, a float32 CPU model runs the first two through fused numba kernels that read the projections in
-their (batch, seqlen, channels) layout (``_ScanBranch.forward_time_major``); training uses ``selective_scan``.
+their (batch, seqlen, channels) layout (``_ScanBranch.forward_time_major``), packs included; training uses
+``selective_scan``.
 ``choose_backend`` (``ssm_core/ops/selective_scan.py``) decides, as it does for the scan and the step.
 """
 from __future__ import annotations
@@ -68,8 +69,8 @@ class Mamba(nn.Module):
                 raise ValueError("Mamba: packed sequences (cu_seqlens) are processed whole; there is no chunked "
                                  "mode with a state for them")
             check_cu_seqlens(cu_seqlens, hidden.shape[0], hidden.shape[1], hidden.device, "Mamba")
-        elif self._forward_backend(hidden) == "cpu_fused":  # .float(): under autocast the projections are bf16
-            y, new_state = self.fwd.forward_time_major(self.in_proj(hidden).float(), state)
+        if self._forward_backend(hidden) == "cpu_fused":  # .float(): under autocast the projections are bf16
+            y, new_state = self.fwd.forward_time_major(self.in_proj(hidden).float(), state, cu_seqlens)
             out = self.out_proj(y)
             return out if state is None else (out, new_state)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)   # (batch, d_inner, seqlen) each
@@ -187,22 +188,24 @@ class _ScanBranch(nn.Module):
         width = self.conv1d.kernel_size[0] - 1
         return torch.cat([context.to(x.dtype), x], dim=-1)[..., -width:] if width else context
 
-    def forward_time_major(self, xz: torch.Tensor, state: MambaState | None = None):
+    def forward_time_major(self, xz: torch.Tensor, state: MambaState | None = None,
+                           cu_seqlens: torch.Tensor | None = None):
         """Inference-only forward on in_proj's output as it comes, xz (batch, seqlen, 2 d_inner) = [x | z],
         through the numba kernels (conv + SiLU, then the scan fused with dt_proj, softplus, D and the gate): no
         transposes and no autograd checkpoints. Returns y (batch, seqlen, d_inner) and the new state (None without
-        ``state``). Float32 only; the same function as ``forward``."""
+        ``state``). Float32 only; the same function as ``forward``, packed sequences (``cu_seqlens``, checked by
+        the caller, no ``state``) included."""
         from ..ops.scan_cpu import causal_conv1d_silu_time_major, selective_scan_time_major
 
         batch, seqlen, _ = xz.shape
         d_inner = self.D.shape[0]
         width = self.conv1d.kernel_size[0] - 1
         context = state.conv if state is not None else xz.new_zeros(batch, d_inner, width)
-        u = causal_conv1d_silu_time_major(xz, d_inner, self.conv1d.weight, self.conv1d.bias, context)
+        u = causal_conv1d_silu_time_major(xz, d_inner, self.conv1d.weight, self.conv1d.bias, context, cu_seqlens)
         x_dbl = self.x_proj(u).float()                                             # (batch, seqlen, R + 2N)
         h0 = state.ssm if state is not None else xz.new_zeros(batch, d_inner, self.d_state)
         y, last = selective_scan_time_major(u, x_dbl, xz, d_inner, self.dt_proj.weight, self.dt_proj.bias,
-                                            -torch.exp(self.A_log.float()), self.D, h0, out=u)
+                                            -torch.exp(self.A_log.float()), self.D, h0, out=u, cu_seqlens=cu_seqlens)
         if state is None:
             return y, None
         x_tail = xz[:, max(0, seqlen - width):, :d_inner].transpose(1, 2)

@@ -394,10 +394,11 @@ def _softplus_f32(x):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _conv_silu_tm_kernel(xz, context, weight_t, bias, out, time_block):
-    """out[b, t, d] = silu(bias[d] + sum_k weight_t[k, d] x[b, t - K + 1 + k, d]) with x = xz[..., :dim] and the
-    inputs before t = 0 taken from ``context``. xz: (batch, L, >= dim); context: (batch, dim, K - 1);
-    weight_t: (K, dim); bias: (dim,); out: (batch, L, dim)."""
+def _conv_silu_tm_kernel(xz, context, weight_t, bias, starts, out, time_block):
+    """out[b, t, d] = silu(bias[d] + sum_k weight_t[k, d] x[b, t - K + 1 + k, d]) with x = xz[..., :dim], the
+    inputs before t = 0 taken from ``context`` and those before ``starts[t]`` (the first position of t's sequence in
+    a pack; 0 otherwise) taken as zeros. xz: (batch, L, >= dim); context: (batch, dim, K - 1); weight_t: (K, dim);
+    bias: (dim,); starts: (L,); out: (batch, L, dim)."""
     batch, L, dim = out.shape
     K = weight_t.shape[0]
     n_blocks = (L + time_block - 1) // time_block
@@ -408,17 +409,22 @@ def _conv_silu_tm_kernel(xz, context, weight_t, bias, out, time_block):
         acc = np.empty(dim, dtype=np.float32)
         for t in range(t0, t1):
             acc[:] = bias
-            if t >= K - 1:
+            start = starts[t]
+            if t - K + 1 >= start:
                 for k in range(K):
                     src = xz[b, t - K + 1 + k]
                     wk = weight_t[k]
                     for d in range(dim):
                         acc[d] += wk[d] * src[d]
-            else:  # the first K - 1 steps reach into the previous chunk's inputs
+            else:  # the first K - 1 steps of a sequence reach into the previous chunk's inputs, or a pack's zeros
                 for k in range(K):
                     s = t - K + 1 + k
-                    for d in range(dim):
-                        acc[d] += weight_t[k, d] * (xz[b, s, d] if s >= 0 else context[b, d, K - 1 + s])
+                    if s >= start:
+                        for d in range(dim):
+                            acc[d] += weight_t[k, d] * xz[b, s, d]
+                    elif s < 0:
+                        for d in range(dim):
+                            acc[d] += weight_t[k, d] * context[b, d, K - 1 + s]
             dst = out[b, t]
             for d in range(dim):
                 v = acc[d]
@@ -426,13 +432,15 @@ def _conv_silu_tm_kernel(xz, context, weight_t, bias, out, time_block):
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _scan_tm_kernel(u, x_dbl, z, z_offset, dt_weight_t, dt_bias, A_t, D, h0, out, last_state, channel_block):
+def _scan_tm_kernel(u, x_dbl, z, z_offset, dt_weight_t, dt_bias, A_t, D, h0, resets, out, last_state,
+                    channel_block):
     """One Mamba block's selective scan, forward only, in time-major layout.
 
     u: (batch, L, dim) the conv output; x_dbl: (batch, L, R + 2N) = [dt_low | B | C] (x_proj's output);
     z: (batch, L, >= z_offset + dim), the gate at z[..., z_offset:]; dt_weight_t: (R, dim) (dt_proj.weight.T);
-    dt_bias, D: (dim,); A_t: (N, dim); h0, last_state: (batch, dim, N); out: (batch, L, dim), may be ``u`` itself
-    (every u[b, t, d] is read before out[b, t, d] is written, by the same job).
+    dt_bias, D: (dim,); A_t: (N, dim); h0, last_state: (batch, dim, N); resets: (L,), True where a packed sequence
+    starts (the state restarts from zero there); out: (batch, L, dim), may be ``u`` itself (every u[b, t, d] is read
+    before out[b, t, d] is written, by the same job).
     Δ = softplus(dt_low @ dt_weight_t + dt_bias), h_t = exp(Δ A) h_{t-1} + Δ B_t u_t,
     out = (<C_t, h_t> + D u_t) * silu(z_t).
     """
@@ -470,6 +478,8 @@ def _scan_tm_kernel(u, x_dbl, z, z_offset, dt_weight_t, dt_bias, A_t, D, h0, out
                 dt[j] = s
                 du[j] = s * ut[j]
                 y[j] = D_blk[j] * ut[j]
+            if resets[t]:
+                h[:, :] = np.float32(0.0)
             for n in range(N):
                 Bn = row[R + n]
                 Cn = row[R + N + n]
@@ -495,13 +505,22 @@ def _f32(name: str, t: torch.Tensor, shape: tuple | None = None) -> np.ndarray:
     return t.detach().to(torch.float32).contiguous().numpy()
 
 
+def _pack_starts(cu_seqlens: torch.Tensor | None, L: int) -> np.ndarray:
+    """(L,) int64: the first position of each position's sequence in a pack (all 0 without one)."""
+    if cu_seqlens is None:
+        return np.zeros(L, np.int64)
+    cu = cu_seqlens.cpu().long()
+    return cu[sequence_ids(cu, L).long()].numpy()
+
+
 def causal_conv1d_silu_time_major(xz: torch.Tensor, dim: int, weight: torch.Tensor, bias: torch.Tensor | None,
-                                  context: torch.Tensor) -> torch.Tensor:
+                                  context: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
     """silu(causal depthwise conv) of x = xz[..., :dim], inference only.
 
     xz: (batch, seqlen, >= dim) float32 (in_proj's output, read in place); weight: (dim, d_conv); bias: (dim,);
     context: (batch, dim, d_conv - 1), the inputs before the first step (zeros at a sequence's start).
-    Returns (batch, seqlen, dim) float32.
+    cu_seqlens (checked by the caller): (n + 1,) int32 of the n sequences packed in xz (batch 1), each convolved
+    alone. Returns (batch, seqlen, dim) float32.
     """
     batch, L, width = xz.shape
     K = weight.shape[-1]
@@ -512,20 +531,24 @@ def causal_conv1d_silu_time_major(xz: torch.Tensor, dim: int, weight: torch.Tens
     bias_np = _f32("bias", bias, (dim,)) if bias is not None else np.zeros(dim, np.float32)
     time_block = max(1, -(-L // (2 * numba.get_num_threads())))  # a few jobs per thread even at batch 1
     _conv_silu_tm_kernel(xz.detach().numpy(), _f32("context", context, (batch, dim, K - 1)),
-                         _f32("weight", weight.reshape(dim, K).t()), bias_np, out, time_block)
+                         _f32("weight", weight.reshape(dim, K).t()), bias_np, _pack_starts(cu_seqlens, L), out,
+                         time_block)
     return torch.from_numpy(out)
 
 
 def selective_scan_time_major(u: torch.Tensor, x_dbl: torch.Tensor, z: torch.Tensor, z_offset: int,
                               dt_weight: torch.Tensor, dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor,
-                              initial_state: torch.Tensor, out: torch.Tensor | None = None):
+                              initial_state: torch.Tensor, out: torch.Tensor | None = None,
+                              cu_seqlens: torch.Tensor | None = None):
     """Forward-only selective scan of one Mamba block on time-major tensors (no autograd, float32).
 
     u: (batch, seqlen, dim); x_dbl: (batch, seqlen, R + 2 dstate) = [dt_low | B | C]; z: (batch, seqlen, >= z_offset
     + dim), the gate is z[..., z_offset:z_offset + dim]; dt_weight: (dim, R); dt_bias, D: (dim,); A: (dim, dstate);
     initial_state: (batch, dim, dstate). ``out`` (batch, seqlen, dim) may be ``u`` to reuse its memory.
     Computes Δ = softplus(dt_low @ dt_weight.T + dt_bias) and then exactly what ``selective_scan`` computes with
-    delta_softplus=True. Returns (out, last_state (batch, dim, dstate)).
+    delta_softplus=True. cu_seqlens (checked by the caller): (n + 1,) int32 of the n sequences packed along
+    seqlen (batch 1), each starting from a zero state (last_state is then the last sequence's).
+    Returns (out, last_state (batch, dim, dstate)).
     """
     batch, L, dim = u.shape
     N = A.shape[1]
@@ -536,10 +559,11 @@ def selective_scan_time_major(u: torch.Tensor, x_dbl: torch.Tensor, z: torch.Ten
                              f"({batch}, {L}, >= {width}); got {tuple(t.shape)} {t.dtype}")
     out = torch.empty_like(u) if out is None else out
     last = np.empty((batch, dim, N), np.float32)
+    resets = np.zeros(L, np.bool_) if cu_seqlens is None else _pack_starts(cu_seqlens, L) == np.arange(L)
     jobs_per_batch = -(-numba.get_num_threads() // batch)
     block = min(_MAX_CHANNEL_BLOCK, -(-dim // jobs_per_batch))
     _scan_tm_kernel(u.detach().numpy(), x_dbl.detach().numpy(), z.detach().numpy(), z_offset,
                     _f32("dt_weight", dt_weight, (dim, R)).T.copy(), _f32("dt_bias", dt_bias, (dim,)),
                     _f32("A", A, (dim, N)).T.copy(), _f32("D", D, (dim,)),
-                    _f32("initial_state", initial_state, (batch, dim, N)), out.detach().numpy(), last, block)
+                    _f32("initial_state", initial_state, (batch, dim, N)), resets, out.detach().numpy(), last, block)
     return out, torch.from_numpy(last)
