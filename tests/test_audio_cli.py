@@ -286,3 +286,12 @@ def test_generating_the_default_64_clips_on_a_cpu_is_announced_with_its_estimate
         _warn_long_generation(model, torch.device("cpu"), 8, 0.5)  # seven minutes
         _warn_long_generation(SashimiModel(SashimiConfig.from_preset("tiny")), torch.device("cpu"), 64, 1.0)
     assert caplog.text == ""
+
+
+def test_presets_lists_both_tables(capsys):
+    from audio.train import ClassifierExperiment, WaveformExperiment
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in [*WaveformExperiment.PRESETS, *ClassifierExperiment.PRESETS])
+    assert "6,255,040" in out and "24,850,912" in out  # the paper's 6.1M and 24.3M SC09 models
