@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -67,17 +68,20 @@ class ClassifierConfig:
         """Size of the penultimate features (1024 for the default)."""
         return self.stem_width * self.widen_factor * 4
 
+    # 'resnext29' (the paper's classifier), 'small' (95k parameters: the shipped classifier, trained in about 20
+    # minutes on 2 CPU cores) or 'tiny' (a few thousand parameters, for CPU tests): name -> overrides of the defaults
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "resnext29": {},
+        "small": dict(depth=11, cardinality=4, base_width=8, widen_factor=2, stem_width=16),
+        "tiny": dict(depth=11, cardinality=2, base_width=4, widen_factor=2, stem_width=8),
+    }
+
     @classmethod
-    def preset(cls, name: str) -> "ClassifierConfig":
-        """'resnext29' (the paper's classifier), 'small' (95k parameters: the shipped classifier, trained in about 20
-        minutes on 2 CPU cores) or 'tiny' (a few thousand parameters, for CPU tests)."""
-        if name == "resnext29":
-            return cls()
-        if name == "small":
-            return cls(depth=11, cardinality=4, base_width=8, widen_factor=2, stem_width=16)
-        if name == "tiny":
-            return cls(depth=11, cardinality=2, base_width=4, widen_factor=2, stem_width=8)
-        raise ValueError(f"unknown classifier preset {name!r}; choose 'resnext29', 'small' or 'tiny'")
+    def from_preset(cls, name: str) -> "ClassifierConfig":
+        """The config of preset ``name`` (a key of :attr:`PRESETS`)."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown classifier preset {name!r}; choose one of {list(cls.PRESETS)}")
+        return cls(**cls.PRESETS[name])
 
 
 class LogMel(nn.Module):

@@ -1,8 +1,11 @@
 """``python -m audio``: the audio command line (one function per subcommand).
 
-Subcommands: ``make-digits``, ``fetch``, ``train``, ``generate``, ``train-classifier``, ``metrics``, ``plot``. Each ``cmd_*`` function takes the
-parsed arguments and returns an exit status; bad input ends with ``error: <message>`` on stderr and a
-non-zero status, never a traceback.
+Subcommands: ``make-digits``, ``fetch``, ``presets``, ``train``, ``generate``, ``train-classifier``, ``metrics`` and
+``plot``. Each has an ``add_<name>_parser(subparsers)`` function that declares its arguments and a
+``cmd_<name>(args) -> int`` function that runs it; a new subcommand adds one of each and registers it in
+:func:`build_parser`. Every subcommand takes ``--quiet``/``--verbose``; those that run a model take ``--device``
+(``ssm_core.utils.cli.add_device_argument``). Bad input ends with ``error: <message>`` on stderr and a non-zero
+status, never a traceback.
 """
 from __future__ import annotations
 
@@ -14,15 +17,20 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 from audio.errors import AudioInputError, AudioNotice
-from ssm_core.utils.cli import HelpFormatter, add_device_argument
+from ssm_core.utils.cli import HelpFormatter, add_device_argument, add_overwrite_argument
 from ssm_core.utils.ranges import NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range
 
 log = logging.getLogger(__name__)
 
 TOP_P = Range(0, 1, low_open=True)
+
+DESCRIPTION = """\
+Raw-audio tools of the Mamba suite: build the embedded spoken-digits set, fetch SC09 and YouTubeMix, train the
+SaShiMi-Mamba waveform model and generate clips with it, train the SC09 classifier, score generated clips with the
+SC09 metrics (FID, IS, mIS, AM), plot clips."""
 
 EPILOG_MAKE_DIGITS = """\
 examples:
@@ -121,12 +129,6 @@ def _add_rate_policy(parser: argparse.ArgumentParser) -> None:
                              "error naming it (default: resample)")
 
 
-def _add_overwrite(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write over an existing output that this command did not write (an output that is "
-                             "also an input is refused even so)")
-
-
 # the keys of the report `metrics` writes: a JSON file holding them all was written by an earlier `metrics --json`
 METRICS_REPORT_KEYS = ("fid", "is", "mis", "am", "n_generated", "n_reference")
 
@@ -175,12 +177,40 @@ def _warn_long_generation(model, device, n: int, seconds: float) -> None:
                             "per second of audio for 64 clips); --n and --seconds make it shorter")
 
 
+def add_make_digits_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("make-digits",
+                              help="synthesise the embedded spoken-digits set (ten classes, 16 kHz, 1 s)",
+                              description="Synthesise the embedded spoken-digits set (ten classes, 16 kHz, 1 s).",
+                              epilog=EPILOG_MAKE_DIGITS, formatter_class=HelpFormatter)
+    p.add_argument("--out", required=True, help="directory to create (must be empty or absent unless --force)")
+    p.add_argument("--per-class", type=POSITIVE_INT, default=200, help="clips per digit (default: 200)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
+    p.add_argument("--voices", choices=("train", "held-out"), default="train",
+                   help="train: every voice but the held-out ones; held-out: only those, to test a classifier on "
+                        "voices it never trained on (default: train)")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="write into a non-empty --out (an earlier set's clips there are replaced)")
+    p.set_defaults(func=cmd_make_digits)
+    return p
+
+
 def cmd_make_digits(args: argparse.Namespace) -> int:
     from audio.digits import make_digits
 
     out = make_digits(args.out, per_class=args.per_class, seed=args.seed, force=args.force, voices=args.voices)
     print(f"wrote {args.per_class * 10} clips (16 kHz, 1 s, {args.voices} voices) in SC09 layout to {out}")
     return 0
+
+
+def add_fetch_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("fetch", help="download a data manifest's files, verify their checksums, unpack them",
+                              description="Download a data manifest's files, verify their checksums and unpack them.",
+                              epilog=EPILOG_FETCH, formatter_class=HelpFormatter)
+    p.add_argument("manifest", help="manifest name (sc09, youtubemix) or path to a manifest JSON")
+    p.add_argument("--dest", default="data", help="where downloads and data go (default: ./data)")
+    add_overwrite_argument(p)
+    p.set_defaults(func=cmd_fetch)
+    return p
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
@@ -201,12 +231,67 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_presets_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("presets", help="list the waveform and classifier presets with their sizes and recipes",
+                              description="List the presets of `train` and `train-classifier`: model shape, "
+                                          "parameters and training recipe.",
+                              formatter_class=HelpFormatter)
+    p.set_defaults(func=cmd_presets)
+    return p
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from audio.classifier import ResNeXtClassifier
+    from audio.sashimi import parameter_count
+    from audio.train import ClassifierExperiment, WaveformExperiment
+
+    print(f"{'train --preset':<15} {'d_model':>7} {'n_blocks':>8} {'d_state':>7} {'parameters':>11} {'steps':>8} "
+          f"{'batch':>5} {'lr':>7}")
+    for name in WaveformExperiment.PRESETS:
+        exp = WaveformExperiment.from_preset(name)
+        m, t = exp.model, exp.train
+        print(f"{name:<15} {m.d_model:>7} {m.n_blocks:>8} {m.d_state:>7} {parameter_count(m):>11,} {t.steps:>8,} "
+              f"{t.batch_size:>5} {t.optim.lr:>7g}")
+    print(f"\n{'train-classifier --preset':<25} {'depth':>5} {'groups':>6} {'width':>5} {'parameters':>11} "
+          f"{'epochs':>6} {'batch':>5} {'lr':>7}")
+    for name in ClassifierExperiment.PRESETS:
+        exp = ClassifierExperiment.from_preset(name)
+        m, t = exp.model, exp.train
+        count = sum(p.numel() for p in ResNeXtClassifier(m).parameters())
+        print(f"{name:<25} {m.depth:>5} {m.cardinality:>6} {m.base_width:>5} {count:>11,} {exp.epochs:>6g} "
+              f"{t.batch_size:>5} {t.optim.lr:>7g}")
+    return 0
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    from ssm_core.train import add_engine_args
+
+    from audio.train import WaveformExperiment
+
+    p = subparsers.add_parser("train", help="train the SaShiMi-Mamba waveform model (NLL in bits per sample)",
+                              description="Train the SaShiMi-Mamba waveform model (NLL in bits per sample).",
+                              epilog=EPILOG_TRAIN, formatter_class=HelpFormatter)
+    p.add_argument("--data", required=True, help="labelled set (SC09 layout) or folder of long recordings")
+    p.add_argument("--out", required=True, type=Path, help="run directory to create (or continue with --resume)")
+    p.add_argument("--preset", choices=list(WaveformExperiment.PRESETS), default="6.1m",
+                   help="model size and recipe (default: 6.1m; `presets` lists them)")
+    p.add_argument("--window", type=POSITIVE_INT, help="samples per training window for a folder of recordings "
+                                                       "(a multiple of 16; default: 16000)")
+    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
+    p.add_argument("--crop", type=NONNEGATIVE_INT, help="train on one random crop of this many samples per clip (a "
+                                                        "multiple of 16; 0 = whole clips; tiny preset: 4096)")
+    _add_rate_policy(p)
+    add_engine_args(p, WaveformExperiment.from_preset("6.1m").train, recipe_name="the 6.1m preset's")
+    p.set_defaults(func=cmd_train)
+    return p
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ssm_core.train import resolve_config
 
-    from audio.train import run_waveform_training, waveform_preset
+    from audio.train import WaveformExperiment, run_waveform_training
 
-    exp = waveform_preset(args.preset)
+    exp = WaveformExperiment.from_preset(args.preset)
     exp.data.data = str(args.data)
     exp.data.on_rate_mismatch = args.on_rate_mismatch
     for name in ("window", "valid_samples", "crop"):
@@ -216,6 +301,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     _warn_long_training(exp)
     run_waveform_training(exp, args.out, resume=args.resume)
     return 0
+
+
+def add_generate_parser(subparsers) -> argparse.ArgumentParser:
+    from audio.io import MAX_WAV_SECONDS
+
+    clip_seconds = Range(0, MAX_WAV_SECONDS, low_open=True)
+    p = subparsers.add_parser("generate", help="generate clips autoregressively from a trained waveform model",
+                              description="Generate clips autoregressively from a trained waveform model.",
+                              epilog=EPILOG_GENERATE, formatter_class=HelpFormatter)
+    p.add_argument("--checkpoint", required=True,
+                   help="a run directory, a copy of its model directory, or one of its checkpoints")
+    p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv (new or empty, or an earlier "
+                                                "generation's: its clips are replaced)")
+    p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of clips (default: 64)")
+    p.add_argument("--seconds", type=clip_seconds, default=1.0,
+                   help="length of each clip in seconds (default: 1; at most what a 16-bit WAV holds, 37 h)")
+    p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
+    p.add_argument("--prompt-seconds", type=clip_seconds,
+                   help="seconds of prompt at the start of each clip (default: 0.5, or half of --seconds if less)")
+    p.add_argument("--temperature", type=NONNEGATIVE, default=1.0,
+                   help="sampling temperature; 0 = greedy (default: 1)")
+    p.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus sampling mass, in (0, 1] (default: 1, off)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed of the sampler (default: 0)")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips generated together (default: 64)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
+    p.add_argument("--compile", action="store_true",
+                   help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
+    add_overwrite_argument(p)
+    _add_rate_policy(p)
+    add_device_argument(p)
+    p.set_defaults(func=cmd_generate)
+    return p
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -255,12 +372,34 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_train_classifier_parser(subparsers) -> argparse.ArgumentParser:
+    from ssm_core.train import add_engine_args
+
+    from audio.train import ClassifierExperiment
+
+    p = subparsers.add_parser("train-classifier", help="train the SC09 ResNeXt classifier the metrics use",
+                              description="Train the SC09 ResNeXt classifier the metrics use.",
+                              epilog=EPILOG_TRAIN_CLASSIFIER, formatter_class=HelpFormatter)
+    p.add_argument("--data", required=True, help="labelled set (SC09 layout)")
+    p.add_argument("--out", required=True, type=Path, help="classifier run directory to create")
+    p.add_argument("--preset", choices=list(ClassifierExperiment.PRESETS), default="resnext29",
+                   help="resnext29 (the s4 metric classifier), small (the shipped classifier's recipe, ~20 min on "
+                        "2 CPU cores) or tiny (CPU tests)")
+    p.add_argument("--epochs", type=POSITIVE, help="passes over the train split (default: the preset's; --steps "
+                                                   "overrides)")
+    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
+    _add_rate_policy(p)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_train_classifier)
+    return p
+
+
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from ssm_core.train import resolve_config
 
-    from audio.train import classifier_preset, run_classifier_training
+    from audio.train import ClassifierExperiment, run_classifier_training
 
-    exp = classifier_preset(args.preset)
+    exp = ClassifierExperiment.from_preset(args.preset)
     exp.data.data = str(args.data)
     if args.epochs is not None:
         exp.epochs = args.epochs
@@ -270,6 +409,42 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     exp = resolve_config(args, exp)
     run_classifier_training(exp, args.out, resume=args.resume, steps_given=args.steps is not None)
     return 0
+
+
+def add_metrics_parser(subparsers) -> argparse.ArgumentParser:
+    from audio.classifier import SHIPPED_CLASSIFIER
+
+    p = subparsers.add_parser("metrics", help="score generated clips with the SC09 classifier: FID, IS, mIS, AM",
+                              description="Score generated clips with the SC09 classifier: FID, IS, mIS, AM.",
+                              epilog=EPILOG_METRICS, formatter_class=HelpFormatter)
+    p.add_argument("--generated", required=True, help="flat folder of generated WAVs, or a labelled set")
+    p.add_argument("--reference", required=True, help="reference clips: a labelled set (SC09 layout) or a folder")
+    p.add_argument("--classifier", default=SHIPPED_CLASSIFIER,
+                   help="classifier directory (model.safetensors + model.json) or a shipped model's name (default: "
+                        f"{SHIPPED_CLASSIFIER}, the small ResNeXt shipped with the suite, trained on the built-in "
+                        "digits set; see its card in ssm_core/pretrained/)")
+    p.add_argument("--json", help="also write the report to this file")
+    p.add_argument("--reference-split", default="train", choices=("train", "validation", "test", "all"),
+                   help="split of a labelled reference set (default: train, as in the papers)")
+    p.add_argument("--generated-split", choices=("train", "validation", "test", "all"),
+                   help="split of a labelled generated set (default: all; the --reference-split when --generated "
+                        "is the --reference set itself)")
+    p.add_argument("--nll", help="CSV with columns file,nll: each generated clip's negative log-likelihood")
+    p.add_argument("--select", default="all", choices=("all", "most-likely", "band"),
+                   help="which generated clips to score (needs --nll unless 'all'): 'most-likely' keeps the --n "
+                        "lowest-NLL clips; 'band' is s4's protocol (a random half, minus its 40%% least and 5%% "
+                        "most likely clips)")
+    p.add_argument("--n", type=POSITIVE_INT, help="number of clips for --select most-likely")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips per classifier batch (default: 64)")
+    p.add_argument("--allow-few-clips", action="store_true",
+                   help="score sets with no more clips than the classifier has features (1024 for resnext29), down "
+                        "to 2: their feature covariance is singular, so FID is biased upward and not comparable "
+                        "with published numbers")
+    add_overwrite_argument(p)
+    _add_rate_policy(p)
+    add_device_argument(p)
+    p.set_defaults(func=cmd_metrics)
+    return p
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -321,6 +496,22 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_plot_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("plot", help="plot a grid of clips' spectrograms or waveforms to a PNG file",
+                              description="Plot a grid of clips' spectrograms or waveforms to a PNG file.",
+                              epilog=EPILOG_PLOT, formatter_class=HelpFormatter)
+    p.add_argument("--clips", required=True, help="flat folder of WAVs or a labelled set")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--kind", choices=("spectrogram", "waveform"), default="spectrogram", help="what each panel shows")
+    p.add_argument("--n", type=POSITIVE_INT, default=16, help="number of clips (default: 16)")
+    p.add_argument("--columns", type=POSITIVE_INT, default=4, help="panels per row")
+    p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
+                   help="split of a labelled set (default: all)")
+    add_overwrite_argument(p)
+    p.set_defaults(func=cmd_plot)
+    return p
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from ssm_core.utils.outputs import check_output
     from ssm_core.utils.plots import is_suite_figure
@@ -342,136 +533,20 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from ssm_core.utils.cli import add_common_arguments, add_version_argument, program_name
 
-    parser = argparse.ArgumentParser(
-        prog=program_name("python -m audio", "mamba-audio"),
-        description="Raw-audio tools of the Mamba suite: build the embedded spoken-digits set, fetch SC09 and "
-                    "YouTubeMix, train the SaShiMi-Mamba waveform model and generate clips with it, train the SC09 "
-                    "classifier, score generated clips with the SC09 metrics (FID, IS, mIS, AM), plot clips.",
-        epilog="Run `python -m audio COMMAND --help` for a command's manual.",
-        formatter_class=HelpFormatter,
-    )
+    parser = argparse.ArgumentParser(prog=program_name("python -m audio", "mamba-audio"), description=DESCRIPTION,
+                                     epilog="Run `python -m audio COMMAND --help` for a command's manual.",
+                                     formatter_class=HelpFormatter)
     add_version_argument(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def add(name: str, func: Callable, help: str, epilog: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
-                           formatter_class=HelpFormatter)
-        p.set_defaults(func=func)
-        return p
-
-    p = add("make-digits", cmd_make_digits, "Synthesise the embedded spoken-digits set (ten classes, 16 kHz, 1 s).",
-            EPILOG_MAKE_DIGITS)
-    p.add_argument("--out", required=True, help="directory to create (must be empty or absent unless --force)")
-    p.add_argument("--per-class", type=POSITIVE_INT, default=200, help="clips per digit (default: 200)")
-    p.add_argument("--seed", type=SEED, default=0, help="random seed; the same seed gives the same set (default: 0)")
-    p.add_argument("--voices", choices=("train", "held-out"), default="train",
-                   help="train: every voice but the held-out ones; held-out: only those, to test a classifier on "
-                        "voices it never trained on (default: train)")
-    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
-                   help="write into a non-empty --out (an earlier set's clips there are replaced)")
-
-    p = add("fetch", cmd_fetch, "Download a data manifest's files, verify their checksums and unpack them.",
-            EPILOG_FETCH)
-    p.add_argument("manifest", help="manifest name (sc09, youtubemix) or path to a manifest JSON")
-    p.add_argument("--dest", default="data", help="where downloads and data go (default: ./data)")
-    _add_overwrite(p)
-
-    from ssm_core.train import add_engine_args
-    from audio.classifier import SHIPPED_CLASSIFIER
-    from audio.io import MAX_WAV_SECONDS
-    from audio.sashimi import PRESETS
-    from audio.train import waveform_preset
-
-    clip_seconds = Range(0, MAX_WAV_SECONDS, low_open=True)
-
-    p = add("train", cmd_train, "Train the SaShiMi-Mamba waveform model (NLL in bits per sample).", EPILOG_TRAIN)
-    p.add_argument("--data", required=True, help="labelled set (SC09 layout) or folder of long recordings")
-    p.add_argument("--out", required=True, type=Path, help="run directory to create (or continue with --resume)")
-    p.add_argument("--preset", choices=PRESETS, default="6.1m", help="model size and recipe (default: 6.1m)")
-    p.add_argument("--window", type=POSITIVE_INT, help="samples per training window for a folder of recordings "
-                                                       "(a multiple of 16; default: 16000)")
-    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
-    p.add_argument("--crop", type=NONNEGATIVE_INT, help="train on one random crop of this many samples per clip (a "
-                                                        "multiple of 16; 0 = whole clips; tiny preset: 4096)")
-    _add_rate_policy(p)
-    add_engine_args(p, waveform_preset("6.1m").train, recipe_name="the 6.1m preset's")
-
-    p = add("generate", cmd_generate, "Generate clips autoregressively from a trained waveform model.",
-            EPILOG_GENERATE)
-    p.add_argument("--checkpoint", required=True,
-                   help="a run directory, a copy of its model directory, or one of its checkpoints")
-    p.add_argument("--out", required=True, help="directory for the WAVs and nll.csv (new or empty, or an earlier "
-                                                "generation's: its clips are replaced)")
-    p.add_argument("--n", type=POSITIVE_INT, default=64, help="number of clips (default: 64)")
-    p.add_argument("--seconds", type=clip_seconds, default=1.0,
-                   help="length of each clip in seconds (default: 1; at most what a 16-bit WAV holds, 37 h)")
-    p.add_argument("--prompt", help="WAV/FLAC file (or folder of them) whose start each clip continues")
-    p.add_argument("--prompt-seconds", type=clip_seconds,
-                   help="seconds of prompt at the start of each clip (default: 0.5, or half of --seconds if less)")
-    p.add_argument("--temperature", type=NONNEGATIVE, default=1.0,
-                   help="sampling temperature; 0 = greedy (default: 1)")
-    p.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus sampling mass, in (0, 1] (default: 1, off)")
-    p.add_argument("--seed", type=SEED, default=0, help="random seed of the sampler (default: 0)")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips generated together (default: 64)")
-    p.add_argument("--no-cuda-graph", action="store_true", help="on a GPU, step without CUDA graphs")
-    p.add_argument("--compile", action="store_true",
-                   help="fuse each block's step with torch.compile (faster steps after a compilation of minutes)")
-    _add_overwrite(p)
-    _add_rate_policy(p)
-    add_device_argument(p)
-
-    p = add("train-classifier", cmd_train_classifier, "Train the SC09 ResNeXt classifier the metrics use.",
-            EPILOG_TRAIN_CLASSIFIER)
-    p.add_argument("--data", required=True, help="labelled set (SC09 layout)")
-    p.add_argument("--out", required=True, type=Path, help="classifier run directory to create")
-    p.add_argument("--preset", choices=("resnext29", "small", "tiny"), default="resnext29",
-                   help="resnext29 (the s4 metric classifier), small (the shipped classifier's recipe, ~20 min on "
-                        "2 CPU cores) or tiny (CPU tests)")
-    p.add_argument("--epochs", type=POSITIVE, help="passes over the train split (default: the preset's; --steps "
-                                                   "overrides)")
-    p.add_argument("--valid-samples", type=NONNEGATIVE_INT, help="validate on at most this many clips (0 = all)")
-    _add_rate_policy(p)
-    add_engine_args(p)
-
-    p = add("metrics", cmd_metrics, "Score generated clips with the SC09 classifier: FID, IS, mIS, AM.",
-            EPILOG_METRICS)
-    p.add_argument("--generated", required=True, help="flat folder of generated WAVs, or a labelled set")
-    p.add_argument("--reference", required=True, help="reference clips: a labelled set (SC09 layout) or a folder")
-    p.add_argument("--classifier", default=SHIPPED_CLASSIFIER,
-                   help="classifier directory (model.safetensors + model.json) or a shipped model's name (default: "
-                        f"{SHIPPED_CLASSIFIER}, the small ResNeXt shipped with the suite, trained on the built-in "
-                        "digits set; see its card in ssm_core/pretrained/)")
-    p.add_argument("--json", help="also write the report to this file")
-    p.add_argument("--reference-split", default="train", choices=("train", "validation", "test", "all"),
-                   help="split of a labelled reference set (default: train, as in the papers)")
-    p.add_argument("--generated-split", choices=("train", "validation", "test", "all"),
-                   help="split of a labelled generated set (default: all; the --reference-split when --generated "
-                        "is the --reference set itself)")
-    p.add_argument("--nll", help="CSV with columns file,nll: each generated clip's negative log-likelihood")
-    p.add_argument("--select", default="all", choices=("all", "most-likely", "band"),
-                   help="which generated clips to score (needs --nll unless 'all'): 'most-likely' keeps the --n "
-                        "lowest-NLL clips; 'band' is s4's protocol (a random half, minus its 40%% least and 5%% "
-                        "most likely clips)")
-    p.add_argument("--n", type=POSITIVE_INT, help="number of clips for --select most-likely")
-    p.add_argument("--batch-size", type=POSITIVE_INT, default=64, help="clips per classifier batch (default: 64)")
-    p.add_argument("--allow-few-clips", action="store_true",
-                   help="score sets with no more clips than the classifier has features (1024 for resnext29), down "
-                        "to 2: their feature covariance is singular, so FID is biased upward and not comparable "
-                        "with published numbers")
-    _add_overwrite(p)
-    _add_rate_policy(p)
-    add_device_argument(p)
-
-    p = add("plot", cmd_plot, "Plot a grid of clips' spectrograms or waveforms to a PNG file.", EPILOG_PLOT)
-    p.add_argument("--clips", required=True, help="flat folder of WAVs or a labelled set")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--kind", choices=("spectrogram", "waveform"), default="spectrogram")
-    p.add_argument("--n", type=POSITIVE_INT, default=16, help="number of clips (default: 16)")
-    p.add_argument("--columns", type=POSITIVE_INT, default=4)
-    p.add_argument("--split", default="all", choices=("train", "validation", "test", "all"),
-                   help="split of a labelled set (default: all)")
-    _add_overwrite(p)
-    add_common_arguments(sub)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_make_digits_parser(subparsers)
+    add_fetch_parser(subparsers)
+    add_presets_parser(subparsers)
+    add_train_parser(subparsers)
+    add_generate_parser(subparsers)
+    add_train_classifier_parser(subparsers)
+    add_metrics_parser(subparsers)
+    add_plot_parser(subparsers)
+    add_common_arguments(subparsers)
     return parser
 
 
@@ -482,16 +557,13 @@ def _one_line_notice(message, category, filename, lineno, file=None, line=None) 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ssm_core.utils.cli import apply_common_arguments
+    from ssm_core.utils.cli import apply_common_arguments, check_device_argument
 
     args = build_parser().parse_args(argv)
     apply_common_arguments(args)
     warnings.formatwarning = _one_line_notice  # conversions are reported as one line each
     try:
-        if getattr(args, "device", None) in ("cuda", "mps"):  # refused up front, before any work, when absent
-            from ssm_core.utils.device import resolve_device
-
-            resolve_device(args.device)
+        check_device_argument(args)  # an absent cuda or mps is refused before any work
         return args.func(args)
     except (AudioInputError, ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

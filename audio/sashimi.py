@@ -23,7 +23,7 @@ receive coarse step ``k - 1``, which has only read fine steps up to ``p*k - 1``.
 
 The ``down_blocks`` groups are the U-Net variant of SaShiMi (its ``unet=True``): the s4 SC09 model has blocks
 on the up path and in the centre only. Our reading of the Mamba paper's 6.1M SC09 model is five groups of 8
-(down blocks included); see ``SashimiConfig.preset``.
+(down blocks included); see ``SashimiConfig.PRESETS``.
 
 Recurrent mode (``step``): every level steps at its own rate. The outer level steps every sample; a level
 below a pool of ``p`` steps once every ``p`` of its parent's steps, when its down-pool buffer is full, and
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -108,21 +109,20 @@ class SashimiConfig:
     def n_groups(self) -> int:
         return (2 if self.down_blocks else 1) * len(self.pools) + 1
 
+    # 'tiny' (CPU tests and demos), '6.1m' and '24.3m' (the Mamba paper's SC09 models, our reading: outer width
+    # 64 / 96, pools 4 and 4, 8 / 15 blocks in each of the five groups): name -> overrides of the defaults
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "tiny": dict(d_model=16, n_blocks=1, d_state=8),
+        "6.1m": dict(d_model=64, n_blocks=8),
+        "24.3m": dict(d_model=96, n_blocks=15),
+    }
+
     @classmethod
-    def preset(cls, name: str) -> "SashimiConfig":
-        """'tiny' (CPU tests and demos), '6.1m' and '24.3m' (the Mamba paper's SC09 models, our reading:
-        outer width 64 / 96, pools 4 and 4, 8 / 15 blocks in each of the five groups)."""
-        presets = {
-            "tiny": dict(d_model=16, n_blocks=1, d_state=8),
-            "6.1m": dict(d_model=64, n_blocks=8),
-            "24.3m": dict(d_model=96, n_blocks=15),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown SaShiMi preset {name!r}; choose one of {sorted(presets)}")
-        return cls(**presets[name])
-
-
-PRESETS = ("tiny", "6.1m", "24.3m")
+    def from_preset(cls, name: str) -> "SashimiConfig":
+        """The config of preset ``name`` (a key of :attr:`PRESETS`)."""
+        if name not in cls.PRESETS:
+            raise ValueError(f"unknown SaShiMi preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        return cls(**cls.PRESETS[name])
 
 
 class DownPool(nn.Module):

@@ -11,11 +11,13 @@ validation split and tested once on its test split at the end (``CLS/metrics.jso
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 from torch.utils.data import Dataset, Subset
@@ -62,25 +64,33 @@ class WaveformData:
                      crop=NONNEGATIVE_INT)
 
 
+# the Mamba paper's SC09 recipe (AdamW, lr 2e-3, batch 16, 200K steps; warmup and cosine decay are our choice)
+_PAPER_RECIPE = TrainConfig(steps=200_000, batch_size=16, eval_every=5000, checkpoint_every=5000, log_every=100,
+                            optim=OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=1000))
+
+
 @dataclass
 class WaveformExperiment:
     data: WaveformData = field(default_factory=WaveformData)
-    model: SashimiConfig = field(default_factory=lambda: SashimiConfig.preset("6.1m"))
+    model: SashimiConfig = field(default_factory=lambda: SashimiConfig.from_preset("6.1m"))
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "6.1m"
 
+    # each model preset (SashimiConfig.PRESETS) with its training recipe: name -> overrides of data and train.
+    # 6.1m / 24.3m: the paper's SC09 setting; tiny: a CPU demo that learns in minutes
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "tiny": dict(data=WaveformData(valid_samples=64, crop=4096),
+                     train=TrainConfig(steps=300, batch_size=8, eval_every=100, log_every=10,
+                                       optim=OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=20))),
+        "6.1m": dict(train=_PAPER_RECIPE),
+        "24.3m": dict(train=_PAPER_RECIPE),
+    }
 
-def waveform_preset(name: str) -> WaveformExperiment:
-    """The model preset with its training recipe. 6.1m / 24.3m: the Mamba paper's SC09 setting (AdamW, lr 2e-3,
-    batch 16, 200K steps; warmup and cosine decay are our choice). tiny: a CPU demo that learns in minutes."""
-    model = SashimiConfig.preset(name)
-    if name == "tiny":
-        train = TrainConfig(steps=300, batch_size=8, eval_every=100, log_every=10,
-                            optim=OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=20))
-        return WaveformExperiment(WaveformData(valid_samples=64, crop=4096), model, train, preset=name)
-    train = TrainConfig(steps=200_000, batch_size=16, eval_every=5000, checkpoint_every=5000, log_every=100,
-                        optim=OptimConfig(lr=2e-3, weight_decay=0.0, warmup_steps=1000))
-    return WaveformExperiment(WaveformData(), model, train, preset=name)
+    @classmethod
+    def from_preset(cls, name: str) -> "WaveformExperiment":
+        """The model preset ``name`` with its training recipe (a fresh copy: callers change it in place)."""
+        model = SashimiConfig.from_preset(name)
+        return cls(model=model, preset=name, **copy.deepcopy(cls.PRESETS[name]))
 
 
 class _EveryNth(Dataset):
@@ -228,25 +238,26 @@ class ClassifierExperiment:
     preset: str = "resnext29"
     epochs: float = 20.0  # converted to optimiser steps from the train split's size and the batch size
 
+    # each model preset (ClassifierConfig.PRESETS) with its training recipe: name -> overrides of train and epochs.
+    # resnext29: the s4 metric classifier (its recipe trains for tens of epochs at batch 96; AdamW here); small: the
+    # shipped classifier's recipe (on the built-in digits set, about 20 minutes on 2 CPU cores); tiny: CPU tests
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "resnext29": dict(epochs=20.0, train=TrainConfig(batch_size=96, log_every=50, optim=OptimConfig(
+            lr=1e-3, weight_decay=1e-2, warmup_steps=100))),
+        "small": dict(epochs=12.0, train=TrainConfig(batch_size=64, log_every=25, eval_every=250, optim=OptimConfig(
+            lr=3e-3, weight_decay=1e-2, warmup_steps=50))),
+        "tiny": dict(epochs=3.0, train=TrainConfig(batch_size=16, log_every=10, optim=OptimConfig(
+            lr=3e-3, weight_decay=0.0, warmup_steps=5))),
+    }
+
     def __post_init__(self) -> None:
         check_ranges(self, epochs=POSITIVE)
 
-
-def classifier_preset(name: str) -> ClassifierExperiment:
-    """resnext29: the s4 metric classifier (its recipe trains for tens of epochs at batch 96; AdamW here).
-    small: the shipped classifier's recipe (on the built-in digits set, about 20 minutes on 2 CPU cores).
-    tiny: a toy width for CPU tests."""
-    model = ClassifierConfig.preset(name)
-    if name == "small":
-        train = TrainConfig(batch_size=64, log_every=25, eval_every=250,
-                            optim=OptimConfig(lr=3e-3, weight_decay=1e-2, warmup_steps=50))
-        return ClassifierExperiment(ClassifierData(), model, train, preset=name, epochs=12.0)
-    if name == "tiny":
-        train = TrainConfig(batch_size=16, log_every=10, optim=OptimConfig(lr=3e-3, weight_decay=0.0,
-                                                                         warmup_steps=5))
-        return ClassifierExperiment(ClassifierData(), model, train, preset=name, epochs=3.0)
-    train = TrainConfig(batch_size=96, log_every=50, optim=OptimConfig(lr=1e-3, weight_decay=1e-2, warmup_steps=100))
-    return ClassifierExperiment(ClassifierData(), model, train, preset=name, epochs=20.0)
+    @classmethod
+    def from_preset(cls, name: str) -> "ClassifierExperiment":
+        """The model preset ``name`` with its training recipe (a fresh copy: callers change it in place)."""
+        model = ClassifierConfig.from_preset(name)
+        return cls(model=model, preset=name, **copy.deepcopy(cls.PRESETS[name]))
 
 
 class ClassifierTask(Task):

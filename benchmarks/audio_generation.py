@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name in names:
         for variant in variants:
             torch.manual_seed(0)
-            model = SashimiModel(SashimiConfig.preset(name)).to(device).eval()
+            model = SashimiModel(SashimiConfig.from_preset(name)).to(device).eval()
             set_fused_step(model, variant == "fused", max_batch=1 << 20)  # "fused": the kernel at every batch
             key = f"{name} {variant}"
             try:
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict:
             del model
     print_table(result, names, variants)
     if args.sweep and device.type == "cuda":
-        widths = list(dict.fromkeys(w for name in names for w in SashimiConfig.preset(name).widths))
+        widths = list(dict.fromkeys(w for name in names for w in SashimiConfig.from_preset(name).widths))
         result["block_step_sweep"] = sweep_block_steps(widths, args.sweep_seconds)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

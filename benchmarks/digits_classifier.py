@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
     from ssm_core.models import ModelInfo, from_pretrained, read_model_info
     from audio.digits import HELD_OUT_ACCENTS, HELD_OUT_VARIANTS, make_digits
-    from audio.train import classifier_preset, run_classifier_training
+    from audio.train import ClassifierExperiment, run_classifier_training
 
     torch.set_num_threads(1)
     digits, held_out, run = args.work / "digits", args.work / "held_out", args.work / "run"
@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             make_digits(root, per_class=per_class, seed=seed, voices=voices, force=True, progress=False)
     synth_seconds = time.time() - started
 
-    exp = classifier_preset("small")
+    exp = ClassifierExperiment.from_preset("small")
     exp.data.data = str(digits)
     exp.train.device = "cpu"
     if args.epochs is not None:

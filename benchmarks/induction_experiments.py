@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ssm_core.synthetic.runner import SyntheticTask, accuracy_by_length, preset
+from ssm_core.synthetic.runner import SyntheticExperiment, SyntheticTask, accuracy_by_length
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -160,7 +160,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
 
-    exp = preset("induction", "paper")
+    exp = SyntheticExperiment.from_preset("paper", "induction")
     exp.data.train_len = args.train_len
     exp.data.eval_lens = tuple(int(v) for v in args.eval_lens.split(","))
     exp.data.eval_samples = args.eval_samples

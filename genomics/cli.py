@@ -15,7 +15,7 @@ import sys
 from typing import Sequence
 
 from genomics.errors import GenomicsInputError
-from ssm_core.utils.cli import HelpFormatter, add_device_argument
+from ssm_core.utils.cli import HelpFormatter, add_device_argument, add_overwrite_argument
 from ssm_core.utils.ranges import POSITIVE_INT, SEED
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,6 @@ the great-ape assemblies): a corrupt download is deleted and fetched again, neve
 no pinned SHA-256 verified is printed so it can be pinned. Files are then decompressed or recompressed as BGZF
 and indexed.
 """
-
-
-def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
-    """The ``--overwrite`` option of every subcommand that writes a path the user names."""
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write over an existing output that this command did not write (an output that is "
-                             "also an input is refused even so)")
 
 
 def resolve_device(name: str):
@@ -583,17 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ssm_core.utils.download import ChecksumError
     from ssm_core.utils.fetch_paths import UnsafePathError
 
-    from ssm_core.utils.cli import apply_common_arguments
+    from ssm_core.utils.cli import DeviceUnavailableError, apply_common_arguments, check_device_argument
 
     args = build_parser().parse_args(argv)
     apply_common_arguments(args)
     try:
-        if getattr(args, "device", None) in ("cuda", "mps"):  # refused up front, before any work, when absent
-            resolve_device(args.device)
+        check_device_argument(args)  # an absent cuda or mps is refused before any work
         return args.func(args)
     except SystemExit as stop:  # the training engine's refusals (used RUN, diverged loss) print their own message
         return stop.code if isinstance(stop.code, int) else 1
-    except (GenomicsInputError, UnsafePathError, ChecksumError, CheckpointError) as err:
+    except (GenomicsInputError, DeviceUnavailableError, UnsafePathError, ChecksumError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except OSError as err:  # unreadable/unwritable paths, network failures: the message names the path or URL

@@ -1,13 +1,17 @@
 """``python -m suite run``: the main job (``make demo``).
 
 Runs every stage of :mod:`suite.stages` not yet finished in --out, then writes the report. Started again after
-an interruption, it skips the finished stages and resumes the interrupted training run.
+an interruption, it skips the finished stages and resumes the interrupted training run. As in the domain CLIs, the
+subcommand has an ``add_run_parser(subparsers)`` that declares its arguments and a ``cmd_run(args) -> int`` that
+runs it.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Sequence
+
+from ssm_core.utils.cli import HelpFormatter, add_device_argument
 
 EPILOG = """\
 examples:
@@ -26,18 +30,11 @@ RUN/stages.json records the finished stages; RUN/report/report.html (and report.
 GPU_SIZES = ("h100-20min", "full")  # refused on a machine without a GPU unless --device cpu insists
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_run_parser(subparsers) -> argparse.ArgumentParser:
     from suite.stages import SIZES
 
-    from ssm_core.utils.cli import HelpFormatter, add_common_arguments, add_device_argument, add_version_argument, \
-        program_name
-
-    parser = argparse.ArgumentParser(prog=program_name("python -m suite", "mamba-suite"),
-                                     description="The Mamba suite's main job.")
-    add_version_argument(parser)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    p = sub.add_parser("run", help="run the whole suite and write its report", description=__doc__.split("\n\n")[0],
-                       epilog=EPILOG, formatter_class=HelpFormatter)
+    p = subparsers.add_parser("run", help="run the whole suite and write its report",
+                              description=__doc__.split("\n\n")[0], epilog=EPILOG, formatter_class=HelpFormatter)
     p.add_argument("--out", default="runs/main",
                    help="run directory: new, empty, or a main job run to continue (default: runs/main)")
     p.add_argument("--overwrite", action="store_true",
@@ -50,18 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--full", "--gpu", dest="size", action="store_const", const="full",
                       help="the papers' presets (same as --size full); needs a GPU")
     add_device_argument(p, help="where every tool runs")
-    add_common_arguments(sub)
-    return parser
+    p.set_defaults(func=cmd_run)
+    return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from suite.stages import SIZES, StageError, run_suite
-
-    from ssm_core.utils.cli import apply_common_arguments
-
-    args = build_parser().parse_args(argv)
-    apply_common_arguments(args)
+def cmd_run(args: argparse.Namespace) -> int:
     import torch
+
+    from suite.stages import SIZES, StageError, run_suite
 
     if args.size in GPU_SIZES and not torch.cuda.is_available() and args.device != "cpu":
         print(f"error: --size {args.size} is made for a GPU (hours to days on a CPU); add --device cpu to insist",
@@ -80,3 +73,23 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ssm_core.utils.cli import add_common_arguments, add_version_argument, program_name
+
+    parser = argparse.ArgumentParser(prog=program_name("python -m suite", "mamba-suite"),
+                                     description="The Mamba suite's main job.", formatter_class=HelpFormatter)
+    add_version_argument(parser)
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_parser(subparsers)
+    add_common_arguments(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ssm_core.utils.cli import apply_common_arguments
+
+    args = build_parser().parse_args(argv)
+    apply_common_arguments(args)
+    return args.func(args)

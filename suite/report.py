@@ -267,7 +267,7 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.heading("Genomics: species classification of simulated great apes")
     pre, ft, cl = res["genomics-pretrain"], res["genomics-finetune"], res["genomics-classify"]
     data = res["genomics-data"]
-    doc.para(f"Pretraining ({sizes.lm_preset} model): validation {_num(pre['bits_per_base'])} bits per base "
+    doc.para(f"Pretraining ({sizes.genomics.preset} model): validation {_num(pre['bits_per_base'])} bits per base "
              f"(2 bits is a uniform guess), perplexity {_num(pre['perplexity'])}. The held-out FASTA files hold "
              f"{data['heldout_records']} records of {data['heldout_length']:,} bases from test chromosomes no model "
              f"trained on.")
@@ -283,7 +283,7 @@ def write_report(ctx) -> tuple[Path, Path]:
                 against_chance(mamba[w], chance, n_test[w]), _pct(cl["heldout_accuracy"].get(w))] for w in windows],
               f"Accuracy by window length (chance {_pct(chance)}; Mamba and naive Bayes on the same test windows)")
     doc.para(_genomics_summary(windows, mamba, kmer, n_test, chance))
-    widest = max(sizes.windows)
+    widest = max(sizes.genomics.windows)
     metrics = json.loads((out / "genomics" / f"w{widest}" / "metrics.json").read_text())
     classes = metrics["classes"]
     doc.table(["true \\ predicted", *classes],
@@ -324,7 +324,7 @@ def write_report(ctx) -> tuple[Path, Path]:
 
     doc.heading("Training curves")
     runs = [(out / d, label) for d, label in LOSS_RUNS]
-    runs += [(out / "genomics" / f"w{w}", f"genomics: fine-tuning w{w}") for w in sizes.windows]
+    runs += [(out / "genomics" / f"w{w}", f"genomics: fine-tuning w{w}") for w in sizes.genomics.windows]
     doc.image(plot_losses(runs, target("loss_curves.png")).name, "Training loss of every run")
 
     html_path, md_path = target("report.html"), target("report.md")

@@ -43,19 +43,20 @@ class StageError(RuntimeError):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Sizes:
-    """How big every stage is. ``None`` leaves the tool's own default (the paper's recipe) in place."""
-    name: str
-    purpose: str                     # what numbers at this size can show, for the report
-    checkpoint_every: int            # optimiser steps between checkpoints: an interrupted run resumes from the last
-    # core: induction heads
-    core_preset: str
-    core_steps: int | None
-    step_prompts: int
-    # genomics
+class CoreSize:
+    """Induction heads: a preset of ``python -m ssm_core.synthetic`` (``SyntheticExperiment.PRESETS``) and its run."""
+    preset: str
+    steps: int | None                # None: the preset's own recipe
+    step_prompts: int                # fresh prompts the saved model answers in step mode
+
+
+@dataclass(frozen=True, kw_only=True)
+class GenomicsSize:
+    """Simulated genomes, then a model preset of ``genomics.models.PRESETS``: pretrained once, then fine-tuned at
+    each window (every classifier keeps the pretrained size), then tested on held-out records and a baseline."""
     genome: str                      # simulate --size
     signal: str | None = None        # simulate --signal (None: the genome size's own default)
-    lm_preset: str
+    preset: str
     lm_seqlen: int
     lm_warmup_start: int
     lm_steps: int | None
@@ -69,18 +70,34 @@ class Sizes:
     heldout_per_species: int         # records per species in the held-out FASTA files
     heldout_length: int              # bases per held-out record
     baseline_train: int              # training windows of the 6-mer naive-Bayes baseline (per window length)
-    # audio
+
+
+@dataclass(frozen=True, kw_only=True)
+class AudioSize:
+    """Spoken digits, a waveform preset of ``WaveformExperiment.PRESETS`` and the clips it generates, scored by a
+    classifier preset of ``ClassifierExperiment.PRESETS`` (both in ``audio.train``)."""
     digits_per_class: int
-    audio_preset: str
-    audio_steps: int | None
-    audio_batch: int | None
-    audio_crop: int | None
-    audio_warmup: int | None = None  # learning-rate warm-up steps (None: the preset's recipe)
-    audio_valid: int
+    preset: str
+    steps: int | None
+    batch: int | None
+    crop: int | None
+    warmup: int | None = None        # learning-rate warm-up steps (None: the preset's recipe)
+    valid: int
     n_clips: int
     clip_seconds: float
     classifier_preset: str
     classifier_epochs: float | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sizes:
+    """How big every stage is: one part per domain. ``None`` leaves the tool's own default (the preset's recipe)."""
+    name: str
+    purpose: str                     # what numbers at this size can show, for the report
+    checkpoint_every: int            # optimiser steps between checkpoints: an interrupted run resumes from the last
+    core: CoreSize
+    genomics: GenomicsSize
+    audio: AudioSize
     # seconds each stage is expected to take (2 CPU cores for quick/default, one H100 for h100-20min), for the ETA
     estimates: tuple[tuple[str, float], ...] = ()
 
@@ -89,13 +106,13 @@ SIZES = {
     # seconds per stage: for the test of the main job
     "quick": Sizes(
         name="quick", purpose="The quick size runs every stage for a few steps to check the pipeline; its models "
-        "are not expected to learn, so its numbers sit near chance.",
-        checkpoint_every=3, core_preset="tiny", core_steps=20, step_prompts=2,
-        genome="tiny", lm_preset="tiny", lm_seqlen=256, lm_warmup_start=128, lm_steps=6, lm_batch=4,
-        windows=(128, 256), ft_steps=6, ft_batch=4, ft_valid=8, ft_test=20, heldout_per_species=2,
-        heldout_length=600, baseline_train=50,
-        digits_per_class=3, audio_preset="tiny", audio_steps=4, audio_batch=4, audio_crop=512, audio_valid=4,
-        n_clips=3, clip_seconds=0.02, classifier_preset="tiny", classifier_epochs=1,
+        "are not expected to learn, so its numbers sit near chance.", checkpoint_every=3,
+        core=CoreSize(preset="tiny", steps=20, step_prompts=2),
+        genomics=GenomicsSize(genome="tiny", preset="tiny", lm_seqlen=256, lm_warmup_start=128, lm_steps=6,
+                              lm_batch=4, windows=(128, 256), ft_steps=6, ft_batch=4, ft_valid=8, ft_test=20,
+                              heldout_per_species=2, heldout_length=600, baseline_train=50),
+        audio=AudioSize(digits_per_class=3, preset="tiny", steps=4, batch=4, crop=512, valid=4, n_clips=3,
+                        clip_seconds=0.02, classifier_preset="tiny", classifier_epochs=1),
         estimates=(("core", 15), ("genomics-data", 10), ("genomics-pretrain", 10), ("genomics-finetune", 15),
                    ("genomics-classify", 5), ("audio-data", 5), ("audio-train", 10), ("audio-generate", 5),
                    ("audio-classifier", 10), ("audio-metrics", 10), ("report", 5))),
@@ -105,12 +122,13 @@ SIZES = {
     "default": Sizes(
         name="default", purpose="The default size trains each model for minutes on a CPU: enough to see whether "
         "each learns (above chance, accuracy against window length) beside its baseline, far from the papers' "
-        "recipes and results (--full).", checkpoint_every=40, core_preset="tiny", core_steps=300, step_prompts=8,
-        genome="tiny", lm_preset="tiny", lm_seqlen=1024, lm_warmup_start=256, lm_steps=120, lm_batch=8,
-        windows=(256, 1024, 4096), ft_steps=150, ft_batch=8, ft_valid=32, ft_test=200, heldout_per_species=6,
-        heldout_length=4096, baseline_train=1000,
-        digits_per_class=50, audio_preset="tiny", audio_steps=500, audio_batch=8, audio_crop=1024, audio_valid=16,
-        n_clips=32, clip_seconds=0.5, classifier_preset="tiny", classifier_epochs=10,
+        "recipes and results (--full).", checkpoint_every=40,
+        core=CoreSize(preset="tiny", steps=300, step_prompts=8),
+        genomics=GenomicsSize(genome="tiny", preset="tiny", lm_seqlen=1024, lm_warmup_start=256, lm_steps=120,
+                              lm_batch=8, windows=(256, 1024, 4096), ft_steps=150, ft_batch=8, ft_valid=32,
+                              ft_test=200, heldout_per_species=6, heldout_length=4096, baseline_train=1000),
+        audio=AudioSize(digits_per_class=50, preset="tiny", steps=500, batch=8, crop=1024, valid=16, n_clips=32,
+                        clip_seconds=0.5, classifier_preset="tiny", classifier_epochs=10),
         estimates=(("core", 20), ("genomics-data", 2), ("genomics-pretrain", 45), ("genomics-finetune", 245),
                    ("genomics-classify", 5), ("audio-data", 5), ("audio-train", 100), ("audio-generate", 12),
                    ("audio-classifier", 10), ("audio-metrics", 8), ("report", 2))),
@@ -128,25 +146,27 @@ SIZES = {
         name="h100-20min", purpose="The h100-20min size trains the 1.4m DNA model and the 6.1m waveform model "
         "for minutes on one GPU: made to show the DNA classifier beside the k-mer baseline at windows up to 16 "
         "kbp and generated clips a trained classifier can score, still far from the papers' 200K-step recipes.",
-        checkpoint_every=200, core_preset="tiny", core_steps=300, step_prompts=8,
-        genome="small", signal="strong", lm_preset="1.4m", lm_seqlen=4096, lm_warmup_start=1024, lm_steps=400,
-        lm_batch=16, windows=(1024, 4096, 16384), ft_steps=500, ft_batch=None, ft_bases=131072, ft_valid=64,
-        ft_test=1024, heldout_per_species=20, heldout_length=16384, baseline_train=1024,
-        digits_per_class=200, audio_preset="6.1m", audio_steps=1000, audio_batch=16, audio_crop=None,
-        audio_warmup=100, audio_valid=64, n_clips=64, clip_seconds=1.0, classifier_preset="resnext29",
-        classifier_epochs=20,
+        checkpoint_every=200,
+        core=CoreSize(preset="tiny", steps=300, step_prompts=8),
+        genomics=GenomicsSize(genome="small", signal="strong", preset="1.4m", lm_seqlen=4096, lm_warmup_start=1024,
+                              lm_steps=400, lm_batch=16, windows=(1024, 4096, 16384), ft_steps=500, ft_batch=None,
+                              ft_bases=131072, ft_valid=64, ft_test=1024, heldout_per_species=20,
+                              heldout_length=16384, baseline_train=1024),
+        audio=AudioSize(digits_per_class=200, preset="6.1m", steps=1000, batch=16, crop=None, warmup=100, valid=64,
+                        n_clips=64, clip_seconds=1.0, classifier_preset="resnext29", classifier_epochs=20),
         estimates=(("core", 75), ("genomics-data", 30), ("genomics-pretrain", 45), ("genomics-finetune", 480),
                    ("genomics-classify", 30), ("audio-data", 30), ("audio-train", 250), ("audio-generate", 20),
                    ("audio-classifier", 120), ("audio-metrics", 20), ("report", 5))),
     # the papers' settings, for a GPU (hours): 7M DNA model up to 2^20-base windows, 6.1M SaShiMi on 2000 digits
     "full": Sizes(
-        name="full", purpose="The full size runs the papers' presets and recipes.",
-        checkpoint_every=1000, core_preset="paper", core_steps=None, step_prompts=32,
-        genome="full", lm_preset="7m", lm_seqlen=2**16, lm_warmup_start=1024, lm_steps=10_000, lm_batch=8,
-        windows=(1024, 16384, 131072, 1048576), ft_steps=None, ft_batch=None, ft_valid=512, ft_test=2048,
-        heldout_per_species=20, heldout_length=1048576, baseline_train=4096,
-        digits_per_class=200, audio_preset="6.1m", audio_steps=None, audio_batch=None, audio_crop=None,
-        audio_valid=0, n_clips=256, clip_seconds=1.0, classifier_preset="resnext29", classifier_epochs=None,
+        name="full", purpose="The full size runs the papers' presets and recipes.", checkpoint_every=1000,
+        core=CoreSize(preset="paper", steps=None, step_prompts=32),
+        genomics=GenomicsSize(genome="full", preset="7m", lm_seqlen=2**16, lm_warmup_start=1024, lm_steps=10_000,
+                              lm_batch=8, windows=(1024, 16384, 131072, 1048576), ft_steps=None, ft_batch=None,
+                              ft_valid=512, ft_test=2048, heldout_per_species=20, heldout_length=1048576,
+                              baseline_train=4096),
+        audio=AudioSize(digits_per_class=200, preset="6.1m", steps=None, batch=None, crop=None, valid=0,
+                        n_clips=256, clip_seconds=1.0, classifier_preset="resnext29", classifier_epochs=None),
         estimates=(("core", 3600), ("genomics-data", 600), ("genomics-pretrain", 7200),
                    ("genomics-finetune", 36000), ("genomics-classify", 600), ("audio-data", 900),
                    ("audio-train", 72000), ("audio-generate", 600), ("audio-classifier", 3600),
@@ -227,10 +247,10 @@ def stage_core(ctx: Context) -> dict:
     from ssm_core.synthetic.data import SyntheticDataset
     from ssm_core.synthetic.runner import main as synthetic
 
-    s, run = ctx.sizes, ctx.path("core")
-    run_training(synthetic, ["induction", "--out", str(run), "--preset", s.core_preset,
-                             *_opt("--steps", s.core_steps), "--device", ctx.device],
-                 run, "results.json", "core", s.checkpoint_every)
+    s, run = ctx.sizes.core, ctx.path("core")
+    run_training(synthetic, ["induction", "--out", str(run), "--preset", s.preset, *_opt("--steps", s.steps),
+                             "--device", ctx.device],
+                 run, "results.json", "core", ctx.sizes.checkpoint_every)
     results = read_json(run / "results.json")
     model = load_model(run).eval()
     vocab = model.config.vocab_size
@@ -261,7 +281,7 @@ def stage_genomics_data(ctx: Context) -> dict:
     from genomics.fasta import open_fasta
     from genomics.tokenizer import decode
 
-    s = ctx.sizes
+    s = ctx.sizes.genomics
     apes, heldout = ctx.path("genomics", "apes"), ctx.path("genomics", "heldout")
     run_tool(genomics, ["simulate", "--out", str(apes), "--size", s.genome, *_opt("--signal", s.signal),
                         "--seed", "0"], "genomics-data")
@@ -287,14 +307,14 @@ def stage_genomics_data(ctx: Context) -> dict:
 def stage_genomics_pretrain(ctx: Context) -> dict:
     from genomics.cli import main as genomics
 
-    s, run = ctx.sizes, ctx.path("genomics", "lm")
+    s, run = ctx.sizes.genomics, ctx.path("genomics", "lm")
     run_training(genomics, ["pretrain", "--fasta-dir", str(ctx.path("genomics", "apes")), "--out", str(run),
-                            "--preset", s.lm_preset, "--seqlen", str(s.lm_seqlen),
+                            "--preset", s.preset, "--seqlen", str(s.lm_seqlen),
                             "--warmup-start", str(s.lm_warmup_start), *_opt("--steps", s.lm_steps),
                             *_opt("--batch-size", s.lm_batch), *_warmup(s.lm_steps), "--lr", "3e-3",
                             "--device", ctx.device,
                             "--set", "data.valid_samples=16"],
-                 run, "metrics.json", "genomics-pretrain", s.checkpoint_every)
+                 run, "metrics.json", "genomics-pretrain", ctx.sizes.checkpoint_every)
     valid = read_json(run / "metrics.json")["valid"]
     return {"bits_per_base": valid.get("bits_per_base"), "perplexity": valid.get("perplexity")}
 
@@ -304,7 +324,7 @@ def stage_genomics_finetune(ctx: Context) -> dict:
     window's from the previous window's classifier (a batch of a few long windows learns slowly from scratch)."""
     from genomics.cli import main as genomics
 
-    s = ctx.sizes
+    s = ctx.sizes.genomics
     accuracy = {}
     init = ctx.path("genomics", "lm")
     for window in s.windows:
@@ -316,7 +336,7 @@ def stage_genomics_finetune(ctx: Context) -> dict:
                                 *_opt("--steps", s.ft_steps), *_opt("--batch-size", batch), *_warmup(s.ft_steps),
                                 *(["--lr", "3e-3"] if s.ft_steps else []), "--valid-samples", str(s.ft_valid),
                                 "--test-samples", str(s.ft_test), "--device", ctx.device, *checkpointing],
-                     run, "metrics.json", "genomics-finetune", s.checkpoint_every)
+                     run, "metrics.json", "genomics-finetune", ctx.sizes.checkpoint_every)
         accuracy[str(window)] = read_json(run / "metrics.json")["test_accuracy"]
         init = run
     return {"test_accuracy": accuracy}
@@ -329,7 +349,7 @@ def stage_genomics_classify(ctx: Context) -> dict:
     from genomics.cli import main as genomics
     from genomics.datasets import SpeciesWindows
 
-    s = ctx.sizes
+    s = ctx.sizes.genomics
     apes = ctx.path("genomics", "apes")
     files = sorted(str(p) for p in ctx.path("genomics", "heldout").glob("*.fa"))
     heldout, baseline = {}, {}
@@ -355,20 +375,20 @@ def stage_audio_data(ctx: Context) -> dict:
     from audio.cli import main as audio
 
     run_tool(audio, ["make-digits", "--out", str(ctx.path("audio", "digits")), "--per-class",
-                     str(ctx.sizes.digits_per_class), "--seed", "0", "--force"], "audio-data")
-    return {"clips": 10 * ctx.sizes.digits_per_class}
+                     str(ctx.sizes.audio.digits_per_class), "--seed", "0", "--force"], "audio-data")
+    return {"clips": 10 * ctx.sizes.audio.digits_per_class}
 
 
 def stage_audio_train(ctx: Context) -> dict:
     from audio.cli import main as audio
 
-    s, run = ctx.sizes, ctx.path("audio", "sashimi")
+    s, run = ctx.sizes.audio, ctx.path("audio", "sashimi")
     run_training(audio, ["train", "--data", str(ctx.path("audio", "digits")), "--out", str(run),
-                         "--preset", s.audio_preset, *_opt("--steps", s.audio_steps),
-                         *_opt("--batch-size", s.audio_batch), *_opt("--crop", s.audio_crop),
-                         *(["--set", f"train.optim.warmup_steps={s.audio_warmup}"] if s.audio_warmup else []),
-                         "--valid-samples", str(s.audio_valid), "--device", ctx.device],
-                 run, "metrics.json", "audio-train", s.checkpoint_every)
+                         "--preset", s.preset, *_opt("--steps", s.steps), *_opt("--batch-size", s.batch),
+                         *_opt("--crop", s.crop),
+                         *(["--set", f"train.optim.warmup_steps={s.warmup}"] if s.warmup else []),
+                         "--valid-samples", str(s.valid), "--device", ctx.device],
+                 run, "metrics.json", "audio-train", ctx.sizes.checkpoint_every)
     summary = read_json(run / "metrics.json")
     return {"valid_bits_per_sample": summary["valid"].get("bits_per_sample"), "steps": summary["steps"],
             "parameters": summary["parameters"]}
@@ -377,7 +397,7 @@ def stage_audio_train(ctx: Context) -> dict:
 def stage_audio_generate(ctx: Context) -> dict:
     from audio.cli import main as audio
 
-    s, samples = ctx.sizes, ctx.path("audio", "samples")
+    s, samples = ctx.sizes.audio, ctx.path("audio", "samples")
     run_tool(audio, ["generate", "--checkpoint", str(ctx.path("audio", "sashimi")), "--n", str(s.n_clips),
                      "--seconds", str(s.clip_seconds), "--batch-size", str(min(s.n_clips, 64)), "--seed", "0",
                      "--out", str(samples), "--device", ctx.device], "audio-generate")
@@ -389,11 +409,11 @@ def stage_audio_generate(ctx: Context) -> dict:
 def stage_audio_classifier(ctx: Context) -> dict:
     from audio.cli import main as audio
 
-    s, run = ctx.sizes, ctx.path("audio", "classifier")
+    s, run = ctx.sizes.audio, ctx.path("audio", "classifier")
     run_training(audio, ["train-classifier", "--data", str(ctx.path("audio", "digits")), "--out", str(run),
                          "--preset", s.classifier_preset, *_opt("--epochs", s.classifier_epochs),
                          "--batch-size", "16", "--device", ctx.device],
-                 run, "metrics.json", "audio-classifier", s.checkpoint_every)
+                 run, "metrics.json", "audio-classifier", ctx.sizes.checkpoint_every)
     return {"test_accuracy": read_json(run / "metrics.json")["test_accuracy"]}
 
 
@@ -411,7 +431,7 @@ def stage_audio_metrics(ctx: Context) -> dict:
         run_tool(audio, ["metrics", *generated, "--reference", digits, "--classifier", cls, "--json", str(out),
                          "--allow-few-clips", "--device", ctx.device], "audio-metrics")  # fewer clips than features
         rows[name] = read_json(out)
-    n = str(min(ctx.sizes.n_clips, 16))
+    n = str(min(ctx.sizes.audio.n_clips, 16))
     for kind in ("waveform", "spectrogram"):
         run_tool(audio, ["plot", "--clips", samples, "--kind", kind, "--n", n, "--columns", "4",
                          "--out", str(ctx.path("audio", f"generated_{kind}s.png"))], "audio-metrics")

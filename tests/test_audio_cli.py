@@ -125,13 +125,13 @@ def test_train_on_a_folder_of_recordings(tmp_path):
 
 
 def test_a_small_flat_folder_holds_out_its_last_window(tmp_path):
-    from audio.train import WaveformTask, waveform_preset
+    from audio.train import WaveformExperiment, WaveformTask
 
     folder = tmp_path / "clips"
     folder.mkdir()
     for k in range(3):  # three one-second clips: three windows, fewer than valid_every
         sf.write(folder / f"{k}.wav", 0.3 * np.random.default_rng(k).standard_normal(SR), SR, subtype="PCM_16")
-    exp = waveform_preset("tiny")
+    exp = WaveformExperiment.from_preset("tiny")
     exp.data.data = str(folder)
     task = WaveformTask(exp)
     assert (len(task.train_set), len(task.valid_set)) == (2, 1)
@@ -278,11 +278,20 @@ def test_generating_the_default_64_clips_on_a_cpu_is_announced_with_its_estimate
     from audio.cli import _warn_long_generation
     from audio.sashimi import SashimiConfig, SashimiModel
 
-    model = SashimiModel(SashimiConfig.preset("6.1m"))
+    model = SashimiModel(SashimiConfig.from_preset("6.1m"))
     with caplog.at_level(logging.WARNING, logger="audio"):
         _warn_long_generation(model, torch.device("cpu"), 64, 1.0)
         assert "estimate: 64 clips of 1 s from a 6.1m model take about 14 min on a 2-core CPU" in caplog.text
         caplog.clear()
         _warn_long_generation(model, torch.device("cpu"), 8, 0.5)  # seven minutes
-        _warn_long_generation(SashimiModel(SashimiConfig.preset("tiny")), torch.device("cpu"), 64, 1.0)
+        _warn_long_generation(SashimiModel(SashimiConfig.from_preset("tiny")), torch.device("cpu"), 64, 1.0)
     assert caplog.text == ""
+
+
+def test_presets_lists_both_tables(capsys):
+    from audio.train import ClassifierExperiment, WaveformExperiment
+
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in [*WaveformExperiment.PRESETS, *ClassifierExperiment.PRESETS])
+    assert "6,255,040" in out and "24,850,912" in out  # the paper's 6.1M and 24.3M SC09 models

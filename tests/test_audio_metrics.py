@@ -262,7 +262,7 @@ def test_classifier_shapes_and_size():
         assert full.spectrogram(waves).shape == (2, 1, 32, 32)
         assert full.features(waves).shape == (2, 1024)
         assert full(waves).shape == (2, 10)
-    tiny = ResNeXtClassifier(ClassifierConfig.preset("tiny")).eval()
+    tiny = ResNeXtClassifier(ClassifierConfig.from_preset("tiny")).eval()
     with torch.no_grad():
         assert tiny.features(waves).shape == (2, 64) and tiny(waves).shape == (2, 10)
         torch.testing.assert_close(tiny(waves), tiny.head(tiny.features(waves)))
@@ -292,7 +292,7 @@ def test_classifier_loss_trains_and_save_load_round_trip(tmp_path):
     data = LabelledAudioSet(tone_set(tmp_path / "tones"), "train", output="waveform")
     waves = torch.stack([data[i][0] for i in range(len(data))])
     labels = torch.tensor([c.label for c in data.clips])
-    model = ResNeXtClassifier(ClassifierConfig.preset("tiny"))
+    model = ResNeXtClassifier(ClassifierConfig.from_preset("tiny"))
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     first = None
     for _ in range(30):
@@ -321,7 +321,7 @@ def test_classifier_loss_trains_and_save_load_round_trip(tmp_path):
 @pytest.fixture()
 def tiny_classifier(tmp_path):
     torch.manual_seed(0)
-    return save_model(ResNeXtClassifier(ClassifierConfig.preset("tiny")).eval(), tmp_path / "cls")
+    return save_model(ResNeXtClassifier(ClassifierConfig.from_preset("tiny")).eval(), tmp_path / "cls")
 
 
 def run_metrics(args, capsys):
@@ -430,7 +430,7 @@ def test_metrics_name_the_clip_whose_classifier_output_is_not_finite(tmp_path):
 
     reference = tone_set(tmp_path / "ref", n_per_class=3)
     torch.manual_seed(0)
-    classifier = ResNeXtClassifier(ClassifierConfig.preset("tiny")).eval()
+    classifier = ResNeXtClassifier(ClassifierConfig.from_preset("tiny")).eval()
     with torch.no_grad():
         classifier.head.weight[0, 0] = float("nan")  # a corrupt checkpoint
     with pytest.raises(MetricsError, match=r"zero/0\.wav: the classifier's output for this reference clip is not "

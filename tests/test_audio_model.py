@@ -33,7 +33,7 @@ def test_pooling_shapes_and_layout():
 
 
 def test_widths_stride_and_groups():
-    c = SashimiConfig.preset("6.1m")
+    c = SashimiConfig.from_preset("6.1m")
     assert c.widths == [64, 128, 256] and c.stride == 16 and c.n_groups == 5
     m = SashimiModel(SashimiConfig(d_model=4, n_blocks=2, d_state=2, pools=(4, 4)))
     assert [len(g.blocks) for g in (*m.down_groups, m.centre, *m.up_groups)] == [2, 2, 2, 2, 2]
@@ -136,11 +136,11 @@ def test_activation_checkpointing_same_gradients():
 
 def test_preset_parameter_counts():
     """The paper's SC09 models are 6.1M and 24.3M parameters; our reading of the architecture gives these."""
-    counts = {name: parameter_count(SashimiConfig.preset(name)) for name in ("6.1m", "24.3m")}
+    counts = {name: parameter_count(SashimiConfig.from_preset(name)) for name in ("6.1m", "24.3m")}
     print(f"\nSaShiMi-Mamba parameters: 6.1m preset {counts['6.1m']:,}, 24.3m preset {counts['24.3m']:,}")
     assert abs(counts["6.1m"] / 6.1e6 - 1) < 0.04
     assert abs(counts["24.3m"] / 24.3e6 - 1) < 0.04
-    assert parameter_count(SashimiConfig.preset("tiny")) < 200_000
+    assert parameter_count(SashimiConfig.from_preset("tiny")) < 200_000
 
 
 def test_save_load_round_trip(tmp_path):
@@ -159,7 +159,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="quantization"):
         SashimiConfig(quantization="alaw")
     with pytest.raises(ValueError, match="unknown SaShiMi preset"):
-        SashimiConfig.preset("huge")
+        SashimiConfig.from_preset("huge")
 
 
 @pytest.mark.gpu

@@ -281,7 +281,7 @@ def test_block_step_in_cuda_graph_gpu(batch):
 def _sashimi(preset: str):
     from audio.sashimi import SashimiConfig, SashimiModel
     torch.manual_seed(0)
-    return SashimiModel(SashimiConfig.preset(preset)).cuda().eval()
+    return SashimiModel(SashimiConfig.from_preset(preset)).cuda().eval()
 
 
 @pytest.mark.gpu

@@ -139,12 +139,12 @@ def test_config_files_get_the_same_ranges(tmp_path, text, message):
     ("train.optim.betas=0.9,nan", r"expected a finite number; got 'nan'"),
 ])
 def test_set_values_get_the_same_ranges(setting, message):
-    from audio.train import waveform_preset
+    from audio.train import WaveformExperiment
     from ssm_core.train import add_engine_args, resolve_config
 
     args = add_engine_args(argparse.ArgumentParser()).parse_args(["--set", setting])
     with pytest.raises(ValueError, match=message):
-        resolve_config(args, waveform_preset("tiny"))
+        resolve_config(args, WaveformExperiment.from_preset("tiny"))
 
 
 def test_check_ranges_names_class_and_field():

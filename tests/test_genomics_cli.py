@@ -646,7 +646,7 @@ def test_a_model_of_another_kind_is_named_for_what_it_is(workspace, tmp_path, ca
     from ssm_core import save_model
 
     good = write_fasta(tmp_path / "good.fa", {"fine": "ACGT" * 10})
-    audio_run = save_model(SashimiModel(SashimiConfig.preset("tiny")), tmp_path / "sc09")
+    audio_run = save_model(SashimiModel(SashimiConfig.from_preset("tiny")), tmp_path / "sc09")
     assert run_cli("classify", "--checkpoint", audio_run, "--fasta", good) == 1
     assert error_line(capsys.readouterr().err) == (f"error: --checkpoint {audio_run} is an audio waveform model "
                                                    "(SashimiModel), not a DNA classifier")

@@ -52,23 +52,23 @@ def test_every_stage_finishes_and_the_report_links_resolve(run):
     for caption in ("Accuracy by window length", "Confusion matrix", "Generation metrics", "Induction-heads"):
         assert caption in captions
     tags = [tag for tag, _ in parser.links]
-    assert tags.count("audio") == SIZES["quick"].n_clips
+    assert tags.count("audio") == SIZES["quick"].audio.n_clips
     assert tags.count("img") >= 6  # accuracy vs length, confusion, 4 clip grids, loss curves
     for tag, link in parser.links:
         assert not link.startswith(("/", "file:", "http")), f"<{tag}> link {link} is not relative"
         assert (report / link).is_file(), f"<{tag}> link {link} does not resolve in {report}"
     # the window table has one row per window, the metrics table the two reference rows and the generated one
-    for window in SIZES["quick"].windows:
+    for window in SIZES["quick"].genomics.windows:
         assert f"<td>{window:,}</td>" in page
     for row in ("train split (reference)", "test split (reference)", "generated"):
         assert f"<td>{row}</td>" in page
     markdown = (report / "report.md").read_text()
     assert "| true \\ predicted |" in markdown and "(loss_curves.png)" in markdown
     # the accuracy on held-out FASTA files is what classify's TSV says
-    calls = (run / "genomics" / f"calls_w{SIZES['quick'].windows[0]}.tsv").read_text().splitlines()[1:]
+    calls = (run / "genomics" / f"calls_w{SIZES['quick'].genomics.windows[0]}.tsv").read_text().splitlines()[1:]
     right = sum(line.split("\t")[0].split("/")[-1].split(".")[0] == line.split("\t")[3] for line in calls)
     heldout = state["finished"]["genomics-classify"]["results"]["heldout_accuracy"]
-    assert heldout[str(SIZES["quick"].windows[0])] == right / len(calls)
+    assert heldout[str(SIZES["quick"].genomics.windows[0])] == right / len(calls)
 
 
 def markdown_table(markdown: str, caption: str) -> list[dict[str, str]]:
@@ -109,16 +109,16 @@ def test_the_report_shows_the_numbers_of_stages_json(run):
 
     finetune, classify = res["genomics-finetune"]["test_accuracy"], res["genomics-classify"]
     rows = markdown_table(markdown, "Accuracy by window length")
-    assert [r["window (bases)"] for r in rows] == [f"{w:,}" for w in SIZES["quick"].windows]
-    for r, window in zip(rows, map(str, SIZES["quick"].windows)):
+    assert [r["window (bases)"] for r in rows] == [f"{w:,}" for w in SIZES["quick"].genomics.windows]
+    for r, window in zip(rows, map(str, SIZES["quick"].genomics.windows)):
         mamba, kmer = finetune[window], classify["kmer_baseline_accuracy"][window]
         assert (r["Mamba"], r["6-mer naive Bayes"]) == (pct(mamba), pct(kmer))
         assert r[f"Mamba: held-out FASTA records (n={classify['heldout_records']})"] == pct(
             classify["heldout_accuracy"][window])
-        assert r["test windows (n)"] == str(SIZES["quick"].ft_test)
+        assert r["test windows (n)"] == str(SIZES["quick"].genomics.ft_test)
         verdict = r["which is ahead"]
         assert (verdict == "tied") if mamba == kmer else verdict.startswith("Mamba" if mamba > kmer else "naive Bayes")
-        assert r["Mamba against chance"] == against_chance(mamba, 0.2, SIZES["quick"].ft_test)
+        assert r["Mamba against chance"] == against_chance(mamba, 0.2, SIZES["quick"].genomics.ft_test)
 
     audio = markdown_table(markdown, "Generation metrics")
     metrics = res["audio-metrics"]["rows"]
@@ -215,7 +215,7 @@ def test_a_training_run_cut_short_resumes_from_its_last_checkpoint(run, capfd):
     assert main(["run", "--out", str(run), "--size", "quick", "--device", "cpu"]) == 0
     printed = "".join(capfd.readouterr())
     assert f"resuming {sashimi} from step-00000003.ckpt (step 3)" in printed
-    assert json.loads((sashimi / "metrics.json").read_text())["steps"] == SIZES["quick"].audio_steps
+    assert json.loads((sashimi / "metrics.json").read_text())["steps"] == SIZES["quick"].audio.steps
 
 
 def test_a_run_of_another_size_is_refused(run):
@@ -247,8 +247,8 @@ def test_the_gpu_size_fits_its_budget():
     size = SIZES["h100-20min"]
     assert sum(seconds for _, seconds in size.estimates) <= 20 * 60
     assert {name for name, _ in size.estimates} == {s.name for s in STAGES}
-    assert all(size.ft_bases // window >= 1 for window in size.windows)
-    assert size.heldout_length >= max(size.windows)
+    assert all(size.genomics.ft_bases // window >= 1 for window in size.genomics.windows)
+    assert size.genomics.heldout_length >= max(size.genomics.windows)
 
 
 PROBE = """
@@ -301,6 +301,18 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
                        .replace("&amp;", "&"))
     assert found["tables"] >= 5
     assert found["images"] and all(i["width"] > 0 for i in found["images"]), found["images"]
-    assert len(found["audio"]) == SIZES["quick"].n_clips
+    assert len(found["audio"]) == SIZES["quick"].audio.n_clips
     for clip in found["audio"]:
         assert clip["error"] is None and clip["ready"] >= 1 and clip["duration"] > 0, clip
+
+
+def test_every_size_names_presets_of_the_tools():
+    from audio.train import ClassifierExperiment, WaveformExperiment
+    from genomics.models import PRESETS as DNA_PRESETS
+    from ssm_core.synthetic.runner import SyntheticExperiment
+
+    for size in SIZES.values():
+        assert "induction" in SyntheticExperiment.PRESETS[size.core.preset]
+        assert size.genomics.preset in DNA_PRESETS
+        assert size.audio.preset in WaveformExperiment.PRESETS
+        assert size.audio.classifier_preset in ClassifierExperiment.PRESETS

@@ -10,7 +10,7 @@ import torch
 
 from ssm_core.models import read_model_info
 from ssm_core.synthetic import SyntheticDataset, induction_heads_example, selective_copying_example
-from ssm_core.synthetic.runner import SyntheticTask, main, preset
+from ssm_core.synthetic.runner import SyntheticExperiment, SyntheticTask, main
 
 
 @pytest.mark.parametrize("seqlen,vocab", [(4, 3), (64, 16), (1000, 5)])
@@ -42,7 +42,7 @@ def test_far_trigger_training_puts_the_first_trigger_near_the_start_for_its_step
     rng = np.random.default_rng(3)
     firsts = {int(np.flatnonzero(induction_heads_example(rng, 64, 8, first_within=4)[0] == 7)[0]) for _ in range(300)}
     assert firsts == {0, 1, 2, 3}
-    exp = preset("induction", "tiny")
+    exp = SyntheticExperiment.from_preset("tiny", "induction")
     exp.data.far_trigger_steps, exp.data.far_trigger_span = 5, 3
     exp.train.steps, exp.train.batch_size = 10, 4
     data = SyntheticTask(exp).train_dataset()
@@ -91,7 +91,7 @@ def test_dataset_items_depend_only_on_seed_and_index():
 
 @pytest.mark.parametrize("task", ["induction", "copying"])
 def test_streamed_answer_logits_equal_the_full_forward(task):
-    exp = preset(task, "tiny")
+    exp = SyntheticExperiment.from_preset("tiny", task)
     t = SyntheticTask(exp)
     torch.manual_seed(0)
     model = t.build_model().eval()
@@ -103,7 +103,7 @@ def test_streamed_answer_logits_equal_the_full_forward(task):
 
 
 def test_a_length_curriculum_gives_each_step_its_stage_length(tmp_path, capsys):
-    exp = preset("copying", "tiny")
+    exp = SyntheticExperiment.from_preset("tiny", "copying")
     exp.data.curriculum_start, exp.train.steps, exp.train.batch_size = 8, 40, 4
     task = SyntheticTask(exp)
     assert task.schedule() == [(0, 8), (10, 16), (20, 32)]  # half the steps warm up, shared by the 2 short stages
@@ -118,7 +118,7 @@ def test_a_length_curriculum_gives_each_step_its_stage_length(tmp_path, capsys):
 
 
 def test_state_passing_starts_each_sequence_where_another_example_left_off():
-    exp = preset("induction", "tiny")
+    exp = SyntheticExperiment.from_preset("tiny", "induction")
     exp.data.state_passing = True
     task = SyntheticTask(exp)
     torch.manual_seed(0)

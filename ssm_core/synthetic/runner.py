@@ -11,11 +11,12 @@ RUN/plots/accuracy_vs_length.png.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -92,6 +93,9 @@ class SyntheticData:
             raise ValueError(f"SyntheticData.eval_lens must be lengths each {SEQLEN}; got {self.eval_lens}")
 
 
+_STOP_AT_PERFECT = EarlyStopConfig(metric="accuracy", mode="max", patience=10**9, target=1.0)
+
+
 @dataclass
 class SyntheticExperiment:
     data: SyntheticData = field(default_factory=SyntheticData)
@@ -99,41 +103,50 @@ class SyntheticExperiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str = "paper"
 
+    # name -> task -> the experiment's parts. paper: the setups of the Mamba paper's appendix E.1; tiny: CPU-sized
+    # versions that learn in about a minute
+    PRESETS: ClassVar[dict[str, dict[str, dict]]] = {
+        "tiny": {
+            "induction": dict(
+                data=SyntheticData("induction", vocab=8, train_len=32, valid_samples=128, eval_lens=(32, 64, 128, 256)),
+                model=MambaConfig(d_model=32, n_layer=2, vocab_size=8),
+                train=TrainConfig(steps=300, batch_size=32, eval_every=100, log_every=20, device="cpu",
+                                  optim=OptimConfig(lr=1e-2, weight_decay=0.0, warmup_steps=20))),
+            "copying": dict(
+                data=SyntheticData("copying", vocab=8, train_len=32, num_tokens=4, valid_samples=128, eval_lens=(32,)),
+                model=MambaConfig(d_model=32, n_layer=2, vocab_size=8),
+                train=TrainConfig(steps=600, batch_size=32, eval_every=100, log_every=20, device="cpu",
+                                  optim=OptimConfig(lr=1e-2, weight_decay=0.0, warmup_steps=20))),
+        },
+        "paper": {
+            # 2 layers, d_model 64, vocab 16, length 256, batch 8, Adam at constant lr 1e-3 without weight decay,
+            # 25 "epochs" of 8192 steps, tested from 2^6 to 2^20.
+            "induction": dict(
+                data=SyntheticData("induction", vocab=16, train_len=256, eval_lens=tuple(2**k for k in range(6, 21))),
+                model=MambaConfig(d_model=64, n_layer=2, vocab_size=16),
+                train=TrainConfig(steps=8192 * 25, batch_size=8, eval_every=1024, checkpoint_every=8192, log_every=100,
+                                  optim=OptimConfig(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0,
+                                                    schedule="constant", grad_clip=0.0),
+                                  early_stop=_STOP_AT_PERFECT)),
+            # length 4096, vocab 16 (noise included), 16 data tokens, 2 layers, d_model 64, batch 64, constant lr
+            # 1e-4, 400K steps.
+            "copying": dict(
+                data=SyntheticData("copying", vocab=16, train_len=4096, num_tokens=16, eval_lens=(4096,)),
+                model=MambaConfig(d_model=64, n_layer=2, vocab_size=16),
+                train=TrainConfig(steps=400_000, batch_size=64, eval_every=1000, checkpoint_every=10_000,
+                                  log_every=100, optim=OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0,
+                                                                   schedule="constant", grad_clip=0.0),
+                                  early_stop=_STOP_AT_PERFECT)),
+        },
+    }
 
-def preset(task: str, name: str) -> SyntheticExperiment:
-    """`paper`: the setups of the Mamba paper's appendix E.1; `tiny`: CPU-sized versions that learn in ~a minute."""
-    stop_at_perfect = EarlyStopConfig(metric="accuracy", mode="max", patience=10**9, target=1.0)
-    if name == "paper" and task == "induction":
-        # 2 layers, d_model 64, vocab 16, length 256, batch 8, Adam at constant lr 1e-3 without weight decay,
-        # 25 "epochs" of 8192 steps, tested from 2^6 to 2^20.
-        return SyntheticExperiment(
-            SyntheticData("induction", vocab=16, train_len=256, eval_lens=tuple(2**k for k in range(6, 21))),
-            MambaConfig(d_model=64, n_layer=2, vocab_size=16),
-            TrainConfig(steps=8192 * 25, batch_size=8, eval_every=1024, checkpoint_every=8192, log_every=100,
-                        optim=OptimConfig(lr=1e-3, betas=(0.9, 0.999), weight_decay=0.0, schedule="constant",
-                                          grad_clip=0.0), early_stop=stop_at_perfect), preset="paper")
-    if name == "paper" and task == "copying":
-        # length 4096, vocab 16 (noise included), 16 data tokens, 2 layers, d_model 64, batch 64, constant lr 1e-4,
-        # 400K steps.
-        return SyntheticExperiment(
-            SyntheticData("copying", vocab=16, train_len=4096, num_tokens=16, eval_lens=(4096,)),
-            MambaConfig(d_model=64, n_layer=2, vocab_size=16),
-            TrainConfig(steps=400_000, batch_size=64, eval_every=1000, checkpoint_every=10_000, log_every=100,
-                        optim=OptimConfig(lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0, schedule="constant",
-                                          grad_clip=0.0), early_stop=stop_at_perfect), preset="paper")
-    if name == "tiny" and task == "induction":
-        return SyntheticExperiment(
-            SyntheticData("induction", vocab=8, train_len=32, valid_samples=128, eval_lens=(32, 64, 128, 256)),
-            MambaConfig(d_model=32, n_layer=2, vocab_size=8),
-            TrainConfig(steps=300, batch_size=32, eval_every=100, log_every=20, device="cpu",
-                        optim=OptimConfig(lr=1e-2, weight_decay=0.0, warmup_steps=20)), preset="tiny")
-    if name == "tiny" and task == "copying":
-        return SyntheticExperiment(
-            SyntheticData("copying", vocab=8, train_len=32, num_tokens=4, valid_samples=128, eval_lens=(32,)),
-            MambaConfig(d_model=32, n_layer=2, vocab_size=8),
-            TrainConfig(steps=600, batch_size=32, eval_every=100, log_every=20, device="cpu",
-                        optim=OptimConfig(lr=1e-2, weight_decay=0.0, warmup_steps=20)), preset="tiny")
-    raise ValueError(f"no preset {name!r} for task {task!r}; presets are 'tiny' and 'paper'")
+    @classmethod
+    def from_preset(cls, name: str, task: str = "induction") -> "SyntheticExperiment":
+        """Preset ``name`` of ``task`` (a fresh copy: callers change it in place)."""
+        if task not in cls.PRESETS.get(name, {}):
+            raise ValueError(f"no preset {name!r} for task {task!r}; presets are "
+                             f"{' and '.join(map(repr, cls.PRESETS))}")
+        return cls(preset=name, **copy.deepcopy(cls.PRESETS[name][task]))
 
 
 class SyntheticTask(Task):
@@ -274,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=HelpFormatter)
     parser.add_argument("task", choices=["induction", "copying"])
     parser.add_argument("--out", type=Path, required=True, help="run directory")
-    parser.add_argument("--preset", choices=["tiny", "paper"], default="paper")
+    parser.add_argument("--preset", choices=list(SyntheticExperiment.PRESETS), default="paper")
     parser.add_argument("--train-len", type=SEQLEN, help="training sequence length (at least 4)")
     parser.add_argument("--eval-lens", type=_lengths, help="comma-separated test lengths, e.g. 64,256,1024")
     parser.add_argument("--curriculum-start", type=NONNEGATIVE_INT, metavar="L",
@@ -301,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     apply_common_arguments(args)
 
-    exp = preset(args.task, args.preset)
+    exp = SyntheticExperiment.from_preset(args.preset, args.task)
     if args.train_len:
         exp.data.train_len = args.train_len
     if args.eval_lens:

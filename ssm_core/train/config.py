@@ -19,8 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from ssm_core.utils.device import DEVICES
-
+from ssm_core.utils.cli import add_device_argument
 from ssm_core.utils.ranges import (FRACTION, NONNEGATIVE, NONNEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, Range,
                                    check_ranges)
 
@@ -309,8 +308,7 @@ def add_engine_args(parser: argparse.ArgumentParser, recipe: TrainConfig | None 
                         "the run's (--set train.KEY=VALUE; --steps, --device, --checkpoint-every): "
                         + ", ".join(RESUMABLE) + "; any other difference (data, window, model, preset, task, "
                         "optimiser, seed, batch size) is refused, naming each field")
-    g.add_argument("--device", choices=DEVICES,
-                   help="where to train: auto picks CUDA, then Apple's mps, then the CPU (default: the config's, auto)")
+    add_device_argument(g, help="where to train", default=None)
     return parser
 
 

@@ -43,12 +43,36 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
 
 
-def add_device_argument(parser: argparse.ArgumentParser, help: str = "where to run") -> None:
-    """``--device``, for the commands where it changes something."""
+def add_device_argument(parser, help: str = "where to run", default: str | None = "auto") -> None:
+    """``--device``, for the commands where it changes something (``parser``: a parser or an argument group);
+    ``default=None`` leaves the choice to the run's config (the engine flags, whose config says ``auto``)."""
     from ssm_core.utils.device import DEVICES
 
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help=f"{help}: auto picks CUDA, then Apple's mps, then the CPU (default: auto)")
+    shown = default or "the config's, auto"
+    parser.add_argument("--device", choices=DEVICES, default=default,
+                        help=f"{help}: auto picks CUDA, then Apple's mps, then the CPU (default: {shown})")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """``--device cuda`` or ``--device mps`` on a machine without that device."""
+
+
+def check_device_argument(args: argparse.Namespace) -> None:
+    """Refuse an absent ``--device cuda``/``mps`` up front, before any work (DeviceUnavailableError)."""
+    from ssm_core.utils.device import resolve_device
+
+    if getattr(args, "device", None) in ("cuda", "mps"):
+        try:
+            resolve_device(args.device)
+        except RuntimeError as err:
+            raise DeviceUnavailableError(str(err)) from None
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``, on every subcommand that writes a path the user names."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write over an existing output that this command did not write (an output that is "
+                             "also an input is refused even so)")
 
 
 def add_ignored_device_argument(parser: argparse.ArgumentParser) -> None:
