@@ -20,7 +20,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -29,25 +29,25 @@ from torch.utils.data import Dataset
 from audio.errors import AudioInputError, AudioNotice
 from audio.io import (SAMPLE_RATE, RateMismatch, audio_info, check_channels, check_rate, check_samples, fix_length,
                       is_audio_file, load_audio, read_segment)
-from audio.mulaw import quantize
+from audio.mulaw import Quantization, quantize
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SPLITS = ("train", "validation", "test", "all")
 SPLIT_LISTS = {"validation": "validation_list.txt", "test": "testing_list.txt"}
 CLIP_SECONDS = 1.0
 
-Output = Literal["mulaw", "linear", "waveform"]
+# What a dataset returns: codes of a quantization, or the waveform itself.
+Output = Literal[Quantization, "waveform"]
+OUTPUTS: tuple[str, ...] = get_args(Output)
 # A data augmentation: (waveform (samples,), rng) -> waveform; called with a per-item generator.
 Transform = Callable[[torch.Tensor, np.random.Generator], torch.Tensor]
 
 
 def encode(wave: torch.Tensor, output: Output, bits: int = 8) -> torch.Tensor:
     """Waveform ``(samples,)`` -> what a dataset returns: codes (``mulaw``/``linear``) or the waveform itself."""
-    if output == "waveform":
-        return wave
-    if output in ("mulaw", "linear"):
-        return quantize(wave, bits=bits, mode=output)
-    raise ValueError(f"output must be 'mulaw', 'linear' or 'waveform', got {output!r}")
+    if output not in OUTPUTS:
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    return wave if output == "waveform" else quantize(wave, bits=bits, quantization=output)
 
 
 def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

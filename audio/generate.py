@@ -31,7 +31,7 @@ from ssm_core.train.checkpoint import atomic_write_bytes
 from ssm_core.utils.outputs import read_head
 
 from audio.io import SAMPLE_RATE, RateMismatch, fix_length, is_audio_file, load_audio, save_wav
-from audio.mulaw import dequantize, quantize
+from audio.mulaw import Quantization, dequantize, quantize
 from audio.sashimi import SashimiModel, SashimiState
 
 def _zero_state(state: SashimiState) -> None:
@@ -188,7 +188,7 @@ def generate(model: SashimiModel, n: int, length: int, *, batch_size: int = 64, 
     return Generated(out, nll, seconds, setup_seconds, n * (length - prompt_len) / seconds)
 
 
-def read_prompts(path: str | os.PathLike, samples: int, bits: int, mode: str,
+def read_prompts(path: str | os.PathLike, samples: int, bits: int, quantization: Quantization,
                  on_rate_mismatch: RateMismatch = "resample") -> tuple[torch.Tensor, list[Path]]:
     """Prompt codes (files, samples) from a WAV/FLAC file or every audio file directly in a folder, each cut or
     zero-padded to ``samples`` samples at 16 kHz (mixed down with a notice; resampled with a notice, or refused
@@ -203,7 +203,7 @@ def read_prompts(path: str | os.PathLike, samples: int, bits: int, mode: str,
     else:
         raise FileNotFoundError(f"{path}: no such prompt file or folder")
     waves = [fix_length(load_audio(f, SAMPLE_RATE, on_rate_mismatch), samples) for f in files]
-    return quantize(torch.stack(waves), bits=bits, mode=mode), files
+    return quantize(torch.stack(waves), bits=bits, quantization=quantization), files
 
 
 def clip_names(n: int) -> list[str]:
@@ -236,7 +236,7 @@ def is_clip_folder(out: str | os.PathLike, names: Sequence[str]) -> bool:
     return listed is not None and all(name in listed for name in names if name in present)
 
 
-def write_clips(generated: Generated, out: str | os.PathLike, bits: int, mode: str,
+def write_clips(generated: Generated, out: str | os.PathLike, bits: int, quantization: Quantization,
                 names: Sequence[str] | None = None) -> list[Path]:
     """DIR/<name>.wav (16 kHz mono, 16-bit PCM) for every clip and DIR/nll.csv (``file,nll`` in bits/sample).
 
@@ -253,5 +253,5 @@ def write_clips(generated: Generated, out: str | os.PathLike, bits: int, mode: s
     for name, value in zip(names, generated.nll_bits.tolist()):
         writer.writerow([name, f"{value:.6f}"])
     atomic_write_bytes(out / "nll.csv", table.getvalue().encode())
-    return [save_wav(out / name, dequantize(codes, bits=bits, mode=mode))
+    return [save_wav(out / name, dequantize(codes, bits=bits, quantization=quantization))
             for name, codes in zip(names, generated.codes)]

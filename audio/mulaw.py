@@ -8,13 +8,14 @@ decodes to a tiny positive value (about 8.6e-5 for 8 bits).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torchaudio.functional as AF
 
-Mode = Literal["mulaw", "linear"]
-MODES: tuple[str, ...] = ("mulaw", "linear")
+# How codes map to waveforms: the one name (``quantization``, as in SashimiConfig and model.json) and type.
+Quantization = Literal["mulaw", "linear"]
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 
 
 def _levels(bits: int) -> int:
@@ -23,29 +24,29 @@ def _levels(bits: int) -> int:
     return 2**bits
 
 
-def quantize(wave: torch.Tensor, bits: int = 8, mode: Mode = "mulaw") -> torch.Tensor:
+def quantize(wave: torch.Tensor, bits: int = 8, quantization: Quantization = "mulaw") -> torch.Tensor:
     """Map a waveform in [-1, 1] (any shape; values outside are clipped) to integer codes.
 
     Returns a LongTensor of the same shape with values in [0, 2**bits).
     """
     levels = _levels(bits)
     wave = wave.float().clamp(-1.0, 1.0)
-    if mode == "mulaw":
+    if quantization == "mulaw":
         return AF.mu_law_encoding(wave, levels)
-    if mode == "linear":
+    if quantization == "linear":
         return torch.round((wave + 1.0) * 0.5 * (levels - 1)).long()
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    raise ValueError(f"unknown quantization mode {quantization!r}: expected one of {QUANTIZATIONS}")
 
 
-def dequantize(codes: torch.Tensor, bits: int = 8, mode: Mode = "mulaw") -> torch.Tensor:
+def dequantize(codes: torch.Tensor, bits: int = 8, quantization: Quantization = "mulaw") -> torch.Tensor:
     """Inverse of :func:`quantize`: integer codes in [0, 2**bits) -> float32 waveform in [-1, 1]."""
     levels = _levels(bits)
     if codes.is_floating_point():
         raise TypeError("dequantize expects integer codes, got a floating-point tensor")
     if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= levels):
         raise ValueError(f"codes must lie in [0, {levels}), got range [{int(codes.min())}, {int(codes.max())}]")
-    if mode == "mulaw":
+    if quantization == "mulaw":
         return AF.mu_law_decoding(codes, levels).float()
-    if mode == "linear":
+    if quantization == "linear":
         return codes.float() / (levels - 1) * 2.0 - 1.0
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    raise ValueError(f"unknown quantization mode {quantization!r}: expected one of {QUANTIZATIONS}")

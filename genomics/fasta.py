@@ -96,6 +96,18 @@ def _decompressed_copy(path: Path, cache_dir: Path) -> Path:
     return target
 
 
+def _first_duplicate_name(index: Path) -> str | None:
+    """The first record name that a FASTA index (.fai: one tab-separated line per record) lists twice, if any."""
+    seen = set()
+    with open(index) as lines:
+        for line in lines:
+            name = line.split("\t", 1)[0]
+            if name in seen:
+                return name
+            seen.add(name)
+    return None
+
+
 class FastaFile:
     """One FASTA file opened for random access.
 
@@ -150,16 +162,19 @@ class FastaFile:
             print(f"{self.source}: building FASTA index {index.name}", file=sys.stderr)
         self._pid = os.getpid()
         try:
+            # duplicates are read from the index below: pyfaidx names them only in the text of a ValueError
             self._fasta = pyfaidx.Fasta(str(self.path), as_raw=True, sequence_always_upper=False,
-                                        read_ahead=None)
+                                        read_ahead=None, duplicate_action="first")
+            duplicate = _first_duplicate_name(index)
+            problem = f'duplicate record name "{duplicate}"' if duplicate is not None else None
         except Exception as exc:  # pyfaidx raises ValueError, FastaIndexingError, OSError ...: name the file
+            problem = str(exc)
+        if problem is not None:
+            self.close()
             if building:  # never leave a half-built or wrong index behind
                 for stale in (index, Path(str(self.path) + ".gzi")):
                     stale.unlink(missing_ok=True)
-            message = str(exc)
-            if "Duplicate key" in message:
-                message = f"duplicate record name {message.split('Duplicate key', 1)[1].strip()}"
-            raise GenomicsInputError(f"{self.source}: cannot index FASTA: {message}") from None
+            raise GenomicsInputError(f"{self.source}: cannot index FASTA: {problem}")
 
     def __getstate__(self):
         state = dict(self.__dict__)

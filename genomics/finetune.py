@@ -36,6 +36,7 @@ from ssm_core.utils.plots import save_figure
 from ssm_core.utils.stats import wilson_interval
 from ssm_core.utils.ranges import POSITIVE_INT, check_ranges
 
+from genomics.classify import WindowedModel
 from genomics.datasets import SpeciesWindows, check_window_fits_records
 from genomics.errors import GenomicsInputError
 from genomics.models import check_training_memory, classifier_config, load_run_model, parameter_count, preset_config
@@ -167,21 +168,19 @@ class FinetuneTask(Task):
         return loss, {"accuracy": (logits.argmax(-1) == labels).float().mean()}
 
 
-@torch.no_grad()
 def predict_windows(model: MambaSequenceClassifier, dataset, device: torch.device, batch_tokens: int = 2**18,
                     chunk: int = 2**16, desc: str = "test") -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities (n, classes) and labels (n,) of a labelled window dataset; windows longer than
-    ``chunk`` are streamed through the backbone (memory independent of the window)."""
+    """Class probabilities (n, classes) and labels (n,) of a labelled window dataset, read as ``classify`` reads
+    windows (:meth:`genomics.classify.WindowedModel.run`): windows longer than ``chunk`` are streamed through the
+    backbone (memory independent of the window)."""
     model.eval().to(device)
-    window = dataset.window
-    loader = DataLoader(dataset, batch_size=max(1, batch_tokens // window), shuffle=False)
-    probs, labels = [], []
+    reader = WindowedModel(model, dataset.window, device, chunk, batch_tokens)
+    loader = DataLoader(dataset, batch_size=max(1, batch_tokens // dataset.window), shuffle=False)
+    log_probs, labels = [], []
     for tokens, label in progress_bar(loader, desc=desc, unit="batch", leave=False):
-        tokens = tokens.to(device)
-        logits = model.forward_chunked(tokens, chunk) if window > chunk else model(tokens)
-        probs.append(torch.softmax(logits.float(), -1).cpu().numpy())
+        log_probs.append(reader.run(tokens.numpy(), head=True))
         labels.append(label.numpy())
-    return np.concatenate(probs), np.concatenate(labels)
+    return np.exp(np.concatenate(log_probs)), np.concatenate(labels)
 
 
 def plot_confusion(matrix: np.ndarray, classes: list[str], title: str, out_png: Path) -> None:

@@ -2,10 +2,9 @@
 
     python notebooks/make_audio_quickstart.py
 """
-from pathlib import Path
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from builder import command_cell, write_notebook
 
 CELLS = [
     new_markdown_cell("""\
@@ -25,29 +24,9 @@ Each step is one command, run in-process through `audio.cli.main` with exactly t
 `python -m audio`. At this size (80 K parameters, a few dozen steps on short crops) the model produces noise with
 a little structure, and the classifier is near chance: the point is the workflow. The paper's models
 (`--preset 6.1m` / `24.3m`, 200K steps on SC09) are for a GPU; see `benchmarks/audio_generation.py`."""),
-    new_code_cell("""\
-import json
-import os
-import shlex
-from pathlib import Path
-
+    command_cell("audio", stdlib=("json",), imports="""\
 import soundfile as sf
-from IPython.display import Audio, Image, display
-
-from audio.cli import main
-
-
-def audio(command: str) -> None:
-    \"\"\"Run `python -m audio <command>` in this process; stop the notebook if it fails.\"\"\"
-    print(f"$ python -m audio {command}")
-    status = main(shlex.split(command))
-    assert status == 0, f"exit status {status}"
-
-
-WORK = Path("audio_quickstart")
-WORK.mkdir(exist_ok=True)
-os.chdir(WORK)
-print("working in", Path.cwd())"""),
+from IPython.display import Audio, Image, display"""),
     new_markdown_cell("""\
 ## 1. The spoken-digits set
 
@@ -122,13 +101,5 @@ display(Image("digits_spectrograms.png"))"""),
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
-
-
 if __name__ == "__main__":
-    target = Path(__file__).with_name("audio_quickstart.ipynb")
-    nbformat.write(build(), target)
-    print(f"wrote {target}")
+    write_notebook(CELLS, "audio_quickstart")

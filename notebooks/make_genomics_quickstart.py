@@ -2,10 +2,9 @@
 
     python notebooks/make_genomics_quickstart.py
 """
-from pathlib import Path
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from builder import command_cell, write_notebook
 
 CELLS = [
     new_markdown_cell("""\
@@ -25,27 +24,7 @@ you would type after `python -m genomics`. At this tiny size (40 K parameters, a
 model learns enough to show accuracy rising with the window, on the simulation's strong signal (the tiny size's
 default: `simulate --signal`). The paper-sized runs (`--preset 7m`, windows up to 2^20,
 10 x 1024 steps) are for a GPU; see `benchmarks/`."""),
-    new_code_cell("""\
-import os
-import shlex
-from pathlib import Path
-
-from IPython.display import Image, display
-
-from genomics.cli import main
-
-
-def genomics(command: str) -> None:
-    \"\"\"Run `python -m genomics <command>` in this process; stop the notebook if it fails.\"\"\"
-    print(f"$ python -m genomics {command}")
-    status = main(shlex.split(command))
-    assert status == 0, f"exit status {status}"
-
-
-WORK = Path("genomics_quickstart")
-WORK.mkdir(exist_ok=True)
-os.chdir(WORK)
-print("working in", Path.cwd())"""),
+    command_cell("genomics", imports="from IPython.display import Image, display"),
     new_markdown_cell("""\
 ## 1. Simulate five genomes
 
@@ -139,13 +118,5 @@ print(json.dumps(results))""", metadata={"tags": ["results"]}),
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
-
-
 if __name__ == "__main__":
-    target = Path(__file__).with_name("genomics_quickstart.ipynb")
-    nbformat.write(build(), target)
-    print(f"wrote {target}")
+    write_notebook(CELLS, "genomics_quickstart")

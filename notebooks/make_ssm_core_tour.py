@@ -2,10 +2,9 @@
 
     python notebooks/make_ssm_core_tour.py
 """
-from pathlib import Path
+from nbformat.v4 import new_code_cell, new_markdown_cell
 
-import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from builder import write_notebook
 
 CELLS = [
     new_markdown_cell("""\
@@ -173,13 +172,5 @@ else:
 ]
 
 
-def build() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=CELLS)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    return nb
-
-
 if __name__ == "__main__":
-    target = Path(__file__).with_name("ssm_core_tour.ipynb")
-    nbformat.write(build(), target)
-    print(f"wrote {target}")
+    write_notebook(CELLS, "ssm_core_tour")

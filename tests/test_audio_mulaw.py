@@ -49,18 +49,18 @@ def test_mulaw_round_trip_error_within_half_a_step():
 
 def test_linear_round_trip():
     codes = torch.arange(256)
-    assert torch.equal(quantize(dequantize(codes, mode="linear"), mode="linear"), codes)
+    assert torch.equal(quantize(dequantize(codes, quantization="linear"), quantization="linear"), codes)
     x = torch.rand(10_000, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    err = (dequantize(quantize(x, mode="linear"), mode="linear") - x).abs()
+    err = (dequantize(quantize(x, quantization="linear"), quantization="linear") - x).abs()
     assert err.max() <= 1 / 255 + 1e-6
-    assert dequantize(torch.tensor([0, 255]), mode="linear").tolist() == [-1.0, 1.0]
+    assert dequantize(torch.tensor([0, 255]), quantization="linear").tolist() == [-1.0, 1.0]
 
 
 def test_other_bit_depths_and_bad_arguments():
     assert int(quantize(torch.tensor([1.0]), bits=4)) == 15
     assert torch.equal(quantize(dequantize(torch.arange(16), bits=4), bits=4), torch.arange(16))
     with pytest.raises(ValueError, match="mode"):
-        quantize(torch.zeros(3), mode="alaw")
+        quantize(torch.zeros(3), quantization="alaw")
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         dequantize(torch.tensor([256]))
     with pytest.raises(TypeError):
