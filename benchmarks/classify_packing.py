@@ -1,10 +1,12 @@
-"""Packed reading of many short records (``genomics classify``'s read path, :meth:`WindowedModel.batched`) against
-one record at a time and against stacking equal lengths (the code before packing), side by side in one run.
+"""``genomics classify``'s read path (:meth:`WindowedModel.batched`: equal lengths stacked when there are enough of
+them, the rest packed back to back) against one record at a time and against stacking equal lengths only (the code
+before packing), side by side in one run.
 
     python benchmarks/classify_packing.py [--device cpu|cuda] [--preset 1.4m] [--out-dir DIR]
 
 Record sets: 20,000 reads of 150 bp, 20,000 reads of 100-150 bp (lengths uniform: what trimmed reads look like),
-2,000 contigs of 2 kbp; both strands, as ``classify`` reads them. A random-weight classifier of the preset's shape
+2,000 contigs of 2 kbp, 5,000 fragments of 100-1,000 bp (scattered lengths: few of each); both strands, as
+``classify`` reads them. A random-weight classifier of the preset's shape
 (speed does not depend on the weights). One record at a time is timed on the first ``--sample`` records of each set
 (a pass per window would take tens of minutes on 2 cores for 20,000 records) and compared by rate (bases/s); the
 probabilities of those records must agree with the packed ones to 1e-5. Writes
@@ -32,10 +34,11 @@ SHAPES = {"1.4m": (12, 128), "7m": (16, 256), "tiny": (2, 48)}   # (n_layer, d_m
 def record_sets(scale: float = 1.0, seed: int = 0) -> dict[str, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     bases = lambda n: rng.integers(0, 4, n).astype(np.uint8) + 1   # noqa: E731  (A/C/G/T tokens 1-4)
-    reads, contigs = round(20000 * scale), round(2000 * scale)
+    reads, contigs, fragments = round(20000 * scale), round(2000 * scale), round(5000 * scale)
     return {f"{reads} x 150 bp": [bases(150) for _ in range(reads)],
             f"{reads} x 100-150 bp": [bases(int(n)) for n in rng.integers(100, 151, reads)],
-            f"{contigs} x 2 kbp": [bases(2000) for _ in range(contigs)]}
+            f"{contigs} x 2 kbp": [bases(2000) for _ in range(contigs)],
+            f"{fragments} x 100-1000 bp": [bases(int(n)) for n in rng.integers(100, 1001, fragments)]}
 
 
 def windows_of(records: list[np.ndarray]) -> list[np.ndarray]:
@@ -68,7 +71,8 @@ def main(argv=None) -> None:
     readers = {"packed": make(), "stacked by length": make(pack=False), "one at a time": make(pack=False,
                                                                                               batch_tokens=1)}
     timed(readers["packed"], windows_of(list(record_sets(0.01).values())[2]))   # warm-up: numba compile, caches
-    device = torch.cuda.get_device_name() if args.device == "cuda" else f"{platform.machine()} {torch.get_num_threads()} threads"
+    device = (torch.cuda.get_device_name() if args.device == "cuda"
+              else f"{platform.machine()} {torch.get_num_threads()} threads")
     rows = []
     for name, records in record_sets(args.scale).items():
         windows = windows_of(records)

@@ -231,14 +231,19 @@ class WindowedModel:
             yield group
 
     def batched(self, windows: list[np.ndarray], head: bool = False, progress: tqdm | None = None) -> list[np.ndarray]:
-        """:meth:`run` over token windows (length,) of any lengths, about ``batch_tokens`` bases per pass. Windows
-        of at most ``chunk`` bases are packed back to back whatever their lengths (``pack``: reads and short
-        contigs need no padding and no pass of their own); longer ones are stacked by length and read chunk by
-        chunk. Returns one output row per window, in order."""
+        """:meth:`run` over token windows (length,) of any lengths. Windows of one length are stacked, about
+        ``batch_tokens`` bases per pass, when there are at least ``pack_tokens`` bases of them; the rest, of at
+        most ``chunk`` bases each, are packed back to back whatever their lengths (``pack``: reads and contigs of
+        scattered lengths need no padding and no pass of their own). Windows longer than ``chunk`` are read chunk
+        by chunk. Returns one output row per window, in order."""
         out: list[np.ndarray | None] = [None] * len(windows)
-        packed = [i for i, w in enumerate(windows) if self.pack and len(w) <= self.chunk]
+        by_length = defaultdict(list)
+        for i, w in enumerate(windows):
+            by_length[len(w)].append(i)
+        to_pack = [i for length, indices in by_length.items()
+                   if self.pack and length <= self.chunk and length * len(indices) < self.pack_tokens for i in indices]
         pack, size = [], 0
-        for i in packed + [None]:
+        for i in sorted(to_pack) + [None]:
             if pack and (i is None or size + len(windows[i]) > self.pack_tokens):
                 for j, row in zip(pack, self.run_packed([windows[j] for j in pack], head)):
                     out[j] = row
@@ -248,11 +253,8 @@ class WindowedModel:
             if i is not None:
                 pack.append(i)
                 size += len(windows[i])
-        by_length = defaultdict(list)
-        for i, w in enumerate(windows):
-            if out[i] is None:
-                by_length[len(w)].append(i)
         for length, indices in by_length.items():
+            indices = [i for i in indices if out[i] is None]
             per_batch = max(1, self.batch_tokens // length)
             for j in range(0, len(indices), per_batch):
                 part = indices[j:j + per_batch]

@@ -9,10 +9,10 @@ from genomics.tokenizer import VOCAB_SIZE
 
 
 def windows(seed=0):
-    """Lengths around every edge: 1 base, short reads, exactly the chunk (1024 on CPU), longer than it (stacked and
-    read chunk by chunk), and repeats of one length (that stacking used to batch)."""
+    """Lengths around every edge: 1 base, scattered short lengths (packed), repeats of one length (stacked),
+    exactly the chunk (1024 on CPU) and longer (read chunk by chunk)."""
     rng = np.random.default_rng(seed)
-    lengths = [1, 2, 150, 150, 97, 1024, 1500, 150, 3, 700, 2100, 150]
+    lengths = [1, 2, 150, 150, 97, 1024, 1500, 150, 3, 350, 2100, 150, 300, 250, 200]
     return [rng.integers(1, 5, n).astype(np.uint8) for n in lengths]
 
 
@@ -26,12 +26,15 @@ def test_packed_windows_give_what_each_window_gives_alone(kind):
     head = kind != "language-model"
     ws = windows()
     alone = np.stack(WindowedModel(model, 4096, pack=False, batch_tokens=1).batched(ws, head=head))
-    # small packs: several packs, a pack boundary inside the list, windows longer than the chunk left out of packs
+    # small packs: the 8 scattered short windows in 5 packs; the four 150-base windows (600 bases >= pack_tokens)
+    # stacked; windows of pack_tokens or more read alone, chunk by chunk beyond the chunk
     reader = WindowedModel(model, 4096, pack_tokens=400)
-    calls = []
-    run_packed = reader.run_packed
-    reader.run_packed = lambda w, h=False: calls.append(len(w)) or run_packed(w, h)
+    packed_calls, stacked_calls = [], []
+    run_packed, run = reader.run_packed, reader.run
+    reader.run_packed = lambda w, h=False: packed_calls.append(len(w)) or run_packed(w, h)
+    reader.run = lambda t, h=False: stacked_calls.append(t.shape) or run(t, h)
     packed = np.stack(reader.batched(ws, head=head))
-    assert len(calls) >= 3 and sum(calls) == sum(len(w) <= reader.chunk for w in ws)
+    assert packed_calls == [4, 1, 1, 1, 1]
+    assert sorted(stacked_calls) == [(1, 1024), (1, 1500), (1, 2100), (4, 150)]
     assert packed.shape == alone.shape
     np.testing.assert_allclose(packed, alone, atol=1e-5, rtol=0)
