@@ -39,9 +39,11 @@ def commit() -> str:
 @torch.no_grad()
 def delta_stats(model, task: SyntheticTask, seqlen: int = 1024, n: int = 16, seed: int = 123) -> list[dict]:
     """Per layer, Δ = softplus(dt_proj(x) + bias) on `n` test sequences of `seqlen`: at the value position (the
-    token after the first trigger) and at the ordinary positions after it. For each channel, the slowest state's
-    time constant 1 / (mean ordinary Δ * min |A|) is how long it keeps what the value wrote; reported for the 8
-    channels with the largest Δ(value) / Δ(ordinary) ratio (those that select the value)."""
+    token after the first trigger) and at the ordinary positions after it. For each channel, Δ(value) is how much
+    of the value it writes and its slowest state keeps exp(-T * mean ordinary Δ * min |A|) of that after T ordinary
+    tokens (time constant tau = 1 / (mean ordinary Δ * min |A|)). ``memory_at[T]`` is the best channel's
+    write * keep after T tokens: flat in T for a memory that does not depend on the length. The 8 channels with the
+    largest write * keep at 64 x train_len are listed."""
     ids = torch.stack([task.dataset(n, seqlen, seed)[i]["input_ids"] for i in range(n)])
     trigger = task.exp.data.vocab - 1
     first = (ids[:, :-1] == trigger).int().argmax(1)                          # (n,)
@@ -68,13 +70,17 @@ def delta_stats(model, task: SyntheticTask, seqlen: int = 1024, n: int = 16, see
         ordinary = (pos[None, :] > first[:, None] + 3) & (pos[None, :] < seqlen - 1)   # (n, seqlen)
         dt_ord = (dt * ordinary[:, None, :]).sum(-1) / ordinary.sum(-1, keepdim=True)  # (n, d_inner)
         A_min = torch.exp(layer.mixer.fwd.A_log.detach()).min(-1).values      # (d_inner,)
-        ratio = dt_value.mean(0) / dt_ord.mean(0)
-        top = ratio.argsort(descending=True)[:8]
         tau = 1 / (dt_ord.mean(0) * A_min)
+        train_len = task.exp.data.train_len
+
+        def kept(T):
+            return dt_value.mean(0) * torch.exp(-T / tau)
+        top = kept(64 * train_len).argsort(descending=True)[:8]
         out.append({
             "dt_ordinary_median": float(dt_ord.mean(0).median()),
             "dt_ordinary_min": float(dt_ord.mean(0).min()),
             "tau_max": float(tau.max()),
+            "memory_at": {str(T): float(kept(T).max()) for T in (train_len, 64 * train_len, 2**20)},
             "top_channels": [{"channel": int(c), "dt_value": float(dt_value.mean(0)[c]),
                               "dt_ordinary": float(dt_ord.mean(0)[c]), "A_min": float(A_min[c]),
                               "tau": float(tau[c])} for c in top],
@@ -200,7 +206,8 @@ def main() -> None:
         out_path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"step {step}: loss {entry['answer_loss']}; "
               + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in accuracy.items())
-              + "; tau_max " + ", ".join(f"{d['tau_max']:.3g}" for d in entry["delta"])
+              + "; memory_at " + " | ".join(", ".join(f"{v:.2g}" for v in d["memory_at"].values())
+                                             for d in entry["delta"])
               + "; near/far " + ", ".join(f"{k}: {v['near']:.2f}/{v['far']:.2f}"
                                          for k, v in entry["near_far"].items()), flush=True)
 
