@@ -7,7 +7,9 @@ decay 0 is the same update) so that accuracy by test length can be measured at s
         [--eval-lens 64,...,65536] [variant flags]
 
 writes benchmarks/results/induction_NAME.json: the settings, the device, the commit, and per milestone the step,
-the training loss, accuracy by test length and Δ statistics of each layer (see ``delta_stats``).
+the training loss, accuracy by test length and Δ statistics of each layer (see ``delta_stats``). With
+``--from-run RUN --steps N`` it measures instead the model that ``python -m ssm_core.synthetic induction`` trained
+in RUN (N: its step count, for the record).
 Run it under ``nice -n 19`` with OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 (it sets torch's threads to 1 itself).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_core.synthetic.runner import SyntheticTask, accuracy_by_length, preset
+from ssm_core.train.run_dir import load_trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -161,6 +164,7 @@ def main() -> None:
     p.add_argument("--time-limit-min", type=float, default=60.0)
     p.add_argument("--save", type=Path, help="write the final model and optimiser state here (for --resume-from)")
     p.add_argument("--resume-from", type=Path, help="continue from a --save file (same settings, later steps)")
+    p.add_argument("--from-run", type=Path, help="measure the model the engine trained in this run directory")
     p.add_argument("--precision-check", action="store_true",
                    help="with --resume-from and no more steps: record precision_check() of the saved model")
     args = p.parse_args()
@@ -185,6 +189,9 @@ def main() -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+    if args.from_run:
+        model = load_trained_model(args.from_run)
+        start = args.steps
     data = task.train_dataset()
     milestones = sorted({int(m) for m in args.milestones.split(",") if m} | {args.steps})
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
