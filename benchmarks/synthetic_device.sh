@@ -4,9 +4,9 @@
 #   bash benchmarks/synthetic_device.sh copying_curriculum ablation_curriculum induction_state_passing
 #                                     (a length curriculum for copying, with its ablation; state passing for induction)
 #   bash benchmarks/synthetic_device.sh induction_far
-#                                     (induction with the first trigger far from the query first: the recipe of
-#                                     benchmarks/NOTES_induction.md, paper preset, curriculum 64 -> 256; untested on a GPU:
-#                                     16,000 CPU steps of it reached 46.9% at 65,536)
+#                                     (induction, the first trigger far from the query first, paper preset, curriculum
+#                                     64 -> 256: benchmarks/NOTES_induction.md; not yet run on a GPU, and 16,000 CPU
+#                                     steps of it reached 46.9% at 65,536)
 # Each run trains through the engine (python -m ssm_core.synthetic ... --preset paper) and writes
 # synthetic_<name>.json (results.json: accuracy by test length) and synthetic_<name>.png (accuracy vs length) to
 # $OUT when set (the device tool brings that folder back), else to benchmarks/results/; one log for all runs.
