@@ -76,7 +76,8 @@ for what in "${@:-induction copying ablation}"; do
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${COPYING_MIN:-3.5}" ${EXTRA_ARGS:-} ;;
       ablation)  run copying_no_selection copying --preset paper --no-selection --steps "${COPYING_STEPS:-400000}" \
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${ABLATION_MIN:-1}" ${EXTRA_ARGS:-} ;;
-      *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum, induction_state_passing, induction_far)" >&2; exit 2 ;;
+      *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum," \
+              "induction_state_passing, induction_far)" >&2; exit 2 ;;
     esac
   done
 done
