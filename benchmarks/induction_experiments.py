@@ -7,7 +7,9 @@ decay 0 is the same update) so that accuracy by test length can be measured at s
         [--eval-lens 64,...,65536] [variant flags]
 
 writes benchmarks/results/induction_NAME.json: the settings, the device, the commit, and per milestone the step,
-the training loss, accuracy by test length and Δ statistics of each layer (see ``delta_stats``).
+the training loss, accuracy by test length and Δ statistics of each layer (see ``delta_stats``). With
+``--from-run RUN --steps N`` it measures instead the model that ``python -m ssm_core.synthetic induction`` trained
+in RUN (N: its step count, for the record).
 Run it under ``nice -n 19`` with OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 (it sets torch's threads to 1 itself).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_core.synthetic.runner import SyntheticExperiment, SyntheticTask, accuracy_by_length
+from ssm_core.train.run_dir import load_trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,9 +42,11 @@ def commit() -> str:
 @torch.no_grad()
 def delta_stats(model, task: SyntheticTask, seqlen: int = 1024, n: int = 16, seed: int = 123) -> list[dict]:
     """Per layer, Δ = softplus(dt_proj(x) + bias) on `n` test sequences of `seqlen`: at the value position (the
-    token after the first trigger) and at the ordinary positions after it. For each channel, the slowest state's
-    time constant 1 / (mean ordinary Δ * min |A|) is how long it keeps what the value wrote; reported for the 8
-    channels with the largest Δ(value) / Δ(ordinary) ratio (those that select the value)."""
+    token after the first trigger) and at the ordinary positions after it. For each channel, Δ(value) is how much
+    of the value it writes and its slowest state keeps exp(-T * mean ordinary Δ * min |A|) of that after T ordinary
+    tokens (time constant tau = 1 / (mean ordinary Δ * min |A|)). ``memory_at[T]`` is the best channel's
+    write * keep after T tokens: flat in T for a memory that does not depend on the length. The 8 channels with the
+    largest write * keep at 64 x train_len are listed."""
     ids = torch.stack([task.dataset(n, seqlen, seed)[i]["input_ids"] for i in range(n)])
     trigger = task.exp.data.vocab - 1
     first = (ids[:, :-1] == trigger).int().argmax(1)                          # (n,)
@@ -68,13 +73,17 @@ def delta_stats(model, task: SyntheticTask, seqlen: int = 1024, n: int = 16, see
         ordinary = (pos[None, :] > first[:, None] + 3) & (pos[None, :] < seqlen - 1)   # (n, seqlen)
         dt_ord = (dt * ordinary[:, None, :]).sum(-1) / ordinary.sum(-1, keepdim=True)  # (n, d_inner)
         A_min = torch.exp(layer.mixer.fwd.A_log.detach()).min(-1).values      # (d_inner,)
-        ratio = dt_value.mean(0) / dt_ord.mean(0)
-        top = ratio.argsort(descending=True)[:8]
         tau = 1 / (dt_ord.mean(0) * A_min)
+        train_len = task.exp.data.train_len
+
+        def kept(T):
+            return dt_value.mean(0) * torch.exp(-T / tau)
+        top = kept(64 * train_len).argsort(descending=True)[:8]
         out.append({
             "dt_ordinary_median": float(dt_ord.mean(0).median()),
             "dt_ordinary_min": float(dt_ord.mean(0).min()),
             "tau_max": float(tau.max()),
+            "memory_at": {str(T): float(kept(T).max()) for T in (train_len, 64 * train_len, 2**20)},
             "top_channels": [{"channel": int(c), "dt_value": float(dt_value.mean(0)[c]),
                               "dt_ordinary": float(dt_ord.mean(0)[c]), "A_min": float(A_min[c]),
                               "tau": float(tau[c])} for c in top],
@@ -155,6 +164,7 @@ def main() -> None:
     p.add_argument("--time-limit-min", type=float, default=60.0)
     p.add_argument("--save", type=Path, help="write the final model and optimiser state here (for --resume-from)")
     p.add_argument("--resume-from", type=Path, help="continue from a --save file (same settings, later steps)")
+    p.add_argument("--from-run", type=Path, help="measure the model the engine trained in this run directory")
     p.add_argument("--precision-check", action="store_true",
                    help="with --resume-from and no more steps: record precision_check() of the saved model")
     args = p.parse_args()
@@ -179,6 +189,9 @@ def main() -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
+    if args.from_run:
+        model = load_trained_model(args.from_run)
+        start = args.steps
     data = task.train_dataset()
     milestones = sorted({int(m) for m in args.milestones.split(",") if m} | {args.steps})
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -200,7 +213,8 @@ def main() -> None:
         out_path.write_text(json.dumps(record, indent=1) + "\n")
         print(f"step {step}: loss {entry['answer_loss']}; "
               + ", ".join(f"{k}: {100 * v:.0f}%" for k, v in accuracy.items())
-              + "; tau_max " + ", ".join(f"{d['tau_max']:.3g}" for d in entry["delta"])
+              + "; memory_at " + " | ".join(", ".join(f"{v:.2g}" for v in d["memory_at"].values())
+                                             for d in entry["delta"])
               + "; near/far " + ", ".join(f"{k}: {v['near']:.2f}/{v['far']:.2f}"
                                          for k, v in entry["near_far"].items()), flush=True)
 

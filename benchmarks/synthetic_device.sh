@@ -3,6 +3,10 @@
 #   bash benchmarks/synthetic_device.sh [induction] [copying] [ablation]     (default: all three)
 #   bash benchmarks/synthetic_device.sh copying_curriculum ablation_curriculum induction_state_passing
 #                                     (a length curriculum for copying, with its ablation; state passing for induction)
+#   bash benchmarks/synthetic_device.sh induction_far
+#                                     (induction, the first trigger far from the query first, paper preset, curriculum
+#                                     64 -> 256: benchmarks/NOTES_induction.md; not yet run on a GPU, and 16,000 CPU
+#                                     steps of it reached 46.9% at 65,536)
 # Each run trains through the engine (python -m ssm_core.synthetic ... --preset paper) and writes
 # synthetic_<name>.json (results.json: accuracy by test length) and synthetic_<name>.png (accuracy vs length) to
 # $OUT when set (the device tool brings that folder back), else to benchmarks/results/; one log for all runs.
@@ -16,6 +20,10 @@
 #   CURRICULUM_START / CURRICULUM_STEPS   default 256 / 6000: copying_curriculum trains at 256, 512, 1024, 2048 for
 #                                     the first half of the steps, then at 4096 (the paper's 400K steps at 4096 do
 #                                     not fit a call)
+#   FAR_STEPS / FAR_STEPS_TOTAL / FAR_MIN   default 34000 / 40000 steps / 9.5 min: induction_far's far-trigger steps
+#                                     and total steps (lengths 64 -> 128 -> 256 over the first 75%)
+#   RESUME=1                          keep the run directory and continue it from its last checkpoint (a run that
+#                                     hit its time limit; checkpoints every 8192 steps and at the limit)
 #   LOG                               the log's path (default $RESULTS/synthetic_device.log), for parallel calls
 #   EXTRA_ARGS                        more flags for every run, e.g. "--set train.early_stop.metric=null" to train
 #                                     on after the first 100% validation accuracy (extrapolation keeps improving)
@@ -32,9 +40,11 @@ mkdir -p "$RESULTS" "$RUNS"
 status=0
 run() {  # run NAME ARGS...: one synthetic training + evaluation, results copied next to the log
     local name=$1; shift
-    rm -rf "${RUNS:?}/$name"
-    echo "== $name: python -m ssm_core.synthetic $* --out $RUNS/$name --device cuda" | tee -a "$LOG"
-    "$PY" -m ssm_core.synthetic "$@" --out "$RUNS/$name" --device cuda 2>&1 | tr '\r' '\n' | tee -a "$LOG"
+    local resume=()
+    if [ -n "${RESUME:-}" ]; then resume=(--resume); else rm -rf "${RUNS:?}/$name"; fi
+    echo "== $name: python -m ssm_core.synthetic $* --out $RUNS/$name --device cuda ${resume[*]}" | tee -a "$LOG"
+    "$PY" -m ssm_core.synthetic "$@" --out "$RUNS/$name" --device cuda "${resume[@]}" 2>&1 | tr '\r' '\n' \
+        | tee -a "$LOG"
     local rc=${PIPESTATUS[0]}
     [ "$rc" -eq 0 ] || { echo "== $name failed with exit $rc" | tee -a "$LOG"; status=1; return; }
     cp "$RUNS/$name/results.json" "$RESULTS/synthetic_$name.json"
@@ -56,13 +66,18 @@ for what in "${@:-induction copying ablation}"; do
                  run induction_state_passing induction --preset paper --state-passing \
                      --steps "${INDUCTION_STEPS:-204800}" --set train.time_limit_min="${INDUCTION_MIN:-3}" \
                      ${EXTRA_ARGS:-} ;;
+      induction_far)  # the first trigger among the first 8 positions for FAR_STEPS steps, then anywhere
+                 run induction_far induction --preset paper --curriculum-start 64 \
+                     --set data.curriculum_fraction=0.75 --far-trigger-steps "${FAR_STEPS:-34000}" \
+                     --steps "${FAR_STEPS_TOTAL:-40000}" --set train.time_limit_min="${FAR_MIN:-9.5}" ${EXTRA_ARGS:-} ;;
       ablation_curriculum)  # the ablation under the same curriculum and step budget as copying_curriculum
                  run copying_curriculum_no_selection copying --preset paper --no-selection \
                      --curriculum-start "${CURRICULUM_START:-256}" --steps "${CURRICULUM_STEPS:-6000}" \
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${COPYING_MIN:-3.5}" ${EXTRA_ARGS:-} ;;
       ablation)  run copying_no_selection copying --preset paper --no-selection --steps "${COPYING_STEPS:-400000}" \
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${ABLATION_MIN:-1}" ${EXTRA_ARGS:-} ;;
-      *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum, induction_state_passing)" >&2; exit 2 ;;
+      *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum," \
+              "induction_state_passing, induction_far)" >&2; exit 2 ;;
     esac
   done
 done

@@ -79,8 +79,8 @@ class SyntheticData:
     # far trigger (induction heads, issue #23): for the first far_trigger_steps optimiser steps the first trigger
     # falls among the first far_trigger_span positions, so every example needs the value kept for ~train_len tokens,
     # then anywhere as in the paper. Trained with the trigger anywhere from the start, the model keeps the value in
-    # slow channels that forget after ~50x train_len; trained far first, it learns to hold Δ ~ 0 between the value
-    # and the query and answers at any length (benchmarks/NOTES_induction.md).
+    # slow channels that forget after ~50x train_len; trained far first at 64, it learnt to hold Δ ~ 0 between the
+    # value and the query and answered to 2^20, while from scratch at 256 it did not (benchmarks/NOTES_induction.md).
     far_trigger_steps: int = 0
     far_trigger_span: int = 8
 
