@@ -4,8 +4,9 @@ Input comes through :func:`genomics.reads.read_records`: FASTA or FASTQ, plain, 
 stdin (``-``), recognised from the content and read in one streaming pass. Every record is cut into windows of the
 model's window length (``--window`` overrides it): consecutive windows from the record's start, the last one aligned
 to the record's end (so it overlaps its neighbour rather than being short). A record shorter than the window is read
-whole, as one shorter window. Windows of consecutive records are batched together (windows of equal length stacked,
-about ``batch_tokens`` bases per forward pass), so a file of short reads runs as few passes; a window longer than
+whole, as one shorter window. Windows of consecutive records are batched together (about ``batch_tokens`` bases
+per forward pass: windows of equal length stacked, scattered lengths packed back to back), so a file of short reads
+runs as few passes; a window longer than
 ``chunk`` bases goes through the backbone chunk by chunk with the recurrent state carried over, so memory depends on
 the chunk, not on the window (the default chunk is short on CPU, where small pieces run faster). Memory holds one
 batch of records, or one long record: it grows with the longest record (about 5 bytes per base while the record is
@@ -152,26 +153,28 @@ _PRETRAINING = ("--checkpoint {checkpoint}: a pretraining run, which has no clas
                 "(`genomics finetune --init {checkpoint} ...`)")
 
 
-# Default pieces per window. On CPU a pass over 4 windows x 1,024 bases keeps every activation under glibc's
-# 32 MiB mmap threshold (freed memory is reused instead of page-faulted again) and mostly in cache: the 7m model
-# read 4 windows of 65,536 bases in 38 s instead of 84 s (2 cores). A GPU wants long pieces.
+# Default pieces per window and bases per pass. On CPU a pass over 4 windows x 1,024 bases keeps every activation
+# under glibc's 32 MiB mmap threshold (freed memory is reused instead of page-faulted again) and mostly in cache:
+# the 7m model read 4 windows of 65,536 bases in 38 s instead of 84 s (2 cores); passes of 4,096 bases read short
+# windows 1.7x (1.4m) to 2.7x (tiny) faster than passes of 262,144 (2 quiet cores, 150 and 2,000-base windows).
+# A GPU wants long pieces and big passes.
 CHUNK_CPU, CHUNK_GPU = 2**10, 2**16
-PACK_CPU = 2**14
+BATCH_CPU, BATCH_GPU = 2**12, 2**18
 
 
 class WindowedModel:
     """A run's DNA model read window by window over streamed records: what ``classify`` and ``embed`` share.
 
     ``model``: a species classifier or a pretrained language model. ``window``: bases per window.
-    ``batch_tokens``: bases per forward pass; ``chunk``: longest piece read at once (default ``CHUNK_CPU`` or
-    ``CHUNK_GPU`` by device). ``bf16``: matrix products in bfloat16 with float32 accumulation (``torch.autocast``):
+    ``batch_tokens``: bases per forward pass (default ``BATCH_CPU`` or ``BATCH_GPU`` by device); ``chunk``: longest
+    piece read at once (default ``CHUNK_CPU`` or ``CHUNK_GPU`` by device). ``bf16``: matrix products in bfloat16 with float32 accumulation (``torch.autocast``):
     1.4x faster on a CPU with AVX512-BF16, but the probabilities move (see ``--bf16`` in the CLI). ``pack``:
     windows of at most ``chunk`` bases are read packed (:meth:`batched`), at most ``pack_tokens`` bases per pack
-    (default ``PACK_CPU`` or ``batch_tokens`` by device).
+    (default ``batch_tokens``).
     """
 
     def __init__(self, model: nn.Module, window: int, device: torch.device | str = "cpu", chunk: int | None = None,
-                 batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False, pack: bool = True,
+                 batch_tokens: int | None = None, iupac: str = "n", bf16: bool = False, pack: bool = True,
                  pack_tokens: int | None = None):
         if not isinstance(model, (MambaSequenceClassifier, MambaLMHeadModel)) \
                 or model.config.vocab_size != VOCAB_SIZE:
@@ -182,9 +185,9 @@ class WindowedModel:
         self.model, self.window = model, int(window)
         self.device = torch.device(device)
         self.chunk = chunk or (CHUNK_CPU if self.device.type == "cpu" else CHUNK_GPU)
-        self.batch_tokens, self.iupac, self.bf16 = batch_tokens, iupac, bf16
-        self.pack = pack
-        self.pack_tokens = pack_tokens or (min(PACK_CPU, batch_tokens) if self.device.type == "cpu" else batch_tokens)
+        self.batch_tokens = batch_tokens or (BATCH_CPU if self.device.type == "cpu" else BATCH_GPU)
+        self.iupac, self.bf16 = iupac, bf16
+        self.pack, self.pack_tokens = pack, pack_tokens or self.batch_tokens
 
     @torch.no_grad()
     def run(self, tokens: np.ndarray, head: bool = False) -> np.ndarray:
@@ -280,7 +283,7 @@ class SpeciesClassifier(WindowedModel):
     """
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
-                 chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n", bf16: bool = False,
+                 chunk: int | None = None, batch_tokens: int | None = None, iupac: str = "n", bf16: bool = False,
                  strand: str = "both", min_bases: int = MIN_BASES, pack: bool = True, pack_tokens: int | None = None):
         model = load_run_model(checkpoint, device)
         if isinstance(model, MambaLMHeadModel):

@@ -409,8 +409,8 @@ def add_classify_parser(subparsers) -> argparse.ArgumentParser:
     add_overwrite_argument(p)
     p.add_argument("--iupac", choices=("n", "error"), default="n",
                    help="IUPAC ambiguity codes: read as N (default) or refuse them")
-    p.add_argument("--batch-tokens", type=POSITIVE_INT, default=2**18,
-                   help="bases per forward pass (default 262144)")
+    p.add_argument("--batch-tokens", type=POSITIVE_INT,
+                   help="bases per forward pass (default 4096 on CPU, 262144 on GPU)")
     p.add_argument("--chunk", type=POSITIVE_INT,
                    help="longest piece of a window read at once; memory scales with it (default 1024 on CPU, "
                         "65536 on GPU)")

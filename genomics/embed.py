@@ -59,7 +59,7 @@ class Embedder(WindowedModel):
     """
 
     def __init__(self, checkpoint: str | Path, device: torch.device | str = "cpu", window: int | None = None,
-                 chunk: int | None = None, batch_tokens: int = 2**18, iupac: str = "n"):
+                 chunk: int | None = None, batch_tokens: int | None = None, iupac: str = "n"):
         model = load_run_model(checkpoint, device)
         trained_window = run_classes(checkpoint)[1] if isinstance(model, MambaSequenceClassifier) else None
         super().__init__(model, window or trained_window or DEFAULT_WINDOW, device, chunk, batch_tokens, iupac)
