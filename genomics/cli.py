@@ -291,12 +291,9 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from genomics.models import preset_config
     from genomics.pretrain import PretrainExperiment, run_pretrain
 
-    exp = PretrainExperiment()
-    if args.preset:
-        exp.model, exp.preset = preset_config(args.preset), args.preset
+    exp = PretrainExperiment.from_preset(args.preset) if args.preset else PretrainExperiment()
     flags = {"fasta": args.fasta, "fasta_dir": args.fasta_dir, "bed": args.bed, "seqlen": args.seqlen,
              "warmup_start": args.warmup_start, "warmup_fraction": args.warmup_fraction, "iupac": args.iupac,
              "decompress_cache": args.decompress_cache}
@@ -363,15 +360,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from genomics.finetune import FinetuneExperiment, run_finetune
-    from genomics.models import SHIPPED_BACKBONE, preset_config
+    from genomics.models import SHIPPED_BACKBONE
 
     if args.init is None:  # a preset names the model to build; without one, start from the shipped backbone
         args.init = None if args.preset else SHIPPED_BACKBONE
     elif args.init == "none":
         args.init = None
-    exp = FinetuneExperiment(init=args.init)
-    if args.preset:
-        exp.model, exp.preset = preset_config(args.preset, num_classes=2), args.preset
+    exp = FinetuneExperiment.from_preset(args.preset, init=args.init) if args.preset else FinetuneExperiment(
+        init=args.init)
     exp.model = replace(exp.model, pooling=args.pooling, standardize_pooled=args.standardize)
     if args.init:
         exp.preset = "pretrained"

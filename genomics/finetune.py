@@ -72,6 +72,12 @@ class FinetuneExperiment:
     init: str | None = None  # pretrained run/checkpoint whose backbone initialises the classifier
     classes: list[str] = field(default_factory=list)  # class names, in the head's output order
 
+    @classmethod
+    def from_preset(cls, name: str, **fields) -> FinetuneExperiment:
+        """The default experiment with the classifier of ``genomics.models.PRESETS[name]`` (two classes until the
+        data names them)."""
+        return cls(model=preset_config(name, num_classes=2), preset=name, **fields)
+
 
 def accumulation_for(batch_size: int, window: int, max_batch_tokens: int) -> int:
     """Smallest divisor of ``batch_size`` that keeps each micro-batch under ``max_batch_tokens`` bases (at least

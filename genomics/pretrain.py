@@ -64,6 +64,11 @@ class PretrainExperiment:
         optim=OptimConfig(lr=6e-4, weight_decay=0.1, warmup_steps=100)))
     preset: str = "tiny"
 
+    @classmethod
+    def from_preset(cls, name: str, **fields) -> PretrainExperiment:
+        """The default experiment with the model of ``genomics.models.PRESETS[name]``."""
+        return cls(model=preset_config(name), preset=name, **fields)
+
 
 def length_schedule(steps: int, seqlen: int, warmup_start: int, warmup_fraction: float) -> list[tuple[int, int]]:
     """SLW stages as (first step, length), lengths doubling from ``warmup_start`` to ``seqlen``

@@ -90,6 +90,17 @@ def test_presets_match_the_papers_sizes(capsys):
     assert run_cli("presets") == 0
     out = capsys.readouterr().out
     assert "1,401,472" in out and "7,012,608" in out
+
+
+def test_experiments_built_from_a_preset_carry_its_model_and_name():
+    from genomics.finetune import FinetuneExperiment
+    from genomics.pretrain import PretrainExperiment
+
+    pre = PretrainExperiment.from_preset("1.4m")
+    assert pre.preset == "1.4m" and pre.model == preset_config("1.4m") and pre.model.num_classes == 0
+    ft = FinetuneExperiment.from_preset("7m", init=None)
+    assert ft.preset == "7m" and ft.model.d_model == 256 and ft.model.num_classes == 2
+    assert ft.train == FinetuneExperiment().train          # only the model and its name come from the preset
     with pytest.raises(GenomicsInputError, match="unknown model preset"):
         preset_config("13b")
 
