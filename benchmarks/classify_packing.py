@@ -24,11 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssm_core import MambaConfig, MambaSequenceClassifier
+from ssm_core import MambaSequenceClassifier
 from genomics.classify import WindowedModel
-from genomics.tokenizer import VOCAB_SIZE, reverse_complement
-
-SHAPES = {"1.4m": (12, 128), "7m": (16, 256), "tiny": (2, 48)}   # (n_layer, d_model), as genomics/models.py
+from genomics.models import PRESETS, preset_config
+from genomics.tokenizer import reverse_complement
 
 
 def record_sets(scale: float = 1.0, seed: int = 0) -> dict[str, list[np.ndarray]]:
@@ -56,16 +55,14 @@ def timed(reader: WindowedModel, windows: list[np.ndarray]) -> tuple[float, np.n
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--preset", choices=list(SHAPES), default="1.4m")
+    parser.add_argument("--preset", choices=list(PRESETS), default="1.4m")
     parser.add_argument("--sample", type=int, default=500, help="records timed one at a time per set")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of the record counts (a big model on 2 cores: 0.1 keeps a run under 30 min)")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    n_layer, d_model = SHAPES[args.preset]
-    model = MambaSequenceClassifier(MambaConfig(vocab_size=VOCAB_SIZE, n_layer=n_layer, d_model=d_model,
-                                                num_classes=5, pooling="mean", standardize_pooled=True))
+    model = MambaSequenceClassifier(preset_config(args.preset, num_classes=5, pooling="mean"))
     model.eval().to(args.device)
     make = lambda **kw: WindowedModel(model, window=4096, device=args.device, **kw)   # noqa: E731
     readers = {"packed": make(), "before": make(pack=False, batch_tokens=2**18),
