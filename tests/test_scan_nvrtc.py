@@ -48,6 +48,23 @@ def test_scan_source_compiles_with_nvrtc_for_h100(dtype, tpc):
 
 
 @needs_nvrtc
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_forward_fits_eight_blocks_per_sm(dtype):
+    """The 2-byte forward kernels stay within 64 registers, so 8 blocks of 128 threads fit on an SM. Unbounded,
+    NVRTC's build took 86 registers (5 blocks) where nvcc's took 64, and the bf16 forward ran 40% slower on an H100
+    (NOTES_gpu_scan.md, version 4.1); fp32 keeps its ~120 (no bound: a bound of one block made ptxas take more)."""
+    for tpc in (4, 16):
+        cubin, lowered = nvrtc.compile_cubin(scan_cuda.SOURCE.read_text(), "sm_90", _names(dtype, tpc),
+                                             scan_cuda.NVRTC_OPTIONS, scan_cuda.SOURCE.name)
+        registers = nvrtc.registers_per_kernel(cubin)
+        for kind in (scan_cuda._FWD, scan_cuda._FWD_SEGMENTS):
+            name = scan_cuda._KERNEL_NAMES[kind].format(T=scan_cuda._TYPE_NAMES[dtype], TPC=tpc)
+            assert 0 < registers[lowered[name]] <= 64, (name, registers[lowered[name]])
+        carry = registers[lowered[scan_cuda._CARRY]]
+        assert 0 < carry <= 255  # every kernel is found, not only the bounded ones
+
+
+@needs_nvrtc
 def test_compile_error_carries_the_log():
     with pytest.raises(nvrtc.NvrtcCompileError, match="undeclared|undefined"):
         nvrtc.compile_cubin('extern "C" __global__ void k() { not_declared(); }', "sm_90", [], [], "bad.cu")

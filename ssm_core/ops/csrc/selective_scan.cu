@@ -273,9 +273,15 @@ __device__ __forceinline__ float pick4(const float (&a)[4], int key) {
     return key == 0 ? a[0] : key == 1 ? a[1] : key == 2 ? a[2] : a[3];
 }
 
+// Blocks per SM the forward is built for. For 2-byte types 8, i.e. at most 64 registers: nvcc's front end reached
+// that unasked, NVRTC's leaves more 64-bit address arithmetic and, unbounded, took 86 registers, so 5 blocks fitted
+// per SM and the bf16 forward ran 40% slower (NOTES_gpu_scan.md, version 4.1). fp32 needs its ~120 registers: 0
+// leaves it unbounded (a bound of 1 block made ptxas take more, 144).
+template <typename T> constexpr int FWD_MIN_BLOCKS = sizeof(T) == 2 ? 8 : 0;
+
 // Forward. SEGMENT_PASS: only each segment's end state from a zero start and its sum of steps (no output).
 template <typename T, int TPC, bool SEGMENT_PASS>
-__global__ void __launch_bounds__(NT) fwd_kernel(Params p) {
+__global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
     constexpr int CH = NT / TPC, NP = TPC * NPT, G = 4;
     extern __shared__ float4 smem4[];
     float* s_dt = reinterpret_cast<float*>(smem4);
