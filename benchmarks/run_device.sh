@@ -15,7 +15,7 @@
 #        the run directory is $RUNS/main_job_<size> (RUNS=runs keeps it in the checkout, so a second call on the
 #        same machine resumes it); STOP_AFTER_S=N stops the job with Ctrl-C after N seconds (the next call
 #        resumes from the last finished stage and training checkpoint), so a size longer than one device call
-#        (h100-20min: about 20 min, estimated) finishes in two or three calls
+#        (h100-20min: 10 min measured on an H100 on 2026-12-06) finishes in two calls
 #   bash benchmarks/run_device.sh tests   (every test marked gpu: more than one call's 10 minutes)
 # (The synthetic tasks have their own script: benchmarks/synthetic_device.sh.)
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
