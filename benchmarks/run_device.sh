@@ -16,6 +16,11 @@
 #        same machine resumes it); STOP_AFTER_S=N stops the job with Ctrl-C after N seconds (the next call
 #        resumes from the last finished stage and training checkpoint), so a size longer than one device call
 #        (h100-20min: 10 min measured on an H100 on 2026-12-06) finishes in two calls
+#   bash benchmarks/run_device.sh packing [arguments for benchmarks/classify_packing.py]
+#        classify's packed read path against one record at a time, on the GPU (the suite's genomics dependencies
+#        must be importable: see benchmarks/README.md for the wheels the image lacks)
+#   bash benchmarks/run_device.sh profile [arguments for benchmarks/profile_scan.py, e.g. --shapes wide]
+#        one forward+backward of the CUDA scan kernels per shape under Nsight Compute (ncu): scan_profile_*.txt
 #   bash benchmarks/run_device.sh tests   (every test marked gpu: more than one call's 10 minutes)
 # (The synthetic tasks have their own script: benchmarks/synthetic_device.sh.)
 # Logs and JSON go to $OUT when it is set (the device tool brings that folder back), else to benchmarks/results/.
@@ -62,7 +67,7 @@ assert s.SOURCE.is_file(), s.SOURCE')
 
 workload=scan
 case "${1:-}" in
-    scan|audio|genomics|genomics-accuracy|main-job|tests) workload=$1; shift ;;
+    scan|audio|genomics|genomics-accuracy|main-job|packing|profile|tests) workload=$1; shift ;;
 esac
 case $workload in
     scan) install_wheel > "$RESULTS/gpu_scan_install.log" 2>&1
@@ -72,7 +77,7 @@ case $workload in
           tests=()
           for t in ${SCAN_TESTS-test_scan_cuda.py test_scan_gpu.py test_varlen.py}; do tests+=("$TEST_DIR/$t"); done ;;
     audio) tests=(tests/test_block_step.py tests/test_audio_model.py) ;;
-    genomics|genomics-accuracy|main-job) tests=() ;;
+    genomics|genomics-accuracy|main-job|packing|profile) tests=() ;;
     tests) tests=("$TEST_DIR") ;;
 esac
 
@@ -102,6 +107,15 @@ case $workload in
     scan) bench benchmarks/gpu_scan.py --out-dir "$RESULTS" "$@" || bench_rc=$?
           bench benchmarks/scan_first_use.py --out-dir "$RESULTS" || bench_rc=$? ;;
     audio) bench benchmarks/audio_generation.py --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
+    packing) bench benchmarks/classify_packing.py --device cuda --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
+    profile)
+        gpu=$("$PY" -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_"))')
+        ncu --profile-from-start off --kernel-name regex:ssm_scan --section SpeedOfLight --section Occupancy \
+            --section LaunchStats --section WarpStateStats --section SchedulerStats \
+            --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+            "$PY" benchmarks/profile_scan.py "$@" > "$RESULTS/scan_profile_$gpu.txt" 2>&1 || bench_rc=$?
+        grep -E "^==|^  [a-z_:<>, 0-9A-Za-z]+\(|Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|No Eligible" \
+            "$RESULTS/scan_profile_$gpu.txt" | head -n 120 ;;
     genomics) bench benchmarks/genomics_throughput.py gpu "$@" || bench_rc=$?
               [ "$RESULTS" = benchmarks/results ] || cp benchmarks/results/genomics_throughput_gpu_* "$RESULTS/" ;;
     genomics-accuracy)  # the settings of the 2026-11-23 H100 run (1.4m preset, mean pooling, 1-64 kbp windows)

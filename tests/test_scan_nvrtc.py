@@ -30,15 +30,16 @@ def _nvrtc_reason() -> str | None:
 needs_nvrtc = pytest.mark.skipif(_nvrtc_reason() is not None, reason=str(_nvrtc_reason()))
 
 
-def _names(dtype, tpc):
-    kernels = [n.format(T=scan_cuda._TYPE_NAMES[dtype], TPC=tpc) for n in scan_cuda._KERNEL_NAMES.values()]
-    return kernels + [scan_cuda._CARRY, scan_cuda._SMEM, scan_cuda._PARAMS_SIZE]
+def _names(dtype, tpc, varlen=False):
+    return scan_cuda.kernel_names(dtype, tpc, varlen) + [scan_cuda._CARRY, scan_cuda._SMEM, scan_cuda._PARAMS_SIZE]
 
 
 @needs_nvrtc
-@pytest.mark.parametrize("dtype,tpc", [(torch.bfloat16, 4), (torch.float32, 16)])
-def test_scan_source_compiles_with_nvrtc_for_h100(dtype, tpc):
-    names = _names(dtype, tpc)
+@pytest.mark.parametrize("dtype,tpc,varlen", [(torch.bfloat16, 4, False), (torch.float32, 16, False),
+                                              (torch.bfloat16, 4, True), (torch.float16, 16, True)])
+def test_scan_source_compiles_with_nvrtc_for_h100(dtype, tpc, varlen):
+    """Also the packed-sequence (VARLEN) program, a program of its own."""
+    names = _names(dtype, tpc, varlen)
     cubin, lowered = nvrtc.compile_cubin(scan_cuda.SOURCE.read_text(), "sm_90", names, scan_cuda.NVRTC_OPTIONS,
                                          scan_cuda.SOURCE.name)
     assert cubin[:4] == b"\x7fELF"
@@ -58,7 +59,7 @@ def test_half_precision_forward_fits_eight_blocks_per_sm(dtype):
                                              scan_cuda.NVRTC_OPTIONS, scan_cuda.SOURCE.name)
         registers = nvrtc.registers_per_kernel(cubin)
         for kind in (scan_cuda._FWD, scan_cuda._FWD_SEGMENTS):
-            name = scan_cuda._KERNEL_NAMES[kind].format(T=scan_cuda._TYPE_NAMES[dtype], TPC=tpc)
+            name = scan_cuda.kernel_names(dtype, tpc, False)[kind]
             assert 0 < registers[lowered[name]] <= 64, (name, registers[lowered[name]])
         carry = registers[lowered[scan_cuda._CARRY]]
         assert 0 < carry <= 255  # every kernel is found, not only the bounded ones

@@ -74,20 +74,31 @@ def separate_calls(x: dict, cu: torch.Tensor, softplus: bool = True):
     return out[None], last
 
 
-def compare(x: dict, cu: torch.Tensor, scan, tol: float, softplus: bool = True, seed: int = 1) -> dict:
+def compare(x: dict, cu: torch.Tensor, scan, tol: float, softplus: bool = True, seed: int = 1,
+            states: bool = True) -> dict:
     """out, last_state and the gradient of every leaf of ``scan`` (packed) against separate_calls; asserts the
-    relative errors are within tol and returns them."""
+    relative errors are within tol and returns them. states=False: no initial states and no last state (what the
+    CUDA kernels take), only out and its gradients."""
+    if not states:
+        x = {k: v for k, v in x.items() if k != "initial_state"}
     names = [k for k in ARGS if x.get(k) is not None]
-    out, last = scan(**x, delta_softplus=softplus, return_last_state=True, cu_seqlens=cu)
+    if states:
+        out, last = scan(**x, delta_softplus=softplus, return_last_state=True, cu_seqlens=cu)
+        assert last.shape == (cu.numel() - 1, *x["A"].shape)
+    else:
+        out = scan(**x, delta_softplus=softplus, cu_seqlens=cu)
     want_out, want_last = separate_calls(x, cu, softplus)
     assert out.shape == x["u"].shape and out.dtype == x["u"].dtype
-    assert last.shape == (cu.numel() - 1, *x["A"].shape)
     g = torch.Generator().manual_seed(seed)
     w_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.device)
-    w_last = torch.randn(last.shape, generator=g, dtype=torch.float64).to(out.device)
-    grads = torch.autograd.grad((out.double() * w_out).sum() + (last.double() * w_last).sum(), [x[k] for k in names])
-    want = torch.autograd.grad((want_out * w_out).sum() + (want_last * w_last).sum(), [x[k] for k in names])
-    errors = {"out": rel_err(out, want_out), "last_state": rel_err(last, want_last)}
+    w_last = torch.randn(want_last.shape, generator=g, dtype=torch.float64).to(out.device)
+    loss, want_loss = (out.double() * w_out).sum(), (want_out * w_out).sum()
+    errors = {"out": rel_err(out, want_out)}
+    if states:
+        loss, want_loss = loss + (last.double() * w_last).sum(), want_loss + (want_last * w_last).sum()
+        errors["last_state"] = rel_err(last, want_last)
+    grads = torch.autograd.grad(loss, [x[k] for k in names])
+    want = torch.autograd.grad(want_loss, [x[k] for k in names])
     for name, got, ref in zip(names, grads, want):
         assert got.shape == x[name].shape and got.dtype == x[name].dtype, name
         errors["d" + name] = rel_err(got, ref)
@@ -326,13 +337,82 @@ def test_triton_packed_gpu(case):
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_backend_packed_100k_short_sequences():
-    """selective_scan's gpu backend with cu_seqlens (the Triton kernels, whatever SSM_CORE_GPU_SCAN says, until the
-    CUDA kernels take cu_seqlens): 10^5 sequences of 0 to 3 steps."""
+@pytest.mark.parametrize("states", [True, False], ids=["with-states-triton", "no-states-cuda"])
+def test_gpu_backend_packed_100k_short_sequences(states, monkeypatch):
+    """selective_scan's gpu backend with cu_seqlens, 10^5 sequences of 0 to 3 steps: with initial and last states
+    per sequence the Triton kernels run it, without them the CUDA kernels (SSM_CORE_GPU_SCAN=cuda: or fail)."""
+    monkeypatch.setenv("SSM_CORE_GPU_SCAN", "cuda")
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(0, 4, (100_000,), generator=g).tolist()
     x = packed_inputs(lengths, dim=16, dstate=16, groups=1, dtype=torch.float32, seed=4, device="cuda")
-    compare(x, cu_of(lengths).cuda(), functools.partial(selective_scan, backend="gpu"), TOLERANCE[torch.float32])
+    compare(x, cu_of(lengths).cuda(), functools.partial(selective_scan, backend="gpu"), TOLERANCE[torch.float32],
+            states=states)
+
+
+# ---- the CUDA kernels (GPU only): packs without initial or last states ---------------------------------------
+
+CUDA_CASES = [  # (lengths, dim, dstate, groups, options, dtype, CudaScanConfig fields); chunks are 64 steps
+    # 1-long neighbours, starts inside chunks, on chunk boundaries (64, 128) and spanning many chunks
+    ([1, 1, 1, 700, 3, 0, 2000, 1, 63, 64, 128, 1000], 64, 16, 1, True, torch.float32, {}),
+    ([1, 1, 1, 700, 3, 0, 2000, 1, 63, 64, 128, 1000], 64, 16, 1, True, torch.bfloat16,
+     dict(fwd_segments=5, bwd_segments=7)),
+    ([1, 1, 1, 700, 3, 0, 2000, 1, 63, 64, 128, 1000], 64, 16, 2, True, torch.float16,
+     dict(fwd_segments=9, bwd_segments=3, bwd_register_cap=True)),
+    ([37] * 300, 32, 16, 2, True, torch.float32, dict(fwd_segments=1, bwd_segments=1, bwd_register_cap=False)),
+    # dstate 32: 16 lanes per channel; a segment boundary falls on a sequence start (64 * 4 = 256)
+    ([256, 5, 251, 1, 600], 48, 32, 1, True, torch.bfloat16, dict(fwd_segments=4, bwd_segments=4)),
+    ([5, 300, 11, 0], 32, 7, None, False, torch.float32, dict(fwd_segments=3, bwd_segments=2)),
+]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("case", CUDA_CASES, ids=["mixed-fp32", "mixed-bf16-segments", "mixed-fp16-capped",
+                                                  "300x37-fp32", "dstate32-bf16", "3d-BC-fp32"])
+def test_cuda_packed_gpu(case):
+    from ssm_core.ops.scan_cuda import CudaScanConfig, selective_scan_cuda
+    lengths, dim, dstate, groups, options, dtype, config = case
+    x = packed_inputs(lengths, dim, dstate, groups, options, dtype, seed=len(lengths), device="cuda")
+
+    def scan(**kw):
+        with poisoned_outputs():
+            return selective_scan_cuda(**kw, config=CudaScanConfig(**config))
+    tol = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
+    compare(x, cu_of(lengths).cuda(), scan, tol, softplus=options, states=False)
+
+
+def test_gpu_packs_go_to_cuda_unless_they_carry_states(monkeypatch):
+    """The routing, checked on any machine: packs without per-sequence states to the CUDA kernels, packs with
+    them to Triton (the CUDA kernels do not take them), under SSM_CORE_GPU_SCAN=auto."""
+    from ssm_core.ops import scan_cuda
+    from ssm_core.ops.selective_scan import choose_backend
+    monkeypatch.setattr(scan_cuda, "available", lambda: (True, "test"))
+    monkeypatch.setattr(scan_cuda, "supports", lambda *a: True)
+    monkeypatch.delenv("SSM_CORE_GPU_SCAN", raising=False)
+    u = torch.zeros(1, 2, 3)
+    inputs = (u, u, torch.zeros(2, 4), torch.zeros(1, 4, 3))
+    cuda = torch.device("cuda")
+    assert choose_backend("gpu", cuda, scan_inputs=inputs, packed=True) == "cuda"
+    assert choose_backend("gpu", cuda, scan_inputs=inputs, packed=True, packed_states=True) == "triton"
+    assert choose_backend("gpu", cuda, scan_inputs=inputs) == "cuda"
+
+
+def test_cuda_scan_refuses_packs_with_states():
+    from ssm_core.ops.scan_cuda import selective_scan_cuda
+    x = {k: v.detach() for k, v in packed_inputs([2, 3], dim=2, dstate=2, dtype=torch.float32).items()}
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan_cuda(**x, cu_seqlens=cu_of([2, 3]))
+
+
+def test_step_and_segment_keep():
+    """The VARLEN kernels' keep factors: 0 at each sequence's first step (none for trailing empty sequences),
+    and 0 for each segment holding one."""
+    from ssm_core.ops.scan_cuda import segment_keep, step_keep
+    keep = step_keep(cu_of([2, 0, 3, 1, 0]), 6)
+    assert keep.tolist() == [0, 1, 0, 1, 1, 0]
+    assert segment_keep(keep, 3, 2).tolist() == [0, 0, 0]
+    assert segment_keep(step_keep(cu_of([5, 1]), 6), 3, 2).tolist() == [0, 1, 0]
+    assert segment_keep(step_keep(cu_of([6]), 6), 2, 4).tolist() == [0, 1]
 
 
 if __name__ == "__main__":

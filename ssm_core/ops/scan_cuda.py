@@ -27,12 +27,12 @@ SC = 64                  # steps per chunk: the interval of the states the forwa
 MAX_DSTATE = 64
 NT = 128                 # threads per block (NT in the source)
 _FWD, _FWD_SEGMENTS, _BWD_SEGMENTS, _BWD, _BWD_CAPPED = 0, 1, 2, 3, 4   # kernel kinds (smem_bytes in the source)
-_KERNEL_NAMES = {        # C++ name of each kind, for one element type T and lanes per channel TPC
-    _FWD: "ssm_scan::fwd_kernel<{T}, {TPC}, false>",
-    _FWD_SEGMENTS: "ssm_scan::fwd_kernel<{T}, {TPC}, true>",
-    _BWD_SEGMENTS: "ssm_scan::bwd_segment_kernel<{T}, {TPC}>",
-    _BWD: "ssm_scan::bwd_kernel<{T}, {TPC}, 3>",
-    _BWD_CAPPED: "ssm_scan::bwd_kernel<{T}, {TPC}, 4>",
+_KERNEL_NAMES = {        # C++ name of each kind, for one element type T, lanes per channel TPC and VARLEN V
+    _FWD: "ssm_scan::fwd_kernel<{T}, {TPC}, false, {V}>",
+    _FWD_SEGMENTS: "ssm_scan::fwd_kernel<{T}, {TPC}, true, {V}>",
+    _BWD_SEGMENTS: "ssm_scan::bwd_segment_kernel<{T}, {TPC}, {V}>",
+    _BWD: "ssm_scan::bwd_kernel<{T}, {TPC}, 3, {V}>",
+    _BWD_CAPPED: "ssm_scan::bwd_kernel<{T}, {TPC}, 4, {V}>",
 }
 _CARRY, _SMEM, _PARAMS_SIZE = "ssm_scan::carry_kernel", "&ssm_scan_smem_bytes", "&ssm_scan_params_size"
 NVRTC_OPTIONS = ["-std=c++17"]
@@ -71,7 +71,7 @@ class _Params(ctypes.Structure):
         "softplus", "vec")] + [(name, ctypes.c_void_p) for name in (
             "u", "delta", "z", "dout", "B", "C", "A", "D", "bias", "start", "end_grad", "out", "chunk_states",
             "last_state", "seg_state", "seg_dtsum", "du", "ddelta", "dz", "dA", "dB", "dC", "dD", "dbias",
-            "dstart")])
+            "dstart", "keep")])
 
 
 def arch(device) -> str:
@@ -79,14 +79,21 @@ def arch(device) -> str:
     return f"sm_{major}{minor}"
 
 
-class _Kernels:
-    """The compiled program of one (element type, lanes per channel) pair, loaded on one device."""
+def kernel_names(dtype: torch.dtype, tpc: int, varlen: bool) -> list[str]:
+    """The C++ names of one program's kernels, in the order of the kinds."""
+    return [n.format(T=_TYPE_NAMES[dtype], TPC=tpc, V=str(varlen).lower()) for n in _KERNEL_NAMES.values()]
 
-    def __init__(self, device_index: int, dtype: torch.dtype, tpc: int):
-        names = [n.format(T=_TYPE_NAMES[dtype], TPC=tpc) for n in _KERNEL_NAMES.values()]
+
+class _Kernels:
+    """The compiled program of one (element type, lanes per channel, packed or not) triple, loaded on one device.
+    The packed kernels are a program of their own, compiled only when packed sequences come."""
+
+    def __init__(self, device_index: int, dtype: torch.dtype, tpc: int, varlen: bool = False):
+        names = kernel_names(dtype, tpc, varlen)
+        packed = ", packed sequences" if varlen else ""
         cubin, lowered = nvrtc.cached_cubin(
             SOURCE.read_text(), arch(device_index), names + [_CARRY, _SMEM, _PARAMS_SIZE], NVRTC_OPTIONS,
-            label=f"the CUDA scan kernels ({_TYPE_NAMES[dtype]}, dstate <= {16 if tpc == 4 else 64})",
+            label=f"the CUDA scan kernels ({_TYPE_NAMES[dtype]}, dstate <= {16 if tpc == 4 else 64}{packed})",
             filename=SOURCE.name)
         self.module = nvrtc.Module.load(cubin, device_index)
         self.device_index = device_index
@@ -94,7 +101,7 @@ class _Kernels:
         if params_size != ctypes.sizeof(_Params):
             raise RuntimeError("ssm_core scan_cuda: struct Params in selective_scan.cu and _Params disagree")
         smem = self.module.read_global(lowered[_SMEM])
-        row = (tpc == 16) * 5
+        row = (2 * varlen + (tpc == 16)) * 5   # ssm_scan_smem_bytes[varlen][tpc == 16][kind]
         self.smem = {kind: int.from_bytes(smem[8 * (row + kind):8 * (row + kind + 1)], "little")
                      for kind in _KERNEL_NAMES}
         self.functions = {kind: self.module.function(lowered[name]) for kind, name in zip(_KERNEL_NAMES, names)}
@@ -110,8 +117,8 @@ class _Kernels:
 
 
 @functools.cache
-def _kernels(device_index: int, dtype: torch.dtype, tpc: int) -> _Kernels:
-    return _Kernels(device_index, dtype, tpc)
+def _kernels(device_index: int, dtype: torch.dtype, tpc: int, varlen: bool = False) -> _Kernels:
+    return _Kernels(device_index, dtype, tpc, varlen)
 
 
 @functools.cache
@@ -153,10 +160,25 @@ def _segments(blocks: int, n_chunks: int, per_sm: int, forced: int | None, devic
     return -(-n_chunks // per_seg), per_seg
 
 
-class _Launch:
-    """Sizes and pointers of one call, filled into _Params."""
+def step_keep(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:
+    """(seqlen,) float32: 0 at each packed sequence's first step, 1 elsewhere (the VARLEN kernels' ``keep``)."""
+    keep = torch.ones(seqlen, dtype=torch.float32, device=cu_seqlens.device)
+    starts = cu_seqlens[:-1].long()
+    keep[starts[starts < seqlen]] = 0.0       # a start equal to seqlen: trailing empty sequences, no step
+    return keep
 
-    def __init__(self, u, A, B, softplus):
+
+def segment_keep(keep: torch.Tensor, n_seg: int, steps: int) -> torch.Tensor:
+    """(n_seg,) float32: 0 for a segment of ``steps`` steps that holds a sequence start, else 1."""
+    padded = torch.ones(n_seg * steps, dtype=keep.dtype, device=keep.device)
+    padded[:keep.numel()] = keep
+    return padded.view(n_seg, steps).amin(1)
+
+
+class _Launch:
+    """Sizes and pointers of one call, filled into _Params. ``keep``: packed sequences (``step_keep``), or None."""
+
+    def __init__(self, u, A, B, softplus, keep=None):
         self.batch, self.dim, self.seqlen = u.shape
         self.dstate = A.shape[1]
         self.n_groups = B.shape[1]
@@ -166,12 +188,13 @@ class _Launch:
         self.blocks = self.batch * self.n_groups * -(-dpg // self.ch)
         self.n_chunks = max(1, -(-self.seqlen // SC))
         self.device_index = u.device.index if u.device.index is not None else torch.cuda.current_device()
-        self.kernels = _kernels(self.device_index, u.dtype, self.tpc)
+        self.kernels = _kernels(self.device_index, u.dtype, self.tpc, keep is not None)
+        self.keep = keep
         self.stream = torch.cuda.current_stream(u.device).cuda_stream
         self.aligned = True
         self.params = _Params(batch=self.batch, dim=self.dim, seqlen=self.seqlen, dstate=self.dstate,
                               n_groups=self.n_groups, dim_per_group=dpg, n_chunks=self.n_chunks,
-                              softplus=int(softplus))
+                              softplus=int(softplus), keep=_ptr(keep))
 
     def set(self, **tensors) -> None:
         """Point the kernels at these tensors; 16-byte vector access only if every one of them allows it."""
@@ -201,9 +224,11 @@ class _Launch:
         carried = _new_output(*shape, dtype=torch.float32, device=device)
         self.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
         self.kernel(_BWD_SEGMENTS if backward else _FWD_SEGMENTS)
+        seg_keep = (segment_keep(self.keep, n_seg, self.params.seg_chunks * SC) if self.keep is not None
+                    else None)
         total, threads = self.batch * self.dim * self.dstate, 256
         if total:
-            args = [ctypes.c_void_p(_ptr(t)) for t in (A, seg_state, seg_dtsum, init, carried)] + [
+            args = [ctypes.c_void_p(_ptr(t)) for t in (A, seg_state, seg_dtsum, seg_keep, init, carried)] + [
                 ctypes.c_longlong(v) for v in (self.batch * self.dim, self.dim, self.dstate, n_seg)] + [
                 ctypes.c_int(int(backward))]
             nvrtc.launch(self.kernels.carry, (-(-total // threads), 1, 1), (threads, 1, 1), 0, self.stream, args,
@@ -227,7 +252,7 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
 
 class _SelectiveScanCuda(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, cfg, cu_seqlens):
         io_dtype = u.dtype
         dt = _common_dtype(u, delta, z, B, C)
         shapes = (B.shape, C.shape, B.dtype, C.dtype, delta.dtype, z.dtype if z is not None else None)
@@ -235,7 +260,8 @@ class _SelectiveScanCuda(torch.autograd.Function):
         z = z.to(dt).contiguous() if z is not None else None
         B, C = _as_groups(B, dt), _as_groups(C, dt)
         A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
-        launch = _Launch(u, A, B, softplus)
+        keep = step_keep(cu_seqlens, u.shape[-1]) if cu_seqlens is not None else None
+        launch = _Launch(u, A, B, softplus, keep)
         dev = u.device
         training = any(ctx.needs_input_grad)
         batch, dim, dstate = launch.batch, launch.dim, launch.dstate
@@ -253,7 +279,7 @@ class _SelectiveScanCuda(torch.autograd.Function):
             launch.set(start=launch.segments_pass(A, init, backward=False, device=dev))
         launch.kernel(_FWD)
         if training:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states, keep)
         ctx.softplus, ctx.cfg, ctx.shapes = softplus, cfg, shapes
         ctx.has_init = initial_state is not None
         ctx.init_dtype = initial_state.dtype if initial_state is not None else None
@@ -261,10 +287,10 @@ class _SelectiveScanCuda(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast_state):
-        u, delta, A, B, C, D, z, delta_bias, chunk_states = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, chunk_states, keep = ctx.saved_tensors
         B_shape, C_shape, B_dtype, C_dtype, delta_dtype, z_dtype = ctx.shapes
         dt, dev = u.dtype, u.device
-        launch = _Launch(u, A, B, ctx.softplus)
+        launch = _Launch(u, A, B, ctx.softplus, keep)
         batch, dim, dstate = launch.batch, launch.dim, launch.dstate
         dout = dout.to(dt).contiguous()
         dlast = _f32(dlast_state)
@@ -288,13 +314,18 @@ class _SelectiveScanCuda(torch.autograd.Function):
         launch.kernel(_BWD_CAPPED if cfg.bwd_register_cap else _BWD)
         return (du, ddelta.to(delta_dtype), dA, dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
                 dD, dz.to(z_dtype) if dz is not None else None, dbias, None,
-                dstart.to(ctx.init_dtype) if dstart is not None else None, None)
+                dstart.to(ctx.init_dtype) if dstart is not None else None, None, None)
 
 
 def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                        initial_state=None, return_last_state=False, config: CudaScanConfig | None = None):
+                        initial_state=None, return_last_state=False, config: CudaScanConfig | None = None,
+                        cu_seqlens=None):
     """Selective scan with the CUDA kernels; arguments and result as ``ssm_core.selective_scan`` (inputs checked
-    there). Gradients come back in each input's dtype (A, D, delta_bias in float32)."""
+    there). Gradients come back in each input's dtype (A, D, delta_bias in float32). Packed sequences
+    (``cu_seqlens``) without initial or last states: those per sequence are the Triton kernels' (``supports``)."""
+    if cu_seqlens is not None and (initial_state is not None or return_last_state):
+        raise ValueError("selective_scan_cuda: packed sequences (cu_seqlens) take no initial_state and give no "
+                         "last state here; the Triton kernels (scan_triton) do")
     out, last_state = _SelectiveScanCuda.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
-                                               initial_state, config or CudaScanConfig())
+                                               initial_state, config or CudaScanConfig(), cu_seqlens)
     return (out, last_state) if return_last_state else out

@@ -16,6 +16,10 @@
 // recomputes the states of SUB steps at a time into registers, runs the adjoint recurrence and forms all
 // gradients; dB and dC are summed over the block's channels (warp shuffles, then shared memory) before one
 // global atomic add per (state, 4 steps).
+// Packed sequences (VARLEN kernels, batch 1): p.keep is 0 at each sequence's first step and 1 elsewhere; it
+// multiplies that step's decay exp(dt A), so no state (forward) and no adjoint (backward) crosses a boundary,
+// wherever it falls in a chunk or segment, and the carry drops what comes before a segment that holds a start.
+// The unpacked kernels (VARLEN false) are unchanged. Initial and last states per sequence are left to Triton.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -37,6 +41,7 @@ struct Params {
     float *seg_dtsum;        // segment passes: (batch, dim, n_seg), the sum of the steps over the segment
     void *du, *ddelta, *dz;
     float *dA, *dB, *dC, *dD, *dbias, *dstart;
+    const float *keep;       // VARLEN kernels: (seqlen,) 0 at each packed sequence's first step, else 1
 };
 
 namespace ssm_scan {
@@ -265,6 +270,13 @@ __device__ __forceinline__ void stage_inputs(const Params& p, const Coords& bc, 
                           [&](int n, int t, float x, bool) { s_C[t * NP + n] = x; });
 }
 
+// The chunk's keep factors (VARLEN kernels), after the block's other shared-memory tiles.
+template <bool VARLEN>
+__device__ __forceinline__ void stage_keep(const Params& p, float* s_keep, long long t0) {
+    if constexpr (VARLEN)
+        for (int t = threadIdx.x; t < SC; t += NT) s_keep[t] = t0 + t < p.seqlen ? p.keep[t0 + t] : 1.f;
+}
+
 __device__ __forceinline__ void unpack4(const float4& v, float (&a)[NPT]) {
     a[0] = v.x; a[1] = v.y; a[2] = v.z; a[3] = v.w;
 }
@@ -280,7 +292,7 @@ __device__ __forceinline__ float pick4(const float (&a)[4], int key) {
 template <typename T> constexpr int FWD_MIN_BLOCKS = sizeof(T) == 2 ? 8 : 0;
 
 // Forward. SEGMENT_PASS: only each segment's end state from a zero start and its sum of steps (no output).
-template <typename T, int TPC, bool SEGMENT_PASS>
+template <typename T, int TPC, bool SEGMENT_PASS, bool VARLEN>
 __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
     constexpr int CH = NT / TPC, NP = TPC * NPT, G = 4;
     extern __shared__ float4 smem4[];
@@ -288,6 +300,7 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
     float* s_u = s_dt + CH * ROW;          // u, then y + D u
     float* s_B = s_u + CH * ROW;
     float* s_C = s_B + SC * NP;
+    float* s_keep = s_C + SC * NP;
 
     const Coords bc = block_coords<TPC>(p);
     const int c = bc.c, j = bc.j, d = bc.d;
@@ -318,6 +331,7 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
         }
         __syncthreads();  // the previous chunk's readers are done with shared memory
         stage_inputs<T, CH, NP>(p, bc, s_dt, s_u, s_B, SEGMENT_PASS ? nullptr : s_C, t0);
+        stage_keep<VARLEN>(p, s_keep, t0);
         __syncthreads();
 
         float* rdt = s_dt + c * ROW;
@@ -325,11 +339,12 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
 #pragma unroll 1
         for (int t = 0; t < SC; t += G) {
             // All of the group's inputs first, then the recurrence; y is summed over the lanes once per group.
-            float dt[G], uu[G], Bk[G][NPT], Ck[G][NPT], y[G];
+            float dt[G], uu[G], Bk[G][NPT], Ck[G][NPT], y[G], kp[G];
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 dt[g] = rdt[t + g];
                 uu[g] = ru[t + g];
+                kp[g] = VARLEN ? s_keep[t + g] : 1.f;
                 unpack4(reinterpret_cast<const float4*>(s_B + (t + g) * NP)[j], Bk[g]);
                 if (!SEGMENT_PASS) unpack4(reinterpret_cast<const float4*>(s_C + (t + g) * NP)[j], Ck[g]);
             }
@@ -339,7 +354,8 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
                 y[g] = 0.f;
 #pragma unroll
                 for (int k = 0; k < NPT; ++k) {
-                    h[k] = fmaf(ex2(dt[g] * A2[k]), h[k], dtu * Bk[g][k]);
+                    const float a = ex2(dt[g] * A2[k]);
+                    h[k] = fmaf(VARLEN ? a * kp[g] : a, h[k], dtu * Bk[g][k]);
                     if (!SEGMENT_PASS) y[g] = fmaf(Ck[g][k], h[k], y[g]);
                 }
                 if (SEGMENT_PASS) dtsum += dt[g];
@@ -380,8 +396,10 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
 // Chains the segments. Forward: out[s] = state before segment s, from init (the initial state) and each segment's
 // zero-start end state. Backward (reverse): out[s] = gradient into the state after segment s, from init (the
 // gradient of the last state) and each segment's zero-start adjoint at its start. One thread per (row, state).
-__global__ void carry_kernel(const float* A, const float* seg_state, const float* seg_dtsum, const float* init,
-                             float* out, long long rows, long long dim, long long N, long long n_seg, int reverse) {
+// seg_keep (packed sequences; null: all 1): 0 for a segment that holds a sequence start, whose decay it zeroes.
+__global__ void carry_kernel(const float* A, const float* seg_state, const float* seg_dtsum, const float* seg_keep,
+                             const float* init, float* out, long long rows, long long dim, long long N,
+                             long long n_seg, int reverse) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= rows * N) return;
     const long long n = idx % N, bd = idx / N, d = bd % dim;
@@ -390,7 +408,10 @@ __global__ void carry_kernel(const float* A, const float* seg_state, const float
     for (long long i = 0; i < n_seg; ++i) {
         const long long s = reverse ? n_seg - 1 - i : i;
         out[(bd * n_seg + s) * N + n] = h;
-        if (i < n_seg - 1) h = fmaf(exp2f(a2 * seg_dtsum[bd * n_seg + s]), h, seg_state[(bd * n_seg + s) * N + n]);
+        if (i < n_seg - 1) {
+            const float a = exp2f(a2 * seg_dtsum[bd * n_seg + s]);
+            h = fmaf(seg_keep ? a * seg_keep[s] : a, h, seg_state[(bd * n_seg + s) * N + n]);
+        }
     }
 }
 
@@ -406,13 +427,14 @@ __device__ __forceinline__ void stage_dy(const Params& p, const Coords& bc, floa
 
 // Backward segment pass: each segment's (but the first) adjoint at its start from a zero gradient at its end,
 // and its sum of steps. g_t = C_t dy_t + a_{t+1} g_{t+1}; the result is a_start g_start.
-template <typename T, int TPC>
+template <typename T, int TPC, bool VARLEN>
 __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
     constexpr int CH = NT / TPC, NP = TPC * NPT, G = 4;
     extern __shared__ float4 smem4[];
     float* s_dt = reinterpret_cast<float*>(smem4);
     float* s_dy = s_dt + CH * ROW;
     float* s_C = s_dy + CH * ROW;
+    float* s_keep = s_C + SC * NP;
 
     const Coords bc = block_coords<TPC>(p);
     const int c = bc.c, j = bc.j, d = bc.d;
@@ -436,6 +458,7 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
         __syncthreads();
         stage_inputs<T, CH, NP>(p, bc, s_dt, nullptr, nullptr, s_C, t0);
         stage_dy<T, CH>(p, bc, s_dy, t0);
+        stage_keep<VARLEN>(p, s_keep, t0);
         __syncthreads();
         const float* rdt = s_dt + c * ROW;
         const float* rdy = s_dy + c * ROW;
@@ -455,6 +478,7 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
                 for (int k = 0; k < NPT; ++k) {
                     g[k] = fmaf(a_next[k], g[k], Ck[i][k] * dy[i]);
                     a_next[k] = ex2(dt[i] * A2[k]);
+                    if constexpr (VARLEN) a_next[k] *= s_keep[t + i];
                 }
             }
         }
@@ -504,7 +528,7 @@ __device__ __forceinline__ void add4(float* p, float4 v, bool vector_ok) {
 
 // MIN_BLOCKS > 1 caps the registers so that many blocks fit on an SM (at the price of some spilling); which is
 // faster is measured (benchmarks/gpu_scan.py --tune).
-template <typename T, int TPC, int MIN_BLOCKS>
+template <typename T, int TPC, int MIN_BLOCKS, bool VARLEN>
 __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
     constexpr int CH = NT / TPC, NP = TPC * NPT, NSUB = SC / SUB, G = 4;
     extern __shared__ float4 smem4[];
@@ -516,6 +540,7 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
     float* s_dBw = s_C + SC * NP;                    // per-warp channel sums of dB: (NW, SUB, NP)
     float* s_dCw = s_dBw + NW * SUB * NP;
     float* s_dbias = s_dCw + NW * SUB * NP;          // (CH,)
+    float* s_keep = s_dbias + CH;                    // VARLEN: (SC,)
 
     const Coords bc = block_coords<TPC>(p);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -551,6 +576,7 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
         __syncthreads();
         stage_inputs<T, CH, NP>(p, bc, s_dt, s_u, s_B, s_C, t0);
         stage_dy<T, CH>(p, bc, s_dy, t0);
+        stage_keep<VARLEN>(p, s_keep, t0);
         __syncthreads();
 
         float* rdt = s_dt + c * ROW;
@@ -576,8 +602,12 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                     const float dt = rdt[t], dtu = dt * ru[t];
                     float Bk[NPT];
                     unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
+                    const float kp = VARLEN ? s_keep[t] : 1.f;
 #pragma unroll
-                    for (int k = 0; k < NPT; ++k) h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
+                    for (int k = 0; k < NPT; ++k) {
+                        const float a = ex2(dt * A2[k]);
+                        h[k] = fmaf(VARLEN ? a * kp : a, h[k], dtu * Bk[k]);
+                    }
                 }
             }
         }
@@ -595,9 +625,11 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                     const float dt = rdt[t], dtu = dt * ru[t];
                     float Bk[NPT];
                     unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
+                    const float kp = VARLEN ? s_keep[t] : 1.f;
 #pragma unroll
                     for (int k = 0; k < NPT; ++k) {
-                        h[k] = fmaf(ex2(dt * A2[k]), h[k], dtu * Bk[k]);
+                        const float a = ex2(dt * A2[k]);
+                        h[k] = fmaf(VARLEN ? a * kp : a, h[k], dtu * Bk[k]);
                         hist[tt][k] = h[k];
                     }
                 }
@@ -605,13 +637,14 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 #pragma unroll
             for (int gb = SUB - G; gb >= 0; gb -= G) {
                 // The group's inputs first (its steps are overwritten below), then its steps in reverse.
-                float dt[G], uu[G], dy[G], ddt[G], du[G], y[G];
+                float dt[G], uu[G], dy[G], ddt[G], du[G], y[G], kp[G];
 #pragma unroll
                 for (int i = 0; i < G; ++i) {
                     const int t = q * SUB + gb + i;
                     dt[i] = rdt[t];
                     uu[i] = ru[t];
                     dy[i] = rdy[t];
+                    kp[i] = VARLEN ? s_keep[t] : 1.f;
                 }
 #pragma unroll
                 for (int i = G - 1; i >= 0; --i) {
@@ -626,8 +659,10 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                         const float gk = fmaf(a_next[k], g[k], Ck[k] * dy[i]);  // dL/dh_t
                         g[k] = gk;
                         a_next[k] = ex2(dt[i] * A2[k]);
+                        if constexpr (VARLEN) a_next[k] *= kp[i];
                         const float hk = hist[tt][k];
-                        const float ah = hk - dtu * Bk[k];                       // a_t h_{t-1}
+                        // a_t h_{t-1}; exactly 0 at a sequence's first step (not the rounding of h_t - dtu B)
+                        const float ah = VARLEN ? (hk - dtu * Bk[k]) * kp[i] : hk - dtu * Bk[k];
                         dCk[k] = dy[i] * hk;
                         dBk[k] = gk * dtu;
                         dA_acc[k] = fmaf(gk * dt[i], ah, dA_acc[k]);
@@ -719,21 +754,24 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 
 // Dynamic shared memory of each kernel kind: 0 forward, 1 forward segment pass, 2 backward segment pass,
 // 3-4 backward (4: capped at 128 registers).
-__host__ __device__ constexpr unsigned long long smem_bytes(int tpc, int kind) {
+// VARLEN kernels add the chunk's keep factors (SC floats) at the end.
+__host__ __device__ constexpr unsigned long long smem_bytes(int tpc, int kind, bool varlen) {
     const int CH = NT / tpc, NP = tpc * NPT;
-    return sizeof(float) * (kind <= 1   ? 2ull * CH * ROW + 2ull * SC * NP
-                            : kind == 2 ? 2ull * CH * ROW + 1ull * SC * NP
-                                        : 3ull * CH * ROW + 2ull * SC * NP + 2ull * NW * SUB * NP + CH);
+    return sizeof(float) * ((kind <= 1   ? 2ull * CH * ROW + 2ull * SC * NP
+                             : kind == 2 ? 2ull * CH * ROW + 1ull * SC * NP
+                                         : 3ull * CH * ROW + 2ull * SC * NP + 2ull * NW * SUB * NP + CH)
+                            + (varlen ? SC : 0));
 }
 
 }  // namespace ssm_scan
 
 extern "C" {
-// [tpc == 16][kind]
-__constant__ unsigned long long ssm_scan_smem_bytes[2][5] = {
-    {ssm_scan::smem_bytes(4, 0), ssm_scan::smem_bytes(4, 1), ssm_scan::smem_bytes(4, 2), ssm_scan::smem_bytes(4, 3),
-     ssm_scan::smem_bytes(4, 4)},
-    {ssm_scan::smem_bytes(16, 0), ssm_scan::smem_bytes(16, 1), ssm_scan::smem_bytes(16, 2),
-     ssm_scan::smem_bytes(16, 3), ssm_scan::smem_bytes(16, 4)}};
+// [varlen][tpc == 16][kind]
+#define SSM_SCAN_SMEM_ROW(tpc, varlen)                                                                    \
+    {ssm_scan::smem_bytes(tpc, 0, varlen), ssm_scan::smem_bytes(tpc, 1, varlen), ssm_scan::smem_bytes(tpc, 2, varlen), \
+     ssm_scan::smem_bytes(tpc, 3, varlen), ssm_scan::smem_bytes(tpc, 4, varlen)}
+__constant__ unsigned long long ssm_scan_smem_bytes[2][2][5] = {
+    {SSM_SCAN_SMEM_ROW(4, false), SSM_SCAN_SMEM_ROW(16, false)},
+    {SSM_SCAN_SMEM_ROW(4, true), SSM_SCAN_SMEM_ROW(16, true)}};
 __constant__ long long ssm_scan_params_size = sizeof(Params);
 }  // extern "C"
