@@ -110,7 +110,7 @@ case $workload in
     packing) bench benchmarks/classify_packing.py --device cuda --out-dir "$RESULTS" "$@" || bench_rc=$? ;;
     profile)
         gpu=$("$PY" -c 'import torch; print(torch.cuda.get_device_name().replace(" ", "_"))')
-        ncu --profile-from-start off --kernel-name regex:ssm_scan --section SpeedOfLight --section Occupancy \
+        ncu --profile-from-start off --kernel-name-base mangled --kernel-name regex:ssm_scan --section SpeedOfLight --section Occupancy \
             --section LaunchStats --section WarpStateStats --section SchedulerStats \
             --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
             "$PY" benchmarks/profile_scan.py "$@" > "$RESULTS/scan_profile_$gpu.txt" 2>&1 || bench_rc=$?
