@@ -3,6 +3,13 @@ import ssm_core  # noqa: F401
 import pytest
 
 
+def pytest_configure(config):
+    # Here rather than in pyproject.toml, so that the tests know their marks also where they run from an installed
+    # wheel, outside the checkout (benchmarks/run_device.sh scan, the wheel smoke test).
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped on CPU; run on the device with `make test-gpu`)")
+    config.addinivalue_line("markers", "slow: longer CPU tests (still run in CI)")
+
+
 @pytest.fixture
 def assert_refused(capsys):
     """``assert_refused(status, *texts)``: a command line ended with exit status 1 and one ``error: ...`` line
