@@ -1,5 +1,6 @@
 """One forward+backward of the CUDA scan kernels per benchmark shape, under Nsight Compute: what bounds each
-kernel (throughput against the SM and memory peaks, occupancy, warp stall reasons, issue-slot use).
+kernel (throughput against the SM and memory peaks, occupancy, eligible warps, issue-slot use; the per-reason
+stall breakdown is not in the text report).
 
     bash benchmarks/run_device.sh profile [--shapes lm130m_layer wide] [--dtype bf16]
 
