@@ -77,8 +77,8 @@ def separate_calls(x: dict, cu: torch.Tensor, softplus: bool = True):
 def compare(x: dict, cu: torch.Tensor, scan, tol: float, softplus: bool = True, seed: int = 1,
             states: bool = True) -> dict:
     """out, last_state and the gradient of every leaf of ``scan`` (packed) against separate_calls; asserts the
-    relative errors are within tol and returns them. states=False: no initial states and no last state (what the
-    CUDA kernels take), only out and its gradients."""
+    relative errors are within tol and returns them. states=False: no initial states and no last state (packs as
+    the classifiers pass them), only out and its gradients."""
     if not states:
         x = {k: v for k, v in x.items() if k != "initial_state"}
     names = [k for k in ARGS if x.get(k) is not None]
@@ -337,10 +337,15 @@ def test_triton_packed_gpu(case):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("states", [True, False], ids=["with-states-triton", "no-states-cuda"])
+@pytest.mark.parametrize("states", [True, False], ids=["with-states", "no-states"])
 def test_gpu_backend_packed_100k_short_sequences(states, monkeypatch):
-    """selective_scan's gpu backend with cu_seqlens, 10^5 sequences of 0 to 3 steps: with initial and last states
-    per sequence the Triton kernels run it, without them the CUDA kernels (SSM_CORE_GPU_SCAN=cuda: or fail)."""
+    """selective_scan's gpu backend with cu_seqlens, 10^5 sequences of 0 to 3 steps, with and without initial and
+    last states per sequence: the CUDA kernels run it (Triton's would fail the test)."""
+    from ssm_core.ops import scan_triton
+
+    def not_triton(*args, **kwargs):
+        raise AssertionError("packed scans should run on the CUDA kernels")
+    monkeypatch.setattr(scan_triton, "selective_scan_gpu", not_triton)
     monkeypatch.setenv("SSM_CORE_GPU_SCAN", "cuda")
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(0, 4, (100_000,), generator=g).tolist()
@@ -349,7 +354,7 @@ def test_gpu_backend_packed_100k_short_sequences(states, monkeypatch):
             states=states)
 
 
-# ---- the CUDA kernels (GPU only): packs without initial or last states ---------------------------------------
+# ---- the CUDA kernels (GPU only) ---------------------------------------------------------------------------
 
 CUDA_CASES = [  # (lengths, dim, dstate, groups, options, dtype, CudaScanConfig fields); chunks are 64 steps
     # 1-long neighbours, starts inside chunks, on chunk boundaries (64, 128) and spanning many chunks
@@ -361,7 +366,7 @@ CUDA_CASES = [  # (lengths, dim, dstate, groups, options, dtype, CudaScanConfig 
     ([37] * 300, 32, 16, 2, True, torch.float32, dict(fwd_segments=1, bwd_segments=1, bwd_register_cap=False)),
     # dstate 32: 16 lanes per channel; a segment boundary falls on a sequence start (64 * 4 = 256)
     ([256, 5, 251, 1, 600], 48, 32, 1, True, torch.bfloat16, dict(fwd_segments=4, bwd_segments=4)),
-    ([5, 300, 11, 0], 32, 7, None, False, torch.float32, dict(fwd_segments=3, bwd_segments=2)),
+    ([0, 5, 300, 11, 0], 32, 7, None, False, torch.float32, dict(fwd_segments=3, bwd_segments=2)),
 ]
 
 
@@ -378,40 +383,20 @@ def test_cuda_packed_gpu(case):
         with poisoned_outputs():
             return selective_scan_cuda(**kw, config=CudaScanConfig(**config))
     tol = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 5e-3}[dtype]
-    compare(x, cu_of(lengths).cuda(), scan, tol, softplus=options, states=False)
+    compare(x, cu_of(lengths).cuda(), scan, tol, softplus=options)
 
 
-def test_gpu_packs_go_to_cuda_unless_they_carry_states(monkeypatch):
-    """The routing, checked on any machine: packs without per-sequence states to the CUDA kernels, packs with
-    them to Triton (the CUDA kernels do not take them), under SSM_CORE_GPU_SCAN=auto."""
-    from ssm_core.ops import scan_cuda
-    from ssm_core.ops.selective_scan import choose_backend
-    monkeypatch.setattr(scan_cuda, "available", lambda: (True, "test"))
-    monkeypatch.setattr(scan_cuda, "supports", lambda *a: True)
-    monkeypatch.delenv("SSM_CORE_GPU_SCAN", raising=False)
-    u = torch.zeros(1, 2, 3)
-    inputs = (u, u, torch.zeros(2, 4), torch.zeros(1, 4, 3))
-    cuda = torch.device("cuda")
-    assert choose_backend("gpu", cuda, scan_inputs=inputs) == "cuda"          # a pack without states, or none
-    assert choose_backend("gpu", cuda, scan_inputs=inputs, packed_states=True) == "triton"
-
-
-def test_cuda_scan_refuses_packs_with_states():
-    from ssm_core.ops.scan_cuda import selective_scan_cuda
-    x = {k: v.detach() for k, v in packed_inputs([2, 3], dim=2, dstate=2, dtype=torch.float32).items()}
-    with pytest.raises(ValueError, match="initial_state"):
-        selective_scan_cuda(**x, cu_seqlens=cu_of([2, 3]))
-
-
-def test_step_and_segment_keep():
-    """The VARLEN kernels' keep factors: 0 at each sequence's first step (none for trailing empty sequences),
-    and 0 for each segment holding one."""
-    from ssm_core.ops.scan_cuda import segment_keep, step_keep
-    keep = step_keep(cu_of([2, 0, 3, 1, 0]), 6)
-    assert keep.tolist() == [0, 1, 0, 1, 1, 0]
-    assert segment_keep(keep, 3, 2).tolist() == [0, 0, 0]
-    assert segment_keep(step_keep(cu_of([5, 1]), 6), 3, 2).tolist() == [0, 1, 0]
-    assert segment_keep(step_keep(cu_of([6]), 6), 2, 4).tolist() == [0, 1]
+def test_cuda_pack_steps():
+    """What the VARLEN kernels read: the sequence each step starts and ends (none for empty sequences, also
+    trailing ones), the empty sequences, and 0 for each segment holding a start."""
+    from ssm_core.ops.scan_cuda import Pack
+    pack = Pack.of(cu_of([2, 0, 3, 1, 0]), 6)
+    assert pack.first_of.tolist() == [0, -1, 2, -1, -1, 3]
+    assert pack.last_of.tolist() == [-1, 0, -1, -1, 2, 3]
+    assert pack.empty.flatten().tolist() == [False, True, False, False, True]
+    assert pack.segment_keep(3, 2).tolist() == [0, 0, 0]
+    assert Pack.of(cu_of([5, 1]), 6).segment_keep(3, 2).tolist() == [0, 1, 0]
+    assert Pack.of(cu_of([6]), 6).segment_keep(2, 4).tolist() == [0, 1]
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ class _Params(ctypes.Structure):
         "softplus", "vec")] + [(name, ctypes.c_void_p) for name in (
             "u", "delta", "z", "dout", "B", "C", "A", "D", "bias", "start", "end_grad", "out", "chunk_states",
             "last_state", "seg_state", "seg_dtsum", "du", "ddelta", "dz", "dA", "dB", "dC", "dD", "dbias",
-            "dstart", "keep")])
+            "dstart", "first_of", "last_of", "h0", "dlast", "seq_last", "dh0")])
 
 
 def arch(device) -> str:
@@ -160,25 +160,39 @@ def _segments(blocks: int, n_chunks: int, per_sm: int, forced: int | None, devic
     return -(-n_chunks // per_seg), per_seg
 
 
-def step_keep(cu_seqlens: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """(seqlen,) float32: 0 at each packed sequence's first step, 1 elsewhere (the VARLEN kernels' ``keep``)."""
-    keep = torch.ones(seqlen, dtype=torch.float32, device=cu_seqlens.device)
-    starts = cu_seqlens[:-1].long()
-    keep[starts[starts < seqlen]] = 0.0       # a start equal to seqlen: trailing empty sequences, no step
-    return keep
+@dataclass(frozen=True)
+class Pack:
+    """Packed sequences (batch 1) as the VARLEN kernels read them: first_of / last_of (seqlen,) int32, the sequence
+    each step starts / ends (-1: none); empty (n, 1, 1) True for a zero-length sequence (no step of its own: its
+    last state is its initial state, and that state's gradient its last state's)."""
+    first_of: torch.Tensor
+    last_of: torch.Tensor
+    empty: torch.Tensor
 
+    @staticmethod
+    def of(cu_seqlens: torch.Tensor, seqlen: int) -> "Pack":
+        dev = cu_seqlens.device
+        starts, ends = cu_seqlens[:-1].long(), cu_seqlens[1:].long()
+        held = ends > starts
+        index = torch.arange(starts.numel(), dtype=torch.int32, device=dev)[held]
+        first_of = torch.full((seqlen,), -1, dtype=torch.int32, device=dev)
+        last_of = torch.full((seqlen,), -1, dtype=torch.int32, device=dev)
+        first_of[starts[held]] = index
+        last_of[ends[held] - 1] = index
+        return Pack(first_of, last_of, (~held)[:, None, None])
 
-def segment_keep(keep: torch.Tensor, n_seg: int, steps: int) -> torch.Tensor:
-    """(n_seg,) float32: 0 for a segment of ``steps`` steps that holds a sequence start, else 1."""
-    padded = torch.ones(n_seg * steps, dtype=keep.dtype, device=keep.device)
-    padded[:keep.numel()] = keep
-    return padded.view(n_seg, steps).amin(1)
+    def segment_keep(self, n_seg: int, steps: int) -> torch.Tensor:
+        """(n_seg,) float32: 0 for a segment of ``steps`` steps that holds a sequence start (the carry drops what
+        comes before it), else 1."""
+        starts = torch.zeros(n_seg * steps, dtype=torch.bool, device=self.first_of.device)
+        starts[:self.first_of.numel()] = self.first_of >= 0
+        return (~starts.view(n_seg, steps).any(1)).float()
 
 
 class _Launch:
-    """Sizes and pointers of one call, filled into _Params. ``keep``: packed sequences (``step_keep``), or None."""
+    """Sizes and pointers of one call, filled into _Params. ``pack``: packed sequences, or None."""
 
-    def __init__(self, u, A, B, softplus, keep=None):
+    def __init__(self, u, A, B, softplus, pack: Pack | None = None):
         self.batch, self.dim, self.seqlen = u.shape
         self.dstate = A.shape[1]
         self.n_groups = B.shape[1]
@@ -188,13 +202,15 @@ class _Launch:
         self.blocks = self.batch * self.n_groups * -(-dpg // self.ch)
         self.n_chunks = max(1, -(-self.seqlen // SC))
         self.device_index = u.device.index if u.device.index is not None else torch.cuda.current_device()
-        self.kernels = _kernels(self.device_index, u.dtype, self.tpc, keep is not None)
-        self.keep = keep
+        self.kernels = _kernels(self.device_index, u.dtype, self.tpc, pack is not None)
+        self.pack = pack
         self.stream = torch.cuda.current_stream(u.device).cuda_stream
         self.aligned = True
         self.params = _Params(batch=self.batch, dim=self.dim, seqlen=self.seqlen, dstate=self.dstate,
                               n_groups=self.n_groups, dim_per_group=dpg, n_chunks=self.n_chunks,
-                              softplus=int(softplus), keep=_ptr(keep))
+                              softplus=int(softplus))
+        if pack is not None:
+            self.set(first_of=pack.first_of, last_of=pack.last_of)
 
     def set(self, **tensors) -> None:
         """Point the kernels at these tensors; 16-byte vector access only if every one of them allows it."""
@@ -224,8 +240,7 @@ class _Launch:
         carried = _new_output(*shape, dtype=torch.float32, device=device)
         self.set(seg_state=seg_state, seg_dtsum=seg_dtsum)
         self.kernel(_BWD_SEGMENTS if backward else _FWD_SEGMENTS)
-        seg_keep = (segment_keep(self.keep, n_seg, self.params.seg_chunks * SC) if self.keep is not None
-                    else None)
+        seg_keep = self.pack.segment_keep(n_seg, self.params.seg_chunks * SC) if self.pack is not None else None
         total, threads = self.batch * self.dim * self.dstate, 256
         if total:
             args = [ctypes.c_void_p(_ptr(t)) for t in (A, seg_state, seg_dtsum, seg_keep, init, carried)] + [
@@ -260,26 +275,34 @@ class _SelectiveScanCuda(torch.autograd.Function):
         z = z.to(dt).contiguous() if z is not None else None
         B, C = _as_groups(B, dt), _as_groups(C, dt)
         A, D, delta_bias = _f32(A), _f32(D), _f32(delta_bias)
-        keep = step_keep(cu_seqlens, u.shape[-1]) if cu_seqlens is not None else None
-        launch = _Launch(u, A, B, softplus, keep)
+        pack = Pack.of(cu_seqlens, u.shape[-1]) if cu_seqlens is not None else None
+        launch = _Launch(u, A, B, softplus, pack)
         dev = u.device
         training = any(ctx.needs_input_grad)
         batch, dim, dstate = launch.batch, launch.dim, launch.dstate
         out = _new_output(u.shape, dtype=dt, device=dev)
         chunk_states = (_new_output(batch, dim, launch.n_chunks + 1, dstate, dtype=torch.float32, device=dev)
                         if training else None)
-        last_state = _new_output(batch, dim, dstate, dtype=torch.float32, device=dev)
         init = _f32(initial_state)
+        # Packed, the initial and last states are per sequence and the kernels handle them at its first and last
+        # steps; nothing flows into the pack's first step from outside.
+        h0, init = (init, None) if pack is not None else (None, init)
+        n_last = cu_seqlens.numel() - 1 if pack is not None else batch
+        last_state = _new_output(n_last, dim, dstate, dtype=torch.float32, device=dev)
         cfg = cfg.resolved(launch.blocks, dev)
         n_seg, per_seg = _segments(launch.blocks, launch.n_chunks, cfg.fwd_blocks_per_sm, cfg.fwd_segments, dev)
         launch.segments(n_seg, per_seg)
         launch.set(u=u, delta=delta, z=z, B=B, C=C, A=A, D=D, bias=delta_bias, out=out,
-                   chunk_states=chunk_states, last_state=last_state, start=init)
+                   chunk_states=chunk_states, start=init, **({"h0": h0, "seq_last": last_state} if pack is not None
+                                                              else {"last_state": last_state}))
         if n_seg > 1:
             launch.set(start=launch.segments_pass(A, init, backward=False, device=dev))
         launch.kernel(_FWD)
+        if pack is not None:
+            last_state = torch.where(pack.empty, h0 if h0 is not None else 0.0, last_state)
         if training:
-            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states, keep)
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, chunk_states, h0)
+        ctx.pack = pack
         ctx.softplus, ctx.cfg, ctx.shapes = softplus, cfg, shapes
         ctx.has_init = initial_state is not None
         ctx.init_dtype = initial_state.dtype if initial_state is not None else None
@@ -287,10 +310,11 @@ class _SelectiveScanCuda(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dlast_state):
-        u, delta, A, B, C, D, z, delta_bias, chunk_states, keep = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, chunk_states, h0 = ctx.saved_tensors
         B_shape, C_shape, B_dtype, C_dtype, delta_dtype, z_dtype = ctx.shapes
         dt, dev = u.dtype, u.device
-        launch = _Launch(u, A, B, ctx.softplus, keep)
+        pack = ctx.pack
+        launch = _Launch(u, A, B, ctx.softplus, pack)
         batch, dim, dstate = launch.batch, launch.dim, launch.dstate
         dout = dout.to(dt).contiguous()
         dlast = _f32(dlast_state)
@@ -301,17 +325,26 @@ class _SelectiveScanCuda(torch.autograd.Function):
         dC = torch.zeros(C.shape, dtype=torch.float32, device=dev)
         dD = torch.zeros(dim, dtype=torch.float32, device=dev) if D is not None else None
         dbias = torch.zeros(dim, dtype=torch.float32, device=dev) if delta_bias is not None else None
-        dstart = (_new_output(batch, dim, dstate, dtype=torch.float32, device=dev)
-                  if ctx.has_init and ctx.needs_input_grad[9] else None)
+        want_dstart = ctx.has_init and ctx.needs_input_grad[9]
+        n_init = pack.empty.shape[0] if pack is not None else batch
+        dstart = _new_output(n_init, dim, dstate, dtype=torch.float32, device=dev) if want_dstart else None
         cfg = ctx.cfg
         n_seg, per_seg = _segments(launch.blocks, launch.n_chunks, cfg.bwd_blocks_per_sm, cfg.bwd_segments, dev)
         launch.segments(n_seg, per_seg)
         launch.set(u=u, delta=delta, z=z, dout=dout, B=B, C=C, A=A, D=D, bias=delta_bias,
-                   chunk_states=chunk_states, end_grad=dlast, du=du, ddelta=ddelta, dz=dz, dA=dA, dB=dB, dC=dC,
-                   dD=dD, dbias=dbias, dstart=dstart)
+                   chunk_states=chunk_states, du=du, ddelta=ddelta, dz=dz, dA=dA, dB=dB, dC=dC, dD=dD, dbias=dbias)
+        # Packed, each sequence's last-state gradient enters at its last step and its initial state's gradient
+        # leaves at its first, inside the kernels: nothing enters after the pack's last step.
+        end_grad = None if pack is not None else dlast
+        if pack is not None:
+            launch.set(h0=h0, dlast=dlast, dh0=dstart)
+        else:
+            launch.set(end_grad=end_grad, dstart=dstart)
         if n_seg > 1:
-            launch.set(end_grad=launch.segments_pass(A, dlast, backward=True, device=dev))
+            launch.set(end_grad=launch.segments_pass(A, end_grad, backward=True, device=dev))
         launch.kernel(_BWD_CAPPED if cfg.bwd_register_cap else _BWD)
+        if pack is not None and dstart is not None:  # a zero-length sequence's last state is its initial state
+            dstart = torch.where(pack.empty, dlast if dlast is not None else 0.0, dstart)
         return (du, ddelta.to(delta_dtype), dA, dB.reshape(B_shape).to(B_dtype), dC.reshape(C_shape).to(C_dtype),
                 dD, dz.to(z_dtype) if dz is not None else None, dbias, None,
                 dstart.to(ctx.init_dtype) if dstart is not None else None, None, None)
@@ -321,11 +354,7 @@ def selective_scan_cuda(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
                         initial_state=None, return_last_state=False, config: CudaScanConfig | None = None,
                         cu_seqlens=None):
     """Selective scan with the CUDA kernels; arguments and result as ``ssm_core.selective_scan`` (inputs checked
-    there). Gradients come back in each input's dtype (A, D, delta_bias in float32). Packed sequences
-    (``cu_seqlens``) without initial or last states: those per sequence are the Triton kernels' (``supports``)."""
-    if cu_seqlens is not None and (initial_state is not None or return_last_state):
-        raise ValueError("selective_scan_cuda: packed sequences (cu_seqlens) take no initial_state and give no "
-                         "last state here; the Triton kernels (scan_triton) do")
+    there). Gradients come back in each input's dtype (A, D, delta_bias in float32)."""
     out, last_state = _SelectiveScanCuda.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus),
                                                initial_state, config or CudaScanConfig(), cu_seqlens)
     return (out, last_state) if return_last_state else out

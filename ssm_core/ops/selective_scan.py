@@ -11,9 +11,8 @@ code can switch between the two. Backends, the ``backend=`` argument (``MambaCon
   warning that says why and what it costs), ``cuda`` (the CUDA kernels or an error) or ``triton`` chooses;
 - ``auto``: ``gpu`` for CUDA tensors, ``cpu`` on the CPU, ``reference`` elsewhere (Apple's mps).
 
-Every backend takes packed variable-length sequences (``cu_seqlens``, see ``ssm_core/utils/varlen.py``). On the
-``gpu`` backend the CUDA kernels take packs without initial or last states per sequence (what classifiers and
-training read); packs with them go to the Triton kernels whatever ``SSM_CORE_GPU_SCAN`` says.
+Every backend takes packed variable-length sequences (``cu_seqlens``, see ``ssm_core/utils/varlen.py``), with
+initial and last states per sequence.
 ``choose_backend`` applies these rules, and those of the Mamba blocks' fused inference paths, for every caller.
 """
 from __future__ import annotations
@@ -120,14 +119,13 @@ OPS = ("scan", "step", "block_forward", "block_step")
 
 
 def choose_backend(backend: str, device: torch.device, op: str = "scan", *, scan_inputs=None,
-                   packed_states: bool = False, fusable: bool = False, grad: bool = True) -> str:
+                   fusable: bool = False, grad: bool = True) -> str:
     """Which implementation runs `op` on `device` for a caller configured with `backend` (one of BACKENDS; see
     the module docstring for what each means). Every caller asks here; nothing else chooses.
 
     op, and what it returns:
     - "scan" (``selective_scan``): "reference", "cpu" (numba), or on the gpu backend "cuda" or "triton" as
-      SSM_CORE_GPU_SCAN says, judged on ``scan_inputs`` = (u, delta, A, B); "triton" for packed sequences with
-      initial or last states per sequence (``packed_states``), which the CUDA kernels do not take.
+      SSM_CORE_GPU_SCAN says, judged on ``scan_inputs`` = (u, delta, A, B).
     - "step" (``selective_state_update``): "triton" on the gpu backend, else "reference" (one step is
       O(batch*dim*dstate): PyTorch's vectorised ops are already the right tool on the CPU).
     - "block_forward" (``Mamba.forward``): "cpu_fused", numba kernels fused with the block's projections in their
@@ -156,7 +154,7 @@ def choose_backend(backend: str, device: torch.device, op: str = "scan", *, scan
         return "triton_fused" if backend == "gpu" and fusable and not grad else "unfused"
     if backend != "gpu":
         return "reference" if op == "step" else backend
-    if op == "step" or packed_states:
+    if op == "step":
         return "triton"
     return _gpu_scan_kernel(*scan_inputs)
 
@@ -199,8 +197,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     Returns out (batch, dim, seqlen) in u's dtype, or (out, last_state (batch, dim, dstate)) if asked.
     """
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state, cu_seqlens)
-    kernel = choose_backend(backend, u.device, scan_inputs=(u, delta, A, B),
-                            packed_states=cu_seqlens is not None and (initial_state is not None or return_last_state))
+    kernel = choose_backend(backend, u.device, scan_inputs=(u, delta, A, B))
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_last_state)
     if kernel == "reference":
         return selective_scan_reference(*args, cu_seqlens=cu_seqlens)

@@ -16,10 +16,12 @@
 // recomputes the states of SUB steps at a time into registers, runs the adjoint recurrence and forms all
 // gradients; dB and dC are summed over the block's channels (warp shuffles, then shared memory) before one
 // global atomic add per (state, 4 steps).
-// Packed sequences (VARLEN kernels, batch 1): p.keep is 0 at each sequence's first step and 1 elsewhere; it
-// multiplies that step's decay exp(dt A), so no state (forward) and no adjoint (backward) crosses a boundary,
-// wherever it falls in a chunk or segment, and the carry drops what comes before a segment that holds a start.
-// The unpacked kernels (VARLEN false) are unchanged. Initial and last states per sequence are left to Triton.
+// Packed sequences (VARLEN kernels, batch 1): p.first_of / p.last_of name the sequence each step starts / ends
+// (-1: none). A sequence's first step decays its initial state h0[i] (or 0) instead of the running state, so no
+// state (forward) and no adjoint (backward) crosses a boundary, wherever it falls in a chunk or segment; its last
+// step writes the sequence's last state and, in the backward, takes in that state's gradient; the first step
+// gives dL/dh0[i]. The carry drops what comes before a segment that holds a start. The unpacked kernels
+// (VARLEN false) are unchanged.
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -41,7 +43,11 @@ struct Params {
     float *seg_dtsum;        // segment passes: (batch, dim, n_seg), the sum of the steps over the segment
     void *du, *ddelta, *dz;
     float *dA, *dB, *dC, *dD, *dbias, *dstart;
-    const float *keep;       // VARLEN kernels: (seqlen,) 0 at each packed sequence's first step, else 1
+    // VARLEN kernels (n packed sequences, batch 1): per step the sequence it starts / ends, else -1 (seqlen,);
+    // initial states, last states, their gradients (n, dim, dstate), each null when not wanted
+    const int *first_of, *last_of;
+    const float *h0, *dlast;
+    float *seq_last, *dh0;
 };
 
 namespace ssm_scan {
@@ -270,11 +276,27 @@ __device__ __forceinline__ void stage_inputs(const Params& p, const Coords& bc, 
                           [&](int n, int t, float x, bool) { s_C[t * NP + n] = x; });
 }
 
-// The chunk's keep factors (VARLEN kernels), after the block's other shared-memory tiles.
+// The chunk's sequence starts and ends (VARLEN kernels), after the block's other shared-memory tiles.
 template <bool VARLEN>
-__device__ __forceinline__ void stage_keep(const Params& p, float* s_keep, long long t0) {
+__device__ __forceinline__ void stage_pack(const Params& p, int* s_first, int* s_last, long long t0) {
     if constexpr (VARLEN)
-        for (int t = threadIdx.x; t < SC; t += NT) s_keep[t] = t0 + t < p.seqlen ? p.keep[t0 + t] : 1.f;
+        for (int t = threadIdx.x; t < SC; t += NT) {
+            const bool in = t0 + t < p.seqlen;
+            s_first[t] = in ? p.first_of[t0 + t] : -1;
+            s_last[t] = in ? p.last_of[t0 + t] : -1;
+        }
+}
+
+// Offset of (sequence i, channel d, state n) in an (n_seq, dim, dstate) tensor.
+__device__ __forceinline__ long long seq_at(const Params& p, int i, int d, int n) {
+    return ((long long)i * p.dim + d) * p.dstate + n;
+}
+
+// The state a step decays: the running one, or at a sequence's first step (first >= 0) its initial state (0 if
+// none). on: this lane's state exists (n < dstate in a valid channel).
+__device__ __forceinline__ float state_before(const Params& p, float h, int first, int d, int n, bool on) {
+    if (first < 0) return h;
+    return (on && p.h0) ? p.h0[seq_at(p, first, d, n)] : 0.f;
 }
 
 __device__ __forceinline__ void unpack4(const float4& v, float (&a)[NPT]) {
@@ -300,7 +322,8 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
     float* s_u = s_dt + CH * ROW;          // u, then y + D u
     float* s_B = s_u + CH * ROW;
     float* s_C = s_B + SC * NP;
-    float* s_keep = s_C + SC * NP;
+    int* s_first = reinterpret_cast<int*>(s_C + SC * NP);
+    int* s_last = s_first + SC;
 
     const Coords bc = block_coords<TPC>(p);
     const int c = bc.c, j = bc.j, d = bc.d;
@@ -331,7 +354,7 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
         }
         __syncthreads();  // the previous chunk's readers are done with shared memory
         stage_inputs<T, CH, NP>(p, bc, s_dt, s_u, s_B, SEGMENT_PASS ? nullptr : s_C, t0);
-        stage_keep<VARLEN>(p, s_keep, t0);
+        stage_pack<VARLEN>(p, s_first, s_last, t0);
         __syncthreads();
 
         float* rdt = s_dt + c * ROW;
@@ -339,12 +362,14 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
 #pragma unroll 1
         for (int t = 0; t < SC; t += G) {
             // All of the group's inputs first, then the recurrence; y is summed over the lanes once per group.
-            float dt[G], uu[G], Bk[G][NPT], Ck[G][NPT], y[G], kp[G];
+            float dt[G], uu[G], Bk[G][NPT], Ck[G][NPT], y[G];
+            int first[G], last[G];
 #pragma unroll
             for (int g = 0; g < G; ++g) {
                 dt[g] = rdt[t + g];
                 uu[g] = ru[t + g];
-                kp[g] = VARLEN ? s_keep[t + g] : 1.f;
+                first[g] = VARLEN ? s_first[t + g] : -1;
+                last[g] = VARLEN ? s_last[t + g] : -1;
                 unpack4(reinterpret_cast<const float4*>(s_B + (t + g) * NP)[j], Bk[g]);
                 if (!SEGMENT_PASS) unpack4(reinterpret_cast<const float4*>(s_C + (t + g) * NP)[j], Ck[g]);
             }
@@ -354,8 +379,15 @@ __global__ void __launch_bounds__(NT, FWD_MIN_BLOCKS<T>) fwd_kernel(Params p) {
                 y[g] = 0.f;
 #pragma unroll
                 for (int k = 0; k < NPT; ++k) {
+                    const int n = j * NPT + k;
+                    const bool on = valid && n < N;
                     const float a = ex2(dt[g] * A2[k]);
-                    h[k] = fmaf(VARLEN ? a * kp[g] : a, h[k], dtu * Bk[g][k]);
+                    if constexpr (VARLEN) {
+                        h[k] = fmaf(a, state_before(p, h[k], first[g], d, n, on), dtu * Bk[g][k]);
+                        if (!SEGMENT_PASS && last[g] >= 0 && on && p.seq_last) p.seq_last[seq_at(p, last[g], d, n)] = h[k];
+                    } else {
+                        h[k] = fmaf(a, h[k], dtu * Bk[g][k]);
+                    }
                     if (!SEGMENT_PASS) y[g] = fmaf(Ck[g][k], h[k], y[g]);
                 }
                 if (SEGMENT_PASS) dtsum += dt[g];
@@ -434,7 +466,8 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
     float* s_dt = reinterpret_cast<float*>(smem4);
     float* s_dy = s_dt + CH * ROW;
     float* s_C = s_dy + CH * ROW;
-    float* s_keep = s_C + SC * NP;
+    int* s_first = reinterpret_cast<int*>(s_C + SC * NP);
+    int* s_last = s_first + SC;
 
     const Coords bc = block_coords<TPC>(p);
     const int c = bc.c, j = bc.j, d = bc.d;
@@ -458,7 +491,7 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
         __syncthreads();
         stage_inputs<T, CH, NP>(p, bc, s_dt, nullptr, nullptr, s_C, t0);
         stage_dy<T, CH>(p, bc, s_dy, t0);
-        stage_keep<VARLEN>(p, s_keep, t0);
+        stage_pack<VARLEN>(p, s_first, s_last, t0);
         __syncthreads();
         const float* rdt = s_dt + c * ROW;
         const float* rdy = s_dy + c * ROW;
@@ -478,7 +511,12 @@ __global__ void __launch_bounds__(NT) bwd_segment_kernel(Params p) {
                 for (int k = 0; k < NPT; ++k) {
                     g[k] = fmaf(a_next[k], g[k], Ck[i][k] * dy[i]);
                     a_next[k] = ex2(dt[i] * A2[k]);
-                    if constexpr (VARLEN) a_next[k] *= s_keep[t + i];
+                    if constexpr (VARLEN) {
+                        const int n = j * NPT + k;
+                        const int last = s_last[t + i];
+                        if (last >= 0 && valid && n < N && p.dlast) g[k] += p.dlast[seq_at(p, last, d, n)];
+                        if (s_first[t + i] >= 0) a_next[k] = 0.f;  // nothing flows back before a sequence start
+                    }
                 }
             }
         }
@@ -540,7 +578,8 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
     float* s_dBw = s_C + SC * NP;                    // per-warp channel sums of dB: (NW, SUB, NP)
     float* s_dCw = s_dBw + NW * SUB * NP;
     float* s_dbias = s_dCw + NW * SUB * NP;          // (CH,)
-    float* s_keep = s_dbias + CH;                    // VARLEN: (SC,)
+    int* s_first = reinterpret_cast<int*>(s_dbias + CH);  // VARLEN: (SC,) each
+    int* s_last = s_first + SC;
 
     const Coords bc = block_coords<TPC>(p);
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -576,7 +615,7 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
         __syncthreads();
         stage_inputs<T, CH, NP>(p, bc, s_dt, s_u, s_B, s_C, t0);
         stage_dy<T, CH>(p, bc, s_dy, t0);
-        stage_keep<VARLEN>(p, s_keep, t0);
+        stage_pack<VARLEN>(p, s_first, s_last, t0);
         __syncthreads();
 
         float* rdt = s_dt + c * ROW;
@@ -602,11 +641,14 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                     const float dt = rdt[t], dtu = dt * ru[t];
                     float Bk[NPT];
                     unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
-                    const float kp = VARLEN ? s_keep[t] : 1.f;
 #pragma unroll
                     for (int k = 0; k < NPT; ++k) {
                         const float a = ex2(dt * A2[k]);
-                        h[k] = fmaf(VARLEN ? a * kp : a, h[k], dtu * Bk[k]);
+                        if constexpr (VARLEN)
+                            h[k] = fmaf(a, state_before(p, h[k], s_first[t], d, j * NPT + k, valid && j * NPT + k < N),
+                                        dtu * Bk[k]);
+                        else
+                            h[k] = fmaf(a, h[k], dtu * Bk[k]);
                     }
                 }
             }
@@ -625,11 +667,14 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                     const float dt = rdt[t], dtu = dt * ru[t];
                     float Bk[NPT];
                     unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
-                    const float kp = VARLEN ? s_keep[t] : 1.f;
 #pragma unroll
                     for (int k = 0; k < NPT; ++k) {
                         const float a = ex2(dt * A2[k]);
-                        h[k] = fmaf(VARLEN ? a * kp : a, h[k], dtu * Bk[k]);
+                        if constexpr (VARLEN)
+                            h[k] = fmaf(a, state_before(p, h[k], s_first[t], d, j * NPT + k, valid && j * NPT + k < N),
+                                        dtu * Bk[k]);
+                        else
+                            h[k] = fmaf(a, h[k], dtu * Bk[k]);
                         hist[tt][k] = h[k];
                     }
                 }
@@ -637,14 +682,16 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 #pragma unroll
             for (int gb = SUB - G; gb >= 0; gb -= G) {
                 // The group's inputs first (its steps are overwritten below), then its steps in reverse.
-                float dt[G], uu[G], dy[G], ddt[G], du[G], y[G], kp[G];
+                float dt[G], uu[G], dy[G], ddt[G], du[G], y[G];
+                int first[G], last[G];
 #pragma unroll
                 for (int i = 0; i < G; ++i) {
                     const int t = q * SUB + gb + i;
                     dt[i] = rdt[t];
                     uu[i] = ru[t];
                     dy[i] = rdy[t];
-                    kp[i] = VARLEN ? s_keep[t] : 1.f;
+                    first[i] = VARLEN ? s_first[t] : -1;
+                    last[i] = VARLEN ? s_last[t] : -1;
                 }
 #pragma unroll
                 for (int i = G - 1; i >= 0; --i) {
@@ -656,13 +703,22 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                     ddt[i] = du[i] = y[i] = 0.f;
 #pragma unroll
                     for (int k = 0; k < NPT; ++k) {
-                        const float gk = fmaf(a_next[k], g[k], Ck[k] * dy[i]);  // dL/dh_t
-                        g[k] = gk;
-                        a_next[k] = ex2(dt[i] * A2[k]);
-                        if constexpr (VARLEN) a_next[k] *= kp[i];
+                        float gk = fmaf(a_next[k], g[k], Ck[k] * dy[i]);         // dL/dh_t
+                        const float a = ex2(dt[i] * A2[k]);
                         const float hk = hist[tt][k];
-                        // a_t h_{t-1}; exactly 0 at a sequence's first step (not the rounding of h_t - dtu B)
-                        const float ah = VARLEN ? (hk - dtu * Bk[k]) * kp[i] : hk - dtu * Bk[k];
+                        float ah = hk - dtu * Bk[k];                             // a_t h_{t-1}
+                        a_next[k] = a;
+                        if constexpr (VARLEN) {
+                            const int n = j * NPT + k;
+                            const bool on = valid && n < N;
+                            if (last[i] >= 0 && on && p.dlast) gk += p.dlast[seq_at(p, last[i], d, n)];
+                            if (first[i] >= 0) {  // h_{t-1} is the sequence's initial state; nothing flows before it
+                                ah = a * state_before(p, 0.f, first[i], d, n, on);
+                                if (on && p.dh0) p.dh0[seq_at(p, first[i], d, n)] = a * gk;
+                                a_next[k] = 0.f;
+                            }
+                        }
+                        g[k] = gk;
                         dCk[k] = dy[i] * hk;
                         dBk[k] = gk * dtu;
                         dA_acc[k] = fmaf(gk * dt[i], ah, dA_acc[k]);
@@ -754,13 +810,13 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 
 // Dynamic shared memory of each kernel kind: 0 forward, 1 forward segment pass, 2 backward segment pass,
 // 3-4 backward (4: capped at 128 registers).
-// VARLEN kernels add the chunk's keep factors (SC floats) at the end.
+// VARLEN kernels add the chunk's sequence starts and ends (2 SC ints) at the end.
 __host__ __device__ constexpr unsigned long long smem_bytes(int tpc, int kind, bool varlen) {
     const int CH = NT / tpc, NP = tpc * NPT;
     return sizeof(float) * ((kind <= 1   ? 2ull * CH * ROW + 2ull * SC * NP
                              : kind == 2 ? 2ull * CH * ROW + 1ull * SC * NP
                                          : 3ull * CH * ROW + 2ull * SC * NP + 2ull * NW * SUB * NP + CH)
-                            + (varlen ? SC : 0));
+                            + (varlen ? 2 * SC : 0));
 }
 
 }  // namespace ssm_scan
