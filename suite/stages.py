@@ -65,6 +65,8 @@ class GenomicsSize:
     ft_steps: int | None
     ft_batch: int | None
     ft_bases: int | None = None      # bases per fine-tuning step instead: batch = ft_bases // window at each window
+    ft_lr: float = 3e-3              # peak learning rate when ft_steps is set (else the preset's recipe)
+    ft_chain: bool = True            # each longer window starts from the previous window's classifier, else from the LM
     ft_valid: int
     ft_test: int
     heldout_per_species: int         # records per species in the held-out FASTA files
@@ -149,8 +151,8 @@ SIZES = {
         checkpoint_every=200,
         core=CoreSize(preset="tiny", steps=300, step_prompts=8),
         genomics=GenomicsSize(genome="small", signal="strong", preset="1.4m", lm_seqlen=4096, lm_warmup_start=1024,
-                              lm_steps=400, lm_batch=16, windows=(1024, 4096, 16384), ft_steps=500, ft_batch=None,
-                              ft_bases=131072, ft_valid=64, ft_test=1024, heldout_per_species=20,
+                              lm_steps=400, lm_batch=16, windows=(1024, 4096, 16384), ft_steps=1000, ft_batch=None,
+                              ft_bases=131072, ft_lr=2e-3, ft_chain=False, ft_valid=64, ft_test=1024, heldout_per_species=20,
                               heldout_length=16384, baseline_train=1024),
         audio=AudioSize(digits_per_class=200, preset="6.1m", steps=1000, batch=16, crop=None, warmup=100, valid=64,
                         n_clips=64, clip_seconds=1.0, classifier_preset="resnext29", classifier_epochs=20),
@@ -321,7 +323,8 @@ def stage_genomics_pretrain(ctx: Context) -> dict:
 
 def stage_genomics_finetune(ctx: Context) -> dict:
     """One classifier per window length, mean pooling; the first starts from the pretrained LM, each longer
-    window's from the previous window's classifier (a batch of a few long windows learns slowly from scratch)."""
+    window's from the previous window's classifier (a batch of a few long windows learns slowly from scratch) unless
+    the size says ``ft_chain=False`` (then every window from the LM)."""
     from genomics.cli import main as genomics
 
     s = ctx.sizes.genomics
@@ -334,11 +337,12 @@ def stage_genomics_finetune(ctx: Context) -> dict:
         run_training(genomics, ["finetune", "--fasta-dir", str(ctx.path("genomics", "apes")), "--out", str(run),
                                 "--init", str(init), "--window", str(window), "--pooling", "mean",
                                 *_opt("--steps", s.ft_steps), *_opt("--batch-size", batch), *_warmup(s.ft_steps),
-                                *(["--lr", "3e-3"] if s.ft_steps else []), "--valid-samples", str(s.ft_valid),
+                                *(["--lr", str(s.ft_lr)] if s.ft_steps else []), "--valid-samples", str(s.ft_valid),
                                 "--test-samples", str(s.ft_test), "--device", ctx.device, *checkpointing],
                      run, "metrics.json", "genomics-finetune", ctx.sizes.checkpoint_every)
         accuracy[str(window)] = read_json(run / "metrics.json")["test_accuracy"]
-        init = run
+        if s.ft_chain:
+            init = run
     return {"test_accuracy": accuracy}
 
 
