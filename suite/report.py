@@ -73,12 +73,22 @@ def against_chance(accuracy: float, chance: float, n: int) -> str:
     return "below chance" if accuracy < chance - margin else "at chance"
 
 
-def ahead(name: str, accuracy: float, baseline_name: str, baseline: float) -> str:
-    """Which of two accuracies on the same items is ahead, in percentage points ("tied" within 0.05)."""
+def lead(accuracy: float, baseline: float, n: int) -> int:
+    """+1 if ``accuracy`` is ahead of ``baseline`` (both on the same ``n`` items), -1 if behind, 0 if level: within
+    two standard errors of the difference of two proportions of n. The items are shared, so the errors correlate
+    and this margin errs on the side of "level"."""
+    margin = 2 * math.sqrt((accuracy * (1 - accuracy) + baseline * (1 - baseline)) / n)
+    return 0 if abs(accuracy - baseline) <= margin else (1 if accuracy > baseline else -1)
+
+
+def ahead(name: str, accuracy: float, baseline_name: str, baseline: float, n: int) -> str:
+    """Which of two accuracies on the same ``n`` items is ahead, in percentage points, or "level" (``lead``)."""
     points = 100 * (accuracy - baseline)
-    if abs(points) < 0.05:
-        return "tied"
-    return f"{name if points > 0 else baseline_name} ahead by {abs(points):.1f} points"
+    margin = 200 * math.sqrt((accuracy * (1 - accuracy) + baseline * (1 - baseline)) / n)
+    side = lead(accuracy, baseline, n)
+    if side == 0:
+        return f"level: {points:+.1f} points, within the noise of {n} items (±{margin:.1f})"
+    return f"{name if side > 0 else baseline_name} ahead by {abs(points):.1f} points (noise ±{margin:.1f})"
 
 
 def _windows(windows: list[str]) -> str:
@@ -97,15 +107,13 @@ def _genomics_summary(windows: list[str], mamba: dict, kmer: dict, n_test: dict,
     trend = " → ".join(_pct(mamba[w]) for w in windows)
     rising = all(mamba[b] > mamba[a] for a, b in zip(windows, windows[1:]))
     parts.append(f"its accuracy {'rises' if rising else 'does not rise steadily'} with the window ({trend})")
-    behind = [w for w in windows if w in kmer and kmer[w] > mamba[w]]
-    leads = [w for w in windows if w in kmer and mamba[w] > kmer[w]]
-    if behind and not leads:
-        parts.append("the 6-mer naive-Bayes baseline is ahead of it at every window")
-    elif leads and not behind:
-        parts.append("it is ahead of the 6-mer naive-Bayes baseline at every window")
-    elif behind or leads:
-        parts.append(f"it is ahead of the 6-mer naive-Bayes baseline at {_windows(leads) or 'no window'} and "
-                     f"behind it at {_windows(behind) or 'no window'} bases")
+    side = {w: lead(mamba[w], kmer[w], n_test[w]) for w in windows if w in kmer}
+    verdicts = {"ahead of": [w for w in side if side[w] > 0], "level with": [w for w in side if side[w] == 0],
+                "behind": [w for w in side if side[w] < 0]}
+    said = [f"{v} the 6-mer naive-Bayes baseline at {'every window' if len(ws) == len(side) else _windows(ws)}"
+            for v, ws in verdicts.items() if ws]
+    if said:
+        parts.append("it is " + " and ".join(said) + " (level: within the noise of the test windows)")
     return "; ".join(parts) + "."
 
 
@@ -279,7 +287,7 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.table(["window (bases)", "test windows (n)", "Mamba", "6-mer naive Bayes", "which is ahead",
                "Mamba against chance", f"Mamba: held-out FASTA records (n={cl['heldout_records']})"],
               [[f"{int(w):,}", str(n_test[w]), _pct(mamba[w]), _pct(kmer.get(w)),
-                ahead("Mamba", mamba[w], "naive Bayes", kmer[w]) if w in kmer else "–",
+                ahead("Mamba", mamba[w], "naive Bayes", kmer[w], n_test[w]) if w in kmer else "–",
                 against_chance(mamba[w], chance, n_test[w]), _pct(cl["heldout_accuracy"].get(w))] for w in windows],
               f"Accuracy by window length (chance {_pct(chance)}; Mamba and naive Bayes on the same test windows)")
     doc.para(_genomics_summary(windows, mamba, kmer, n_test, chance))

@@ -11,7 +11,7 @@ import pytest
 
 from ssm_core.utils.device import describe_device
 from suite.cli import main
-from suite.report import ahead, against_chance
+from suite.report import ahead, against_chance, lead
 from suite.stages import SIZES, STAGES, StageError, load_state
 
 
@@ -117,7 +117,8 @@ def test_the_report_shows_the_numbers_of_stages_json(run):
             classify["heldout_accuracy"][window])
         assert r["test windows (n)"] == str(SIZES["quick"].genomics.ft_test)
         verdict = r["which is ahead"]
-        assert (verdict == "tied") if mamba == kmer else verdict.startswith("Mamba" if mamba > kmer else "naive Bayes")
+        side = lead(mamba, kmer, SIZES["quick"].genomics.ft_test)
+        assert verdict.startswith({1: "Mamba ahead", 0: "level", -1: "naive Bayes ahead"}[side])
         assert r["Mamba against chance"] == against_chance(mamba, 0.2, SIZES["quick"].genomics.ft_test)
 
     audio = markdown_table(markdown, "Generation metrics")
@@ -136,8 +137,13 @@ def test_verdicts_against_chance_and_baseline():
     assert against_chance(0.24, 0.2, 200) == "at chance"
     assert against_chance(0.10, 0.2, 200) == "below chance"
     assert against_chance(0.40, 0.2, 10) == "at chance"          # 10 records: 25 points
-    assert ahead("Mamba", 0.595, "naive Bayes", 0.665) == "naive Bayes ahead by 7.0 points"
-    assert ahead("Mamba", 0.9, "naive Bayes", 0.9) == "tied"
+    # two standard errors of the difference at n = 1024: 4.3 points at 60-67%, 0.9 at 99%
+    assert ahead("Mamba", 0.595, "naive Bayes", 0.665, 1024) == "naive Bayes ahead by 7.0 points (noise ±4.3)"
+    assert ahead("Mamba", 0.667, "naive Bayes", 0.647, 1024).startswith("level: +2.0 points")
+    assert ahead("Mamba", 0.990, "naive Bayes", 0.994, 1024).startswith("level: -0.4 points")
+    assert ahead("Mamba", 0.803, "naive Bayes", 0.994, 1024).startswith("naive Bayes ahead by 19.1 points")
+    assert ahead("Mamba", 0.9, "naive Bayes", 0.9, 200).startswith("level: +0.0 points")
+    assert lead(1.0, 1.0, 10) == 0 and lead(0.99, 0.5, 100) == 1 and lead(0.5, 0.99, 100) == -1
 
 
 def test_rerun_resumes_at_the_first_unfinished_stage(run, capsys):
@@ -216,6 +222,31 @@ def test_a_training_run_cut_short_resumes_from_its_last_checkpoint(run, capfd):
     printed = "".join(capfd.readouterr())
     assert f"resuming {sashimi} from step-00000003.ckpt (step 3)" in printed
     assert json.loads((sashimi / "metrics.json").read_text())["steps"] == SIZES["quick"].audio.steps
+
+
+def test_a_stage_cut_short_counts_the_time_of_every_invocation(tmp_path, monkeypatch):
+    """A stage interrupted (Ctrl-C) keeps the seconds it ran in stages.json; when a later invocation finishes it,
+    its recorded seconds are both invocations' time."""
+    import time
+
+    import suite.stages
+    calls = []
+
+    def slow_stage(ctx):
+        calls.append(1)
+        time.sleep(0.3)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return {}
+    stage = suite.stages.STAGES[0]
+    monkeypatch.setattr(suite.stages, "STAGES", [type(stage)(stage.name, stage.title, slow_stage)])
+    with pytest.raises(KeyboardInterrupt):
+        suite.stages.run_suite(tmp_path, SIZES["quick"], "cpu")
+    state = json.loads((tmp_path / "stages.json").read_text())
+    assert state["finished"] == {} and state["unfinished_seconds"][stage.name] >= 0.3
+    suite.stages.run_suite(tmp_path, SIZES["quick"], "cpu")
+    state = json.loads((tmp_path / "stages.json").read_text())
+    assert state["finished"][stage.name]["seconds"] >= 0.6 and state["unfinished_seconds"] == {}
 
 
 def test_a_run_of_another_size_is_refused(run):
