@@ -52,6 +52,24 @@ def timed(reader: WindowedModel, windows: list[np.ndarray]) -> tuple[float, np.n
     return time.perf_counter() - start, out
 
 
+def profile(reader: WindowedModel, windows: list[np.ndarray], top: int) -> dict:
+    """One more packed pass under cProfile: its wall time and the ``top`` functions by own time (seconds, share)."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.runcall(timed, reader, windows)
+    seconds = time.perf_counter() - start
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive calls, own time, cumulative, ...)
+    rows = sorted(((f"{Path(f).name}:{line}({name})" if line else name, calls, own)
+                   for (f, line, name), (_, calls, own, _, _) in stats.items()), key=lambda r: -r[2])[:top]
+    for name, calls, own in rows:
+        print(f"  {own:7.3f} s {100 * own / seconds:5.1f}%  {calls:6d} calls  {name}")
+    return {"seconds": seconds, "top_own_time": [{"function": name, "calls": calls, "seconds": own,
+                                                  "share": own / seconds} for name, calls, own in rows]}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -59,6 +77,9 @@ def main(argv=None) -> None:
     parser.add_argument("--sample", type=int, default=500, help="records timed one at a time per set")
     parser.add_argument("--scale", type=float, default=1.0,
                         help="fraction of the record counts (a big model on 2 cores: 0.1 keeps a run under 30 min)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile the packed pass of the first set (cProfile): its N costliest functions by "
+                             "own time go into the JSON, to show what bounds the packed path")
     parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -89,6 +110,8 @@ def main(argv=None) -> None:
                                 "max_abs_diff_log_probs": float(np.abs(out - packed_out[:len(sample)]).max())}
         row["speedup_packed_vs_one_at_a_time"] = row["packed"]["bases_per_s"] / row["one at a time"]["bases_per_s"]
         row["speedup_packed_vs_before"] = row["packed"]["bases_per_s"] / row["before"]["bases_per_s"]
+        if args.profile and not rows:
+            row["profile_packed"] = profile(readers["packed"], windows, args.profile)
         rows.append(row)
         print(f"{name}: packed {row['packed']['seconds']:.1f} s, before {row['before']['seconds']:.1f} s,"
               f" one at a time {seconds:.1f} s for {args.sample} records; packed is "
