@@ -117,6 +117,14 @@ def _genomics_summary(windows: list[str], mamba: dict, kmer: dict, n_test: dict,
     return "; ".join(parts) + "."
 
 
+def _classifier_source(cls: dict) -> str:
+    """Where the metrics' classifier comes from, in words (stage audio-classifier's results)."""
+    if "shipped" in cls:
+        return (f"the digits classifier shipped with the suite (`{cls['shipped']}`, trained on other clips of the "
+                f"built-in digits set: `ssm_core/pretrained/{cls['shipped']}/README.md`), not trained by this job")
+    return "trained by this job on its train split"
+
+
 def _audio_metric_notes(rows: dict, classifier_accuracy: float) -> list[str]:
     """One sentence per metric on what it can and cannot show here, read against the real test clips' row."""
     test, gen = rows["test"], rows["generated"]
@@ -278,7 +286,9 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.para(f"Pretraining ({sizes.genomics.preset} model): validation {_num(pre['bits_per_base'])} bits per base "
              f"(2 bits is a uniform guess), perplexity {_num(pre['perplexity'])}. The held-out FASTA files hold "
              f"{data['heldout_records']} records of {data['heldout_length']:,} bases from test chromosomes no model "
-             f"trained on.")
+             f"trained on. The DNA models start from this pretraining, not from the `dna-tiny` backbone shipped with "
+             f"the suite: fine-tuned from it on real genomes, it gave no head start over training from scratch in "
+             f"the suite's CPU benchmark (`benchmarks/results/genomics_finetune_cpu_cpu_2cores_x86_64.md`).")
     windows = list(ft["test_accuracy"])
     chance = 1 / len(SPECIES)
     n_test = {w: json.loads((out / "genomics" / f"w{w}" / "metrics.json").read_text())["test_samples"]
@@ -310,9 +320,9 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.para(f"Waveform model: {train['parameters']:,} parameters, {train['steps']} steps; validation NLL "
              f"{_num(bits)} bits per sample, "
              f"{'below' if bits is not None and bits < 8 else 'not below'} the 8 bits of a uniform guess over the "
-             f"256 mu-law codes. Classifier behind the metrics: test accuracy {_pct(cls['test_accuracy'])} on "
-             f"{n_clips_test} clips of the test split, {against_chance(cls['test_accuracy'], 0.1, n_clips_test)} "
-             f"(10%). {gen['clips']} clips of {gen['seconds']:g} s generated (zero-padded to 1 s for the "
+             f"256 mu-law codes. Classifier behind the metrics: {_classifier_source(cls)}; test accuracy "
+             f"{_pct(cls['test_accuracy'])} on {n_clips_test} clips of the test split, "
+             f"{against_chance(cls['test_accuracy'], 0.1, n_clips_test)} (10%). {gen['clips']} clips of {gen['seconds']:g} s generated (zero-padded to 1 s for the "
              f"classifier); their mean NLL under the model {_num(gen['mean_nll'])} bits per sample. FID, IS, mIS, "
              f"AM against the train split.")
     table = []
@@ -331,7 +341,8 @@ def write_report(ctx) -> tuple[Path, Path]:
         doc.image(copy(out / "audio" / f"test_{kind}s.png", f"test_{kind}s.png"), f"Test-split clips: {kind}s")
 
     doc.heading("Training curves")
-    runs = [(out / d, label) for d, label in LOSS_RUNS]
+    shipped = "shipped" in res["audio-classifier"]  # no classifier run of this job's own
+    runs = [(out / d, label) for d, label in LOSS_RUNS if not (shipped and d == "audio/classifier")]
     runs += [(out / "genomics" / f"w{w}", f"genomics: fine-tuning w{w}") for w in sizes.genomics.windows]
     doc.image(plot_losses(runs, target("loss_curves.png")).name, "Training loss of every run")
 

@@ -127,9 +127,30 @@ def test_the_report_shows_the_numbers_of_stages_json(run):
         assert [r[h] for h in ("FID ↓", "IS ↑", "mIS ↑", "AM ↓", "n")] == [
             f"{metrics[key][m] + 0.0:.2f}" for m in ("fid", "is", "mis", "am")] + [str(metrics[key]["n_generated"])]
     assert f"test accuracy {pct(res['audio-classifier']['test_accuracy'])} on" in markdown
+    # the quick size scores with the shipped classifier (as the default size does), on clips it never trained on
+    assert res["audio-classifier"]["shipped"] == "digits-classifier" and "`digits-classifier`" in markdown
+    assert json.loads((run / "audio" / "digits" / "synthesis.json").read_text())["seed"] == 2
+    assert res["audio-classifier"]["test_accuracy"] == metrics["test"]["generated_accuracy"]
     assert f"{res['audio-train']['parameters']:,} parameters, {res['audio-train']['steps']} steps" in markdown
     for metric in ("FID (", "IS (", "mIS (", "AM ("):  # one sentence per audio metric, each beside the real clips'
         assert sum(line.startswith(metric) for line in markdown.split("\n")) == 1, metric
+
+
+def test_a_size_that_trains_its_classifier_scores_with_it(run, tmp_path):
+    """h100-20min and full train the metrics' classifier (classifier_preset set): the classifier stage trains it on
+    the job's digits and the metrics stage scores with that run, not the shipped classifier."""
+    import dataclasses
+
+    from suite.stages import Context, stage_audio_classifier, stage_audio_metrics
+    shutil.copytree(run / "audio", tmp_path / "audio", ignore=shutil.ignore_patterns("classifier*", "metrics_*"))
+    quick = SIZES["quick"]
+    sizes = dataclasses.replace(quick, audio=dataclasses.replace(quick.audio, classifier_preset="tiny",
+                                                                   classifier_epochs=1))
+    ctx = Context(tmp_path, sizes, "cpu", {})
+    trained = stage_audio_classifier(ctx)
+    assert "shipped" not in trained and (tmp_path / "audio" / "classifier" / "model.safetensors").is_file()
+    rows = stage_audio_metrics(ctx)["rows"]
+    assert rows["test"]["generated_accuracy"] == pytest.approx(trained["test_accuracy"])
 
 
 def test_verdicts_against_chance_and_baseline():
@@ -351,4 +372,7 @@ def test_every_size_names_presets_of_the_tools():
         assert "induction" in SyntheticExperiment.PRESETS[size.core.preset]
         assert size.genomics.preset in DNA_PRESETS
         assert size.audio.preset in WaveformExperiment.PRESETS
-        assert size.audio.classifier_preset in ClassifierExperiment.PRESETS
+        if size.audio.classifier_preset is None:  # the shipped classifier, which trained on seed 0's clips
+            assert size.audio.digits_seed != 0, size.name
+        else:
+            assert size.audio.classifier_preset in ClassifierExperiment.PRESETS
