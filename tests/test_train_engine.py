@@ -484,3 +484,19 @@ def test_a_long_run_is_announced_with_its_estimated_length(tmp_path, caplog, mon
     with caplog.at_level(logging.WARNING, logger="ssm_core"):
         train(ToyTask(exp), exp.train, tmp_path / "run2")
     assert "looks long" not in caplog.text
+
+
+def test_the_log_window_keeps_no_autograd_graph():
+    """A task metric computed from the model's output (requiring grad) is summed detached, so the window holds no
+    step's graph until it is logged, and saving it warns of nothing."""
+    import warnings
+
+    from ssm_core.train.engine import _LogWindow
+    window = _LogWindow()
+    weight = torch.ones(3, requires_grad=True)
+    for _ in range(2):
+        window.add(1.0, 0.5, {"accuracy": (weight * 0.5).mean()}, units=4)
+    assert not window.task_sums["accuracy"].requires_grad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert window.state_dict()["task"] == {"accuracy": 1.0}

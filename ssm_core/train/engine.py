@@ -378,7 +378,8 @@ class _LogWindow:
     def add(self, loss: float, grad_norm: float, task_metrics: dict[str, torch.Tensor], units: int) -> None:
         self.sums["loss"] += loss
         self.sums["grad_norm"] += grad_norm
-        for name, value in task_metrics.items():
+        for name, value in task_metrics.items():  # detached: a sum over the window must not keep each step's graph
+            value = value.detach() if isinstance(value, torch.Tensor) else value
             self.task_sums[name] = self.task_sums.get(name, 0) + value
         self.steps += 1
         self.units += units
