@@ -137,14 +137,15 @@ def _audio_metric_notes(rows: dict, classifier_accuracy: float) -> list[str]:
            f"speech reaches) measures how far "
            f"the generated clips' classifier features are from the training clips'; with {n} generated clips it is "
            f"biased upwards and ranks runs of one size against each other rather than against the papers.")
+    scale = (f"IS ({_num(gen['is'], 2)} generated, {_num(test['is'], 2)} real) runs from 1 (no distinct digits "
+             f"recognised) to about 10 (confident, balanced guesses over the ten digits; s4's definition, which the "
+             f"papers use, can pass 10 on small sets)")
     if gen["is"] > test["is"]:
-        inception = (f"IS ({_num(gen['is'], 2)} generated, {_num(test['is'], 2)} real) runs from 1 (no distinct "
-                     f"digits recognised) to 10; the generated clips score above real speech, so here it shows the "
-                     f"classifier's confident guesses on clips unlike speech, not quality.")
+        inception = (f"{scale}; the generated clips score above real speech, so here it shows the classifier's "
+                     f"confident guesses on clips unlike speech, not quality.")
     else:
-        inception = (f"IS ({_num(gen['is'], 2)} generated, {_num(test['is'], 2)} real) runs from 1 (no distinct "
-                     f"digits recognised) to 10; below real speech's score, it says this classifier finds fewer "
-                     f"confident, varied digits in the generated clips than in real ones, not which clips fail.")
+        inception = (f"{scale}; below real speech's score, it says this classifier finds fewer confident, varied "
+                     f"digits in the generated clips than in real ones, not which clips fail.")
     modified = (f"mIS ({_num(gen['mis'], 2)} generated, {_num(test['mis'], 2)} real) adds the spread within each "
                 f"class and carries the same caveat as IS.")
     am = (f"AM ({_num(gen['am'], 2)} generated, {_num(test['am'], 2)} real; lower is better) grows both when the "
