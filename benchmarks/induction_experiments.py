@@ -161,6 +161,10 @@ def main() -> None:
     p.add_argument("--far-trigger-span", type=int, default=8)
     p.add_argument("--set", dest="model_overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="a MambaConfig field, e.g. dt_max=0.01")
+    p.add_argument("--a-init", choices=["s4d_real", "constant"], default="s4d_real",
+                   help="A's init (A = -exp(A_log)): s4d_real, the model's own (A_n = -n, n = 1..d_state, as "
+                        "mamba-ssm's Mamba-1); constant: A_n = -1 for every state (all at S4D-real's slowest rate), "
+                        "set after the model is built (A's init is no MambaConfig field)")
     p.add_argument("--time-limit-min", type=float, default=60.0)
     p.add_argument("--save", type=Path, help="write the final model and optimiser state here (for --resume-from)")
     p.add_argument("--resume-from", type=Path, help="continue from a --save file (same settings, later steps)")
@@ -182,6 +186,11 @@ def main() -> None:
     task = SyntheticTask(exp)
     torch.manual_seed(args.seed)
     model = task.build_model()
+    if args.a_init == "constant":
+        with torch.no_grad():
+            for module in model.modules():
+                if hasattr(module, "A_log"):
+                    module.A_log.zero_()
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
     start = 0
     if args.resume_from:
