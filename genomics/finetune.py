@@ -4,9 +4,10 @@ Protocol (HyenaDNA's species task, which the Mamba paper follows): one FASTA per
 class uniformly, then a chromosome (or contig/block) of its split, then a window uniformly inside it
 (:class:`genomics.datasets.SpeciesWindows`); the genomes are split by chromosome (1, 3, 12, 13 validate;
 5, 7, 9, 10, 11 test; the rest train), else by contig, else by disjoint blocks, and the plan is printed. The
-causal model classifies from its last position (``--pooling mean`` averages all positions). The paper's preset:
-10 "epochs" of 1024 steps at batch 64 (an evaluation on the validation split after each), with gradient
-accumulation when a batch of windows would not fit (``max_batch_tokens`` per micro-batch).
+causal model classifies from its last position (``--pooling mean`` averages all positions). ``RECIPES`` holds the
+training budgets: "gpu", the paper's 10 "epochs" of 1024 steps at batch 64 (an evaluation on the validation split
+after each), with gradient accumulation when a batch of windows would not fit (``max_batch_tokens`` per
+micro-batch); "cpu", what fits about 10 minutes on 2 cores.
 
 After training, the test split is classified (a fixed set of ``test_samples`` windows) and the run directory
 gets ``metrics.json`` (``test_accuracy``, per-class accuracy, confusion matrix, classes, window, ...) and
@@ -16,6 +17,7 @@ settings and test metrics, so that a copy of model.safetensors + model.json clas
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -61,13 +63,33 @@ class FinetuneData:
                      max_batch_tokens=POSITIVE_INT, chunk=POSITIVE_INT)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How long and how hard to fine-tune, and how to pool: what fits the machine's budget."""
+    train: TrainConfig
+    pooling: str
+    note: str
+
+
+# gpu: the paper's protocol. cpu: what gave the best accuracy in about 10 minutes on 2 cores: many 1 kbp windows
+# per step beat a few long ones (a record longer than the window is classified window by window, `classify`), at
+# or above 6-mer naive Bayes at 1, 4 and 16 kbp on six real genomes in 2.7 min of training
+# (benchmarks/results/genomics_finetune_cpu_cpu_2cores_x86_64.md).
+RECIPES = {
+    "gpu": Recipe(TrainConfig(steps=10 * 1024, batch_size=64, eval_every=1024, log_every=50,
+                              optim=OptimConfig(lr=6e-4, weight_decay=0.1, warmup_steps=100)),
+                  pooling="last", note="the paper's: 10 x 1024 steps of 64 windows at lr 6e-4, last-position pooling"),
+    "cpu": Recipe(TrainConfig(steps=400, batch_size=16, eval_every=100, log_every=50, time_limit_min=10.0,
+                              optim=OptimConfig(lr=3e-3, weight_decay=0.1, warmup_steps=10)),
+                  pooling="mean", note="400 steps of 16 windows at lr 3e-3, mean pooling, at most 10 minutes"),
+}
+
+
 @dataclass
 class FinetuneExperiment:
     data: FinetuneData = field(default_factory=FinetuneData)
     model: MambaConfig = field(default_factory=lambda: preset_config("tiny", num_classes=2))
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(
-        steps=10 * 1024, batch_size=64, eval_every=1024, log_every=50,
-        optim=OptimConfig(lr=6e-4, weight_decay=0.1, warmup_steps=100)))
+    train: TrainConfig = field(default_factory=lambda: copy.deepcopy(RECIPES["gpu"].train))
     preset: str = "tiny"
     init: str | None = None  # pretrained run/checkpoint whose backbone initialises the classifier
     classes: list[str] = field(default_factory=list)  # class names, in the head's output order

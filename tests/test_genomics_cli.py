@@ -234,6 +234,26 @@ def test_finetune_starts_from_the_shipped_backbone_unless_told_otherwise(workspa
     assert (embedding("scratch") - shipped.backbone.embedding.weight).abs().max() > 1e-2
 
 
+def test_finetune_takes_the_cpu_recipe_on_a_cpu_unless_told_otherwise(workspace, tmp_path, monkeypatch):
+    """Without --recipe, a CPU run gets the cpu recipe (400 steps of 16 windows at lr 3e-3, mean pooling, 10
+    minutes); --recipe gpu the paper's; explicit flags override either."""
+    import genomics.finetune
+    seen = {}
+    monkeypatch.setattr(genomics.finetune, "run_finetune", lambda exp, out, resume=False: seen.update({out: exp}))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    common = ["--fasta-dir", workspace["apes"], "--valid-samples", 4, "--test-samples", 4]
+    assert run_cli("finetune", "--out", tmp_path / "auto", *common) == 0
+    assert run_cli("finetune", "--out", tmp_path / "gpu", *common, "--recipe", "gpu") == 0
+    assert run_cli("finetune", "--out", tmp_path / "mine", *common, "--steps", 7, "--pooling", "last",
+                   "--lr", "1e-3") == 0
+    auto, gpu, mine = (seen[str(tmp_path / run)] for run in ("auto", "gpu", "mine"))
+    assert (auto.train.steps, auto.train.batch_size, auto.train.optim.lr, auto.train.time_limit_min,
+            auto.model.pooling) == (400, 16, 3e-3, 10.0, "mean")
+    assert (gpu.train.steps, gpu.train.batch_size, gpu.train.optim.lr, gpu.model.pooling) == (10240, 64, 6e-4, "last")
+    assert (mine.train.steps, mine.train.optim.lr, mine.train.batch_size, mine.model.pooling) == (7, 1e-3, 16, "last")
+    assert genomics.finetune.RECIPES["cpu"].train.steps == 400  # the table itself is never changed by a run
+
+
 def test_finetune_standardises_pooled_features_unless_told_not_to(workspace, tmp_path):
     from genomics.models import load_run_model
 
