@@ -35,7 +35,7 @@ def test_every_command_takes_quiet_and_verbose_and_shows_its_defaults(name, pars
         shown = action.option_strings and action.help is not argparse.SUPPRESS
         if shown and action.default not in (None, False, [], argparse.SUPPRESS):
             assert "default" in parser._get_formatter()._expand_help(action).lower(), (name, action.option_strings)
-    recipe = {"genomics finetune": "(default: 10240)", "genomics pretrain": "(default: 10000)",
+    recipe = {"genomics finetune": "(default: 10240, the gpu recipe; see --recipe)", "genomics pretrain": "(default: 10000)",
               "audio train": "(default: 200000, the 6.1m preset's)"}
     if name in recipe:  # the engine flags show the command's own recipe, not nothing
         assert "optimiser steps " + recipe[name] in " ".join(text.split()), name
