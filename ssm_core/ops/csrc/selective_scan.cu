@@ -564,6 +564,25 @@ __device__ __forceinline__ void add4(float* p, float4 v, bool vector_ok) {
     atomicAdd(p + 3, v.w);
 }
 
+// One step t of the backward's state recompute: h (this lane's NPT states) decays by exp(dt A) and takes in
+// dt u B (a sequence's first step decays its initial state instead: state_before).
+template <bool VARLEN, int NP>
+__device__ __forceinline__ void recompute_step(const Params& p, float (&h)[NPT], const float (&A2)[NPT], float dt,
+                                               float u, const float* s_B, const int* s_first, int t, int j, int d,
+                                               bool valid, long long N) {
+    const float dtu = dt * u;
+    float Bk[NPT];
+    unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+        const float a = ex2(dt * A2[k]);
+        if constexpr (VARLEN)
+            h[k] = fmaf(a, state_before(p, h[k], s_first[t], d, j * NPT + k, valid && j * NPT + k < N), dtu * Bk[k]);
+        else
+            h[k] = fmaf(a, h[k], dtu * Bk[k]);
+    }
+}
+
 // MIN_BLOCKS > 1 caps the registers so that many blocks fit on an SM (at the price of some spilling); which is
 // faster is measured (benchmarks/gpu_scan.py --tune).
 template <typename T, int TPC, int MIN_BLOCKS, bool VARLEN>
@@ -637,20 +656,8 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
                 for (int k = 0; k < NPT; ++k) hs[q][k] = h[k];
                 if (q == NSUB - 1) break;
 #pragma unroll 4
-                for (int t = q * SUB; t < (q + 1) * SUB; ++t) {
-                    const float dt = rdt[t], dtu = dt * ru[t];
-                    float Bk[NPT];
-                    unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
-#pragma unroll
-                    for (int k = 0; k < NPT; ++k) {
-                        const float a = ex2(dt * A2[k]);
-                        if constexpr (VARLEN)
-                            h[k] = fmaf(a, state_before(p, h[k], s_first[t], d, j * NPT + k, valid && j * NPT + k < N),
-                                        dtu * Bk[k]);
-                        else
-                            h[k] = fmaf(a, h[k], dtu * Bk[k]);
-                    }
-                }
+                for (int t = q * SUB; t < (q + 1) * SUB; ++t)
+                    recompute_step<VARLEN, NP>(p, h, A2, rdt[t], ru[t], s_B, s_first, t, j, d, valid, N);
             }
         }
 
@@ -664,19 +671,9 @@ __global__ void __launch_bounds__(NT, MIN_BLOCKS) bwd_kernel(Params p) {
 #pragma unroll
                 for (int tt = 0; tt < SUB; ++tt) {
                     const int t = q * SUB + tt;
-                    const float dt = rdt[t], dtu = dt * ru[t];
-                    float Bk[NPT];
-                    unpack4(reinterpret_cast<const float4*>(s_B + t * NP)[j], Bk);
+                    recompute_step<VARLEN, NP>(p, h, A2, rdt[t], ru[t], s_B, s_first, t, j, d, valid, N);
 #pragma unroll
-                    for (int k = 0; k < NPT; ++k) {
-                        const float a = ex2(dt * A2[k]);
-                        if constexpr (VARLEN)
-                            h[k] = fmaf(a, state_before(p, h[k], s_first[t], d, j * NPT + k, valid && j * NPT + k < N),
-                                        dtu * Bk[k]);
-                        else
-                            h[k] = fmaf(a, h[k], dtu * Bk[k]);
-                        hist[tt][k] = h[k];
-                    }
+                    for (int k = 0; k < NPT; ++k) hist[tt][k] = h[k];
                 }
             }
 #pragma unroll
