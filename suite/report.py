@@ -73,18 +73,23 @@ def against_chance(accuracy: float, chance: float, n: int) -> str:
     return "below chance" if accuracy < chance - margin else "at chance"
 
 
+def noise_margin(accuracy: float, baseline: float, n: int) -> float:
+    """Two standard errors of the difference of two proportions of ``n`` items. The items are shared, so the errors
+    correlate and this margin errs on the side of "level"."""
+    return 2 * math.sqrt((accuracy * (1 - accuracy) + baseline * (1 - baseline)) / n)
+
+
 def lead(accuracy: float, baseline: float, n: int) -> int:
     """+1 if ``accuracy`` is ahead of ``baseline`` (both on the same ``n`` items), -1 if behind, 0 if level: within
-    two standard errors of the difference of two proportions of n. The items are shared, so the errors correlate
-    and this margin errs on the side of "level"."""
-    margin = 2 * math.sqrt((accuracy * (1 - accuracy) + baseline * (1 - baseline)) / n)
-    return 0 if abs(accuracy - baseline) <= margin else (1 if accuracy > baseline else -1)
+    ``noise_margin``."""
+    if abs(accuracy - baseline) <= noise_margin(accuracy, baseline, n):
+        return 0
+    return 1 if accuracy > baseline else -1
 
 
 def ahead(name: str, accuracy: float, baseline_name: str, baseline: float, n: int) -> str:
     """Which of two accuracies on the same ``n`` items is ahead, in percentage points, or "level" (``lead``)."""
-    points = 100 * (accuracy - baseline)
-    margin = 200 * math.sqrt((accuracy * (1 - accuracy) + baseline * (1 - baseline)) / n)
+    points, margin = 100 * (accuracy - baseline), 100 * noise_margin(accuracy, baseline, n)
     side = lead(accuracy, baseline, n)
     if side == 0:
         return f"level: {points:+.1f} points, within the noise of {n} items (±{margin:.1f})"
