@@ -30,7 +30,8 @@ import numpy as np
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # genomics_real's genomes, fine-tuning loop and baselines
 
-from genomics_real import CACHE, QUICK, RESULTS, device_name, prepare_genomes, species_check  # noqa: E402
+from genomics_real import (CACHE, QUICK, RESULTS, device_name, naive_bayes, prepare_genomes,  # noqa: E402
+                           species_check)
 
 ARMS = {"shipped": "dna-tiny", "scratch": None}  # arm -> --init (None: the tiny preset from scratch)
 
@@ -57,16 +58,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def naive_bayes(genomes: Path, window: int, train: int, test: int, seed: int, classes: list[str]) -> dict:
-    """4-mer and 6-mer naive Bayes on the test windows every other column uses (as genomics_real.species_check)."""
-    from genomics.baselines import KmerNaiveBayes
-    from genomics.datasets import SpeciesWindows
-
-    train_x, train_y = SpeciesWindows(genomes, "train", window, samples=train, seed=seed, classes=classes).arrays()
-    test_x, test_y = SpeciesWindows(genomes, "test", window, samples=test, seed=seed, classes=classes).arrays()
-    return {f"nb_k{k}": KmerNaiveBayes(k=k).fit(train_x, train_y).score(test_x, test_y) for k in (4, 6)}
 
 
 def recipe_accuracy(run: Path, genomes: Path, window: int, samples: int, seed: int, classes: list[str]) -> float:

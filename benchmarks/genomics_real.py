@@ -202,13 +202,21 @@ def pretraining_check(genomes: Path, runs: Path, s: Settings, device: str, seed:
     return result
 
 
+def naive_bayes(genomes: Path, window: int, train: int, test: int, seed: int, classes: list[str]) -> dict:
+    """4-mer and 6-mer naive Bayes (keys nb_k4, nb_k6) trained on ``train`` windows of the train split and scored on
+    the ``test`` windows of the test split that `genomics finetune` tests on (same seed and classes)."""
+    from genomics.baselines import KmerNaiveBayes
+    from genomics.datasets import SpeciesWindows
+
+    train_x, train_y = SpeciesWindows(genomes, "train", window, samples=train, seed=seed, classes=classes).arrays()
+    test_x, test_y = SpeciesWindows(genomes, "test", window, samples=test, seed=seed, classes=classes).arrays()
+    return {f"nb_k{k}": KmerNaiveBayes(k=k).fit(train_x, train_y).score(test_x, test_y) for k in (4, 6)}
+
+
 def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int, init: Path | None,
                   save) -> list[dict]:
     """Fine-tuned Mamba vs k-mer naive Bayes on the same test windows, at each window length; `save(rows)` after
     each length, so that an interrupted run keeps its finished lengths."""
-    from genomics.baselines import KmerNaiveBayes
-    from genomics.datasets import SpeciesWindows
-
     rows, previous = [], None
     for window in s.windows:
         run = runs / f"species_w{window}"
@@ -232,15 +240,10 @@ def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int
         metrics = json.loads((run / "metrics.json").read_text())
         classes = metrics["classes"]
         started = time.perf_counter()
-        train_x, train_y = SpeciesWindows(genomes, "train", window, samples=s.nb_train_windows, seed=seed,
-                                          classes=classes).arrays()
-        test_x, test_y = SpeciesWindows(genomes, "test", window, samples=s.test_samples, seed=seed,
-                                        classes=classes).arrays()  # the very windows finetune tested on
         row = {"window": window, "mamba": metrics["test_accuracy"], "classes": len(classes),
                "batch": s.batch_for(window), "steps": metrics.get("steps"), "finetune_minutes": trained_in,
-               "per_class": metrics["per_class_accuracy"]}
-        for k in (4, 6):
-            row[f"nb_k{k}"] = KmerNaiveBayes(k=k).fit(train_x, train_y).score(test_x, test_y)
+               "per_class": metrics["per_class_accuracy"],
+               **naive_bayes(genomes, window, s.nb_train_windows, s.test_samples, seed, classes)}
         print(f"window {window:>6}: Mamba {100 * row['mamba']:.1f}%  NB k=4 {100 * row['nb_k4']:.1f}%  "
               f"NB k=6 {100 * row['nb_k6']:.1f}%  (baselines {time.perf_counter() - started:.0f} s)")
         rows.append(row)
