@@ -31,7 +31,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # genomics_real's genomes, fine-tuning loop and baselines
 
 from genomics_real import (CACHE, QUICK, RESULTS, device_name, naive_bayes, prepare_genomes,  # noqa: E402
-                           species_check)
+                           recipe_accuracy, species_check)
 
 ARMS = {"shipped": "dna-tiny", "scratch": None}  # arm -> --init (None: the tiny preset from scratch)
 
@@ -58,22 +58,6 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def recipe_accuracy(run: Path, genomes: Path, window: int, samples: int, seed: int, classes: list[str]) -> float:
-    """Accuracy on the ``window``-bp test windows of the classifier in ``run`` (fine-tuned on shorter windows), each
-    test window read as `genomics classify` reads a record: split into the run's windows, both strands."""
-    from genomics.classify import SpeciesClassifier
-    from genomics.datasets import SpeciesWindows
-    from genomics.reads import SequenceRecord
-    from genomics.tokenizer import decode
-
-    test_x, test_y = SpeciesWindows(genomes, "test", window, samples=samples, seed=seed, classes=classes).arrays()
-    classifier = SpeciesClassifier(run, "cpu")
-    assert classifier.classes == classes, (classifier.classes, classes)
-    records = [SequenceRecord(f"w{i}", decode(x, skip_special=True), 1) for i, x in enumerate(test_x)]  # pads dropped
-    predicted = [int(np.argmax(r.log_probs)) for r in classifier.classify_records(records, f"test windows of {window}")]
-    return float(np.mean(np.array(predicted) == np.asarray(test_y)))
 
 
 def main(argv=None) -> int:
@@ -110,7 +94,7 @@ def main(argv=None) -> int:
                      **naive_bayes(genomes, window, s.nb_train_windows, s.test_samples, args.seed, classes)})
     for r in rows:
         for arm, run in recipe_runs.items():
-            r[f"recipe_{arm}"] = (recipe_accuracy(run, genomes, r["window"], s.test_samples, args.seed, classes)
+            r[f"recipe_{arm}"] = (recipe_accuracy(run, genomes, r["window"], s.test_samples, args.seed, classes, "cpu")
                                   if r["window"] >= args.recipe_window else None)
     dev = device_name("cpu")
     stem = RESULTS / f"genomics_finetune_cpu_{dev}"

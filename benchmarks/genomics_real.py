@@ -77,6 +77,9 @@ class Settings:
     warmup_steps: int = 100  # fine-tuning's linear warm-up (the engine's default), then cosine decay
     time_limit_min: float = 0.0  # when set, each fine-tuning run stops after this many minutes (then tests)
     chain: bool = False  # each window's classifier starts from the previous (shorter) window's, not from scratch
+    # longer test windows not fine-tuned at: read by the first window's classifier as `genomics classify` reads a
+    # long record (window by window, both strands), beside naive Bayes trained at that length
+    read_windows: tuple[int, ...] = ()
 
     def batch_for(self, window: int) -> int:
         return max(2, self.finetune_tokens // window) if self.finetune_tokens else self.finetune_batch
@@ -211,6 +214,23 @@ def naive_bayes(genomes: Path, window: int, train: int, test: int, seed: int, cl
     train_x, train_y = SpeciesWindows(genomes, "train", window, samples=train, seed=seed, classes=classes).arrays()
     test_x, test_y = SpeciesWindows(genomes, "test", window, samples=test, seed=seed, classes=classes).arrays()
     return {f"nb_k{k}": KmerNaiveBayes(k=k).fit(train_x, train_y).score(test_x, test_y) for k in (4, 6)}
+
+
+def recipe_accuracy(run: Path, genomes: Path, window: int, samples: int, seed: int, classes: list[str],
+                    device: str) -> float:
+    """Accuracy on the ``window``-bp test windows of the classifier in ``run`` (fine-tuned on shorter windows), each
+    test window read as `genomics classify` reads a record: split into the run's windows, both strands."""
+    from genomics.classify import SpeciesClassifier
+    from genomics.datasets import SpeciesWindows
+    from genomics.reads import SequenceRecord
+    from genomics.tokenizer import decode
+
+    test_x, test_y = SpeciesWindows(genomes, "test", window, samples=samples, seed=seed, classes=classes).arrays()
+    classifier = SpeciesClassifier(run, device)
+    assert classifier.classes == classes, (classifier.classes, classes)
+    records = [SequenceRecord(f"w{i}", decode(x, skip_special=True), 1) for i, x in enumerate(test_x)]  # pads dropped
+    predicted = [int(np.argmax(r.log_probs)) for r in classifier.classify_records(records, f"test windows of {window}")]
+    return float(np.mean(np.array(predicted) == np.asarray(test_y)))
 
 
 def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int, init: Path | None,

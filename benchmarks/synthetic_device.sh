@@ -3,6 +3,7 @@
 #   bash benchmarks/synthetic_device.sh [induction] [copying] [ablation]     (default: all three)
 #   bash benchmarks/synthetic_device.sh copying_curriculum ablation_curriculum induction_state_passing
 #                                     (a length curriculum for copying, with its ablation; state passing for induction)
+#   bash benchmarks/synthetic_device.sh induction_profile   (where an induction training step's time goes, cProfile)
 #   bash benchmarks/synthetic_device.sh induction_far
 #                                     (induction, the first trigger far from the query first, paper preset, curriculum
 #                                     64 -> 256: benchmarks/NOTES_induction.md; not yet run on a GPU, and 16,000 CPU
@@ -70,6 +71,15 @@ for what in "${@:-induction copying ablation}"; do
                  run induction_far induction --preset paper --curriculum-start 64 \
                      --set data.curriculum_fraction=0.75 --far-trigger-steps "${FAR_STEPS:-34000}" \
                      --steps "${FAR_STEPS_TOTAL:-40000}" --set train.time_limit_min="${FAR_MIN:-9.5}" ${EXTRA_ARGS:-} ;;
+      induction_profile)  # where a step's time goes: PROFILE_STEPS (default 3000) steps of the paper preset under
+                          # cProfile, the functions by own time in synthetic_induction_profile.txt
+                 prof="$RUNS/induction_profile.prof"; rm -rf "$RUNS/induction_profile"
+                 "$PY" -m cProfile -o "$prof" -m ssm_core.synthetic induction --preset paper \
+                     --steps "${PROFILE_STEPS:-3000}" --eval-lens 256 --set train.early_stop.metric=null \
+                     --out "$RUNS/induction_profile" --device cuda 2>&1 | tr '\r' '\n' | tail -3 | tee -a "$LOG"
+                 "$PY" -c "import pstats, sys; s = pstats.Stats(sys.argv[1], stream=sys.stdout)
+s.sort_stats('tottime').print_stats(45); s.sort_stats('cumulative').print_stats(45)" "$prof" \
+                     > "$RESULTS/synthetic_induction_profile.txt" || status=1 ;;
       ablation_curriculum)  # the ablation under the same curriculum and step budget as copying_curriculum
                  run copying_curriculum_no_selection copying --preset paper --no-selection \
                      --curriculum-start "${CURRICULUM_START:-256}" --steps "${CURRICULUM_STEPS:-6000}" \
@@ -77,7 +87,7 @@ for what in "${@:-induction copying ablation}"; do
       ablation)  run copying_no_selection copying --preset paper --no-selection --steps "${COPYING_STEPS:-400000}" \
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${ABLATION_MIN:-1}" ${EXTRA_ARGS:-} ;;
       *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum," \
-              "induction_state_passing, induction_far)" >&2; exit 2 ;;
+              "induction_state_passing, induction_far, induction_profile)" >&2; exit 2 ;;
     esac
   done
 done
