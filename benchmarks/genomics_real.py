@@ -219,18 +219,14 @@ def naive_bayes(genomes: Path, window: int, train: int, test: int, seed: int, cl
 def recipe_accuracy(run: Path, genomes: Path, window: int, samples: int, seed: int, classes: list[str],
                     device: str) -> float:
     """Accuracy on the ``window``-bp test windows of the classifier in ``run`` (fine-tuned on shorter windows), each
-    test window read as `genomics classify` reads a record: split into the run's windows, both strands."""
-    from genomics.classify import SpeciesClassifier
+    test window read as `genomics classify` reads a record (genomics.classify.read_accuracy)."""
+    from genomics.classify import SpeciesClassifier, read_accuracy
     from genomics.datasets import SpeciesWindows
-    from genomics.reads import SequenceRecord
-    from genomics.tokenizer import decode
 
     test_x, test_y = SpeciesWindows(genomes, "test", window, samples=samples, seed=seed, classes=classes).arrays()
     classifier = SpeciesClassifier(run, device)
     assert classifier.classes == classes, (classifier.classes, classes)
-    records = [SequenceRecord(f"w{i}", decode(x, skip_special=True), 1) for i, x in enumerate(test_x)]  # pads dropped
-    predicted = [int(np.argmax(r.log_probs)) for r in classifier.classify_records(records, f"test windows of {window}")]
-    return float(np.mean(np.array(predicted) == np.asarray(test_y)))
+    return read_accuracy(classifier, test_x, test_y, f"test windows of {window}")
 
 
 def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int, init: Path | None,

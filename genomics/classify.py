@@ -56,7 +56,7 @@ from ssm_core.utils.varlen import cu_seqlens_of, pool_packed
 from genomics.errors import GenomicsInputError
 from genomics.models import load_run_model, run_path
 from genomics.reads import SequenceRecord, read_records, source_name
-from genomics.tokenizer import VOCAB_SIZE, encode, is_base, reverse_complement
+from genomics.tokenizer import VOCAB_SIZE, decode, encode, is_base, reverse_complement
 
 STRANDS = ("both", "forward")
 STRAND_NAMES = ("forward", "reverse")  # rows of a result's strand_log_probs
@@ -335,6 +335,17 @@ class SpeciesClassifier(WindowedModel):
         """Every record of one FASTA/FASTQ file (``-``: stdin), in file order (progress in bases on stderr)."""
         with bases_progress(path) as progress:
             return list(self.classify_records(read_records(path), str(path), progress))
+
+
+def read_accuracy(classifier: SpeciesClassifier, windows: np.ndarray, labels: np.ndarray, name: str) -> float:
+    """Accuracy of ``classifier`` on test windows longer than it was trained on, each read as `classify` reads a
+    record: split into the classifier's windows, both strands, class probabilities the normalised geometric mean of
+    its windows'. ``windows``: tokens (n, length) with PAD beyond a record's end; ``labels``: (n,) indices into
+    ``classifier.classes``; ``name`` labels the progress and messages."""
+    records = [SequenceRecord(f"w{i}", decode(x, skip_special=True), 1) for i, x in enumerate(windows)]
+    predicted = [-1 if r.log_probs is None else int(np.argmax(r.log_probs))  # a flagged record counts as wrong
+                 for r in classifier.classify_records(records, name)]
+    return float(np.mean(np.asarray(predicted) == np.asarray(labels)))
 
 
 def _format(p: float | None) -> str:
