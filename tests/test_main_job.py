@@ -109,12 +109,18 @@ def test_the_report_shows_the_numbers_of_stages_json(run):
 
     finetune, classify = res["genomics-finetune"]["test_accuracy"], res["genomics-classify"]
     rows = markdown_table(markdown, "Accuracy by window length")
-    assert [r["window (bases)"] for r in rows] == [f"{w:,}" for w in SIZES["quick"].genomics.windows]
-    for r, window in zip(rows, map(str, SIZES["quick"].genomics.windows)):
-        mamba, kmer = finetune[window], classify["kmer_baseline_accuracy"][window]
+    sizes = SIZES["quick"].genomics
+    assert [r["window (bases)"] for r in rows] == [f"{w:,}" for w in sizes.windows + sizes.read_windows]
+    assert sizes.read_windows and set(classify["read_accuracy"]) == set(map(str, sizes.read_windows))
+    for r, window in zip(rows, map(str, sizes.windows + sizes.read_windows)):
+        read = window in classify["read_accuracy"]
+        mamba = classify["read_accuracy"][window] if read else finetune[window]
+        kmer = classify["kmer_baseline_accuracy"][window]
         assert (r["Mamba"], r["6-mer naive Bayes"]) == (pct(mamba), pct(kmer))
-        assert r[f"Mamba: held-out FASTA records (n={classify['heldout_records']})"] == pct(
-            classify["heldout_accuracy"][window])
+        assert r["Mamba's classifier"] == (f"the {sizes.windows[0]:,}-base one, window by window" if read
+                                           else "fine-tuned at this window")
+        assert r[f"Mamba: held-out FASTA records (n={classify['heldout_records']})"] == (
+            "–" if read else pct(classify["heldout_accuracy"][window]))
         assert r["test windows (n)"] == str(SIZES["quick"].genomics.ft_test)
         verdict = r["which is ahead"]
         side = lead(mamba, kmer, SIZES["quick"].genomics.ft_test)
