@@ -148,7 +148,9 @@ SIZES = {
     # The DNA classifier got 66.7 / 89.6 / 99.0% on 1,024 test windows at 1 / 4 / 16 kbp against 6-mer naive Bayes
     # 64.7 / 89.5 / 99.4%: level at every window (within two standard errors), not ahead as the size was meant to
     # show. The trained classifier recognises the generated clips as digits (IS 8.66, real test clips 10.03) though
-    # they are far from real speech (FID 160.7, real 4.64).
+    # they are far from real speech (FID 160.7, real 4.64). A variant with all 3,000 fine-tuning steps at 1 kbp and
+    # the longer windows read 1 kbp at a time (read_windows) was level too, +0.1 to +1.9 points at 1-16 kbp
+    # (benchmarks/results/main_job_h100-20min_read_windows_variant_cuda_H100/), so the size stays as measured.
     "h100-20min": Sizes(
         name="h100-20min", purpose="The h100-20min size trains the 1.4m DNA model and the 6.1m waveform model "
         "for minutes on one GPU: made to show the DNA classifier beside the k-mer baseline at windows up to 16 "
