@@ -144,6 +144,36 @@ def lm_loss(model, ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
 
+def plot_curves(prefix: str, out_png: Path) -> None:
+    """Accuracy against test length of every ``induction_<prefix>*.json`` (its last milestone), one line per file
+    in step order, chance dotted: how a run's extrapolation changes as it trains."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ssm_core.utils.plots import save_figure
+
+    records = [json.loads(f.read_text()) for f in RESULTS.glob(f"induction_{prefix}*.json")]
+    if not records:
+        raise SystemExit(f"--plot-curves: no {RESULTS}/induction_{prefix}*.json")
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for r in sorted(records, key=lambda r: r["milestones"][-1]["step"]):
+        last = r["milestones"][-1]
+        lengths = sorted(int(k) for k in last["accuracy"])
+        ax.plot(lengths, [100 * last["accuracy"][str(k)] for k in lengths], marker="o", ms=3,
+                label=f"{last['step']:,} steps")
+    ax.axhline(100 / 15, color="grey", ls=":", label="chance")
+    ax.axvline(int(records[0]["settings"]["train_len"]), color="grey", ls="--", lw=1, label="train length")
+    ax.set(xscale="log", xlabel="test length", ylabel="accuracy (%)", ylim=(0, 102),
+           title=f"induction heads: {prefix.strip('_')}")
+    ax.set_xscale("log", base=2)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_figure(fig, out_png)
+    print(f"plot: {out_png}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("name")
@@ -171,7 +201,11 @@ def main() -> None:
     p.add_argument("--from-run", type=Path, help="measure the model the engine trained in this run directory")
     p.add_argument("--precision-check", action="store_true",
                    help="with --resume-from and no more steps: record precision_check() of the saved model")
+    p.add_argument("--plot-curves", metavar="PREFIX",
+                   help="only plot: the last milestone of every induction_PREFIX*.json, to induction_NAME.png")
     args = p.parse_args()
+    if args.plot_curves:
+        return plot_curves(args.plot_curves, RESULTS / f"induction_{args.name}.png")
     torch.set_num_threads(1)
 
     exp = SyntheticExperiment.from_preset("paper", "induction")
