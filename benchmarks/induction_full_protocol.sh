@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The Mamba paper's induction-heads protocol run to its end (issue #23, benchmarks/NOTES_induction.md): the paper
+# preset at length 256 for its 25 "epochs" of 8,192 steps (204,800), trigger anywhere, no early stop; every epoch's
+# checkpoint kept and measured at 2^6 .. 2^20.
+#   DEVICE=cpu MINUTES=120 bash benchmarks/induction_full_protocol.sh     # stops cleanly after MINUTES; run it
+#                                                                        # again (any device) to continue
+#   DEVICE=cuda MINUTES=9 EVAL=0 bash benchmarks/induction_full_protocol.sh   # on the device (carry $RUN there and
+#                                                                        # back); the epochs are measured on a CPU
+# About 11 steps/s on one CPU thread (5 h in all), about 70 on an H100 (48 min, an estimate from the 24,784-step
+# run). The run directory is $RUN (default runs/induction_paper_full, ignored by git): keep it between sessions.
+# Each epoch's accuracy by length (measured on the CPU, n = 64 per length, 32 at 2^20) goes to
+# benchmarks/results/induction_paper_full_epoch_<k>.json, all of them to induction_paper_full_epochs.png; the run's
+# log (steps/s, validation) to $RUN.log.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MININTERVAL="${TQDM_MININTERVAL:-60}"
+PY="${PYTHON:-python3}"
+DEVICE="${DEVICE:-cuda}"
+RUN="${RUN:-runs/induction_paper_full}"
+resume=(); [ -f "$RUN/config.json" ] && resume=(--resume)
+# one thread on a CPU: the model is tiny, and the other core measures the epochs
+[ "$DEVICE" = cpu ] && export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 MKL_NUM_THREADS=1
+"$PY" -m ssm_core.synthetic induction --preset paper --steps 204800 --set train.early_stop.metric=null \
+    --set train.checkpoint_every=8192 --set train.keep_last=30 --set train.log_every=1024 \
+    --set train.time_limit_min="${MINUTES:-0}" --eval-lens 256 --out "$RUN" --device "$DEVICE" "${resume[@]}" \
+    2>&1 | tr '\r' '\n' | grep -av '^ *$' >> "$RUN.log"
+[ "${EVAL:-1}" = 1 ] || exit 0  # EVAL=0 on a GPU machine: measure the epochs later on a CPU (one thread each)
+for ckpt in "$RUN"/checkpoints/step-*.ckpt; do
+    [ -e "$ckpt" ] || continue
+    step=$(basename "$ckpt" .ckpt); step=$((10#${step#step-}))
+    [ $((step % 8192)) -eq 0 ] || continue
+    name="paper_full_epoch_$((step / 8192))"
+    [ -f "benchmarks/results/induction_$name.json" ] && continue
+    "$PY" benchmarks/induction_experiments.py "$name" --train-len 256 --from-run "$ckpt" --steps "$step" \
+        --eval-lens 64,256,1024,4096,16384,65536,262144,1048576 --eval-samples 64
+done
+"$PY" benchmarks/induction_experiments.py paper_full_epochs --plot-curves paper_full_epoch_
