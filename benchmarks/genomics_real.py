@@ -219,14 +219,14 @@ def naive_bayes(genomes: Path, window: int, train: int, test: int, seed: int, cl
 def recipe_accuracy(run: Path, genomes: Path, window: int, samples: int, seed: int, classes: list[str],
                     device: str) -> float:
     """Accuracy on the ``window``-bp test windows of the classifier in ``run`` (fine-tuned on shorter windows), each
-    test window read as `genomics classify` reads a record (genomics.classify.read_accuracy)."""
-    from genomics.classify import SpeciesClassifier, read_accuracy
+    test window read as `genomics classify` reads a record (genomics.classify.read_predictions)."""
+    from genomics.classify import SpeciesClassifier, read_predictions
     from genomics.datasets import SpeciesWindows
 
     test_x, test_y = SpeciesWindows(genomes, "test", window, samples=samples, seed=seed, classes=classes).arrays()
     classifier = SpeciesClassifier(run, device)
     assert classifier.classes == classes, (classifier.classes, classes)
-    return read_accuracy(classifier, test_x, test_y, f"test windows of {window}")
+    return float(np.mean(read_predictions(classifier, test_x, f"test windows of {window}") == np.asarray(test_y)))
 
 
 def species_check(genomes: Path, runs: Path, s: Settings, device: str, seed: int, init: Path | None,

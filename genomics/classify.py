@@ -337,15 +337,15 @@ class SpeciesClassifier(WindowedModel):
             return list(self.classify_records(read_records(path), str(path), progress))
 
 
-def read_accuracy(classifier: SpeciesClassifier, windows: np.ndarray, labels: np.ndarray, name: str) -> float:
-    """Accuracy of ``classifier`` on test windows longer than it was trained on, each read as `classify` reads a
-    record: split into the classifier's windows, both strands, class probabilities the normalised geometric mean of
-    its windows'. ``windows``: tokens (n, length) with PAD beyond a record's end; ``labels``: (n,) indices into
-    ``classifier.classes``; ``name`` labels the progress and messages."""
+def read_predictions(classifier: SpeciesClassifier, windows: np.ndarray, name: str) -> np.ndarray:
+    """The class ``classifier`` predicts for each of ``windows``, test windows longer than it was trained on, each
+    read as `classify` reads a record: split into the classifier's windows, both strands, class probabilities the
+    normalised geometric mean of its windows'. ``windows``: tokens (n, length) with PAD beyond a record's end;
+    returns (n,) indices into ``classifier.classes``, -1 for a window flagged instead (too few bases); ``name``
+    labels the progress and messages."""
     records = [SequenceRecord(f"w{i}", decode(x, skip_special=True), 1) for i, x in enumerate(windows)]
-    predicted = [-1 if r.log_probs is None else int(np.argmax(r.log_probs))  # a flagged record counts as wrong
-                 for r in classifier.classify_records(records, name)]
-    return float(np.mean(np.asarray(predicted) == np.asarray(labels)))
+    return np.array([-1 if r.log_probs is None else int(np.argmax(r.log_probs))
+                     for r in classifier.classify_records(records, name)], dtype=np.int64)
 
 
 def _format(p: float | None) -> str:

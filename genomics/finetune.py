@@ -10,7 +10,8 @@ after each), with gradient accumulation when a batch of windows would not fit (`
 micro-batch); "cpu", what fits about 10 minutes on 2 cores.
 
 After training, the test split is classified (a fixed set of ``test_samples`` windows) and the run directory
-gets ``metrics.json`` (``test_accuracy``, per-class accuracy, confusion matrix, classes, window, ...) and
+gets ``metrics.json`` (``test_accuracy``, per-class accuracy, confusion matrix, each test window's label and
+prediction, classes, window, ...) and
 ``confusion_matrix.png``; its model directory (model.json, README.md) gets the classes, window, tokenizer
 settings and test metrics, so that a copy of model.safetensors + model.json classifies on its own.
 :func:`plot_lengths` draws test accuracy against window length across runs.
@@ -248,6 +249,8 @@ def test_report(exp: FinetuneExperiment, model: MambaSequenceClassifier, device:
     per_class = {c: float(matrix[i, i] / max(matrix[i].sum(), 1)) for i, c in enumerate(exp.classes)}
     return {"test_accuracy": float(np.mean(predicted == labels)), "test_samples": int(len(labels)),
             "per_class_accuracy": per_class, "confusion_matrix": matrix.tolist(),
+            # per test window, in order (class indices): to compare another classifier on the same windows, paired
+            "test_labels": labels.tolist(), "test_predictions": predicted.tolist(),
             "test_nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-12))))}
 
 

@@ -98,34 +98,45 @@ def against_chance(accuracy: float, chance: float, n: int) -> str:
     return "below chance" if accuracy < chance - margin else "at chance"
 
 
-def noise_margin(accuracy: float, baseline: float, n: int) -> float:
-    """Two standard errors of the difference of two proportions of ``n`` items. The items are shared, so the errors
-    correlate and this margin errs on the side of "level"."""
-    return 2 * math.sqrt((accuracy * (1 - accuracy) + baseline * (1 - baseline)) / n)
+SIGNIFICANCE = 0.05  # the paired test's level: a difference with a larger p-value is called "level"
 
 
-def lead(accuracy: float, baseline: float, n: int) -> int:
-    """+1 if ``accuracy`` is ahead of ``baseline`` (both on the same ``n`` items), -1 if behind, 0 if level: within
-    ``noise_margin``."""
-    if abs(accuracy - baseline) <= noise_margin(accuracy, baseline, n):
+def paired_p_value(only_a: int, only_b: int) -> float:
+    """Exact two-sided McNemar test of two classifiers scored on the same items: were they equally good, the chance
+    that the ``only_a + only_b`` items exactly one of them got right split at least this unevenly (binomial, 1/2).
+    It reads only the items they disagree on, so it sees a small lead that two accuracies' standard errors hide."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
+def lead(mamba_only: int, baseline_only: int) -> int:
+    """+1 if Mamba is ahead of the baseline on the same items, -1 if behind, 0 if level (the paired test's p-value
+    at least SIGNIFICANCE). ``mamba_only``, ``baseline_only``: items only Mamba, only the baseline got right."""
+    if paired_p_value(mamba_only, baseline_only) >= SIGNIFICANCE:
         return 0
-    return 1 if accuracy > baseline else -1
+    return 1 if mamba_only > baseline_only else -1
 
 
-def ahead(name: str, accuracy: float, baseline_name: str, baseline: float, n: int) -> str:
-    """Which of two accuracies on the same ``n`` items is ahead, in percentage points, or "level" (``lead``)."""
-    points, margin = 100 * (accuracy - baseline), 100 * noise_margin(accuracy, baseline, n)
-    side = lead(accuracy, baseline, n)
+def ahead(name: str, accuracy: float, baseline_name: str, baseline: float, mamba_only: int,
+          baseline_only: int) -> str:
+    """Which of two accuracies on the same items is ahead, in percentage points, or "level" (``lead``), with the
+    paired test's counts and p-value."""
+    points = 100 * (accuracy - baseline)
+    test = (f"right only for {name} on {mamba_only}, only for {baseline_name} on {baseline_only}: "
+            f"p = {paired_p_value(mamba_only, baseline_only):.2g}")
+    side = lead(mamba_only, baseline_only)
     if side == 0:
-        return f"level: {points:+.1f} points, within the noise of {n} items (±{margin:.1f})"
-    return f"{name if side > 0 else baseline_name} ahead by {abs(points):.1f} points (noise ±{margin:.1f})"
+        return f"level: {points:+.1f} points ({test})"
+    return f"{name if side > 0 else baseline_name} ahead by {abs(points):.1f} points ({test})"
 
 
 def _windows(windows: list[str]) -> str:
     return ", ".join(f"{int(w):,}" for w in windows)
 
 
-def _genomics_summary(windows: list[str], mamba: dict, kmer: dict, n_test: dict, chance: float) -> str:
+def _genomics_summary(windows: list[str], mamba: dict, kmer: dict, paired: dict, n_test: dict, chance: float) -> str:
     """In words: where Mamba is against chance, whether it rises with the window, where the baseline is ahead."""
     above = [w for w in windows if against_chance(mamba[w], chance, n_test[w]) == "above chance"]
     if len(above) == len(windows):
@@ -137,13 +148,14 @@ def _genomics_summary(windows: list[str], mamba: dict, kmer: dict, n_test: dict,
     trend = " → ".join(_pct(mamba[w]) for w in windows)
     rising = all(mamba[b] > mamba[a] for a, b in zip(windows, windows[1:]))
     parts.append(f"its accuracy {'rises' if rising else 'does not rise steadily'} with the window ({trend})")
-    side = {w: lead(mamba[w], kmer[w], n_test[w]) for w in windows if w in kmer}
+    side = {w: lead(**paired[w]) for w in windows if w in paired}
     verdicts = {"ahead of": [w for w in side if side[w] > 0], "level with": [w for w in side if side[w] == 0],
                 "behind": [w for w in side if side[w] < 0]}
     said = [f"{v} the 6-mer naive-Bayes baseline at {'every window' if len(ws) == len(side) else _windows(ws)}"
             for v, ws in verdicts.items() if ws]
     if said:
-        parts.append("it is " + " and ".join(said) + " (level: within the noise of the test windows)")
+        parts.append("it is " + " and ".join(said) + f" (a paired test on the same test windows; level: p ≥ "
+                     f"{SIGNIFICANCE:g})")
     return "; ".join(parts) + "."
 
 
@@ -325,7 +337,7 @@ def write_report(ctx) -> tuple[Path, Path]:
     chance = 1 / len(SPECIES)
     n_test = {w: json.loads((out / "genomics" / f"w{w}" / "metrics.json").read_text())["test_samples"]
               for w in ft["test_accuracy"]} | cl.get("read_test_windows", {})
-    mamba, kmer = ft["test_accuracy"] | read, cl["kmer_baseline_accuracy"]
+    mamba, kmer, paired = ft["test_accuracy"] | read, cl["kmer_baseline_accuracy"], cl["paired"]
     first = f"{int(windows[0]):,}"
     if read:
         doc.para(f"One classifier per window length up to {first} bases. The longer windows have none of their "
@@ -335,10 +347,11 @@ def write_report(ctx) -> tuple[Path, Path]:
                "which is ahead", "Mamba against chance", f"Mamba: held-out FASTA records (n={cl['heldout_records']})"],
               [[f"{int(w):,}", str(n_test[w]), _pct(mamba[w]),
                 f"the {first}-base one, window by window" if w in read else "fine-tuned at this window",
-                _pct(kmer.get(w)), ahead("Mamba", mamba[w], "naive Bayes", kmer[w], n_test[w]) if w in kmer else "–",
+                _pct(kmer.get(w)),
+                ahead("Mamba", mamba[w], "naive Bayes", kmer[w], **paired[w]) if w in paired else "–",
                 against_chance(mamba[w], chance, n_test[w]), _pct(cl["heldout_accuracy"].get(w))] for w in windows],
               f"Accuracy by window length (chance {_pct(chance)}; Mamba and naive Bayes on the same test windows)")
-    doc.para(_genomics_summary(windows, mamba, kmer, n_test, chance))
+    doc.para(_genomics_summary(windows, mamba, kmer, paired, n_test, chance))
     widest = max(sizes.genomics.windows)
     metrics = json.loads((out / "genomics" / f"w{widest}" / "metrics.json").read_text())
     classes = metrics["classes"]

@@ -8,10 +8,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from scipy.stats import binomtest  # the paired test's reference
 
 from ssm_core.utils.device import describe_device
 from suite.cli import main
-from suite.report import ahead, against_chance, lead
+from suite.report import ahead, against_chance, lead, paired_p_value
 from suite.stages import SIZES, STAGES, StageError, load_state
 
 
@@ -122,9 +123,11 @@ def test_the_report_shows_the_numbers_of_stages_json(run):
         assert r[f"Mamba: held-out FASTA records (n={classify['heldout_records']})"] == (
             "–" if read else pct(classify["heldout_accuracy"][window]))
         assert r["test windows (n)"] == str(SIZES["quick"].genomics.ft_test)
-        verdict = r["which is ahead"]
-        side = lead(mamba, kmer, SIZES["quick"].genomics.ft_test)
-        assert verdict.startswith({1: "Mamba ahead", 0: "level", -1: "naive Bayes ahead"}[side])
+        verdict, counts = r["which is ahead"], classify["paired"][window]
+        assert verdict == ahead("Mamba", mamba, "naive Bayes", kmer, **counts)
+        assert verdict.startswith({1: "Mamba ahead", 0: "level", -1: "naive Bayes ahead"}[lead(**counts)])
+        # the counts are the two accuracies' difference: windows only Mamba got right minus those only NB did
+        assert counts["mamba_only"] - counts["baseline_only"] == round((mamba - kmer) * sizes.ft_test)
         assert r["Mamba against chance"] == against_chance(mamba, 0.2, SIZES["quick"].genomics.ft_test)
 
     audio = markdown_table(markdown, "Generation metrics")
@@ -164,13 +167,16 @@ def test_verdicts_against_chance_and_baseline():
     assert against_chance(0.24, 0.2, 200) == "at chance"
     assert against_chance(0.10, 0.2, 200) == "below chance"
     assert against_chance(0.40, 0.2, 10) == "at chance"          # 10 records: 25 points
-    # two standard errors of the difference at n = 1024: 4.3 points at 60-67%, 0.9 at 99%
-    assert ahead("Mamba", 0.595, "naive Bayes", 0.665, 1024) == "naive Bayes ahead by 7.0 points (noise ±4.3)"
-    assert ahead("Mamba", 0.667, "naive Bayes", 0.647, 1024).startswith("level: +2.0 points")
-    assert ahead("Mamba", 0.990, "naive Bayes", 0.994, 1024).startswith("level: -0.4 points")
-    assert ahead("Mamba", 0.803, "naive Bayes", 0.994, 1024).startswith("naive Bayes ahead by 19.1 points")
-    assert ahead("Mamba", 0.9, "naive Bayes", 0.9, 200).startswith("level: +0.0 points")
-    assert lead(1.0, 1.0, 10) == 0 and lead(0.99, 0.5, 100) == 1 and lead(0.5, 0.99, 100) == -1
+    # the paired test reads the windows only one classifier got right: 38 against 21 is a lead (p = 0.036), 20
+    # against 14 is not (p = 0.39), whatever the accuracies
+    assert paired_p_value(38, 21) == pytest.approx(binomtest(21, 59).pvalue, rel=1e-12)
+    assert paired_p_value(20, 14) == pytest.approx(binomtest(14, 34).pvalue, rel=1e-12)
+    assert ahead("Mamba", 0.911, "naive Bayes", 0.894, 38, 21) == (
+        "Mamba ahead by 1.7 points (right only for Mamba on 38, only for naive Bayes on 21: p = 0.036)")
+    assert ahead("Mamba", 0.667, "naive Bayes", 0.661, 20, 14).startswith("level: +0.6 points")
+    assert ahead("Mamba", 0.803, "naive Bayes", 0.994, 3, 199).startswith("naive Bayes ahead by 19.1 points")
+    assert paired_p_value(0, 0) == 1.0 and paired_p_value(5, 0) == pytest.approx(2 / 32)
+    assert lead(0, 0) == 0 and lead(30, 10) == 1 and lead(10, 30) == -1 and lead(6, 0) == 1 and lead(5, 0) == 0
 
 
 def test_rerun_resumes_at_the_first_unfinished_stage(run, capsys):
