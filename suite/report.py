@@ -337,7 +337,8 @@ def write_report(ctx) -> tuple[Path, Path]:
     chance = 1 / len(SPECIES)
     n_test = {w: json.loads((out / "genomics" / f"w{w}" / "metrics.json").read_text())["test_samples"]
               for w in ft["test_accuracy"]} | cl.get("read_test_windows", {})
-    mamba, kmer, paired = ft["test_accuracy"] | read, cl["kmer_baseline_accuracy"], cl["paired"]
+    # a run from before the paired test kept no per-window predictions: its table says no verdict ("–")
+    mamba, kmer, paired = ft["test_accuracy"] | read, cl["kmer_baseline_accuracy"], cl.get("paired", {})
     first = f"{int(windows[0]):,}"
     if read:
         doc.para(f"One classifier per window length up to {first} bases. The longer windows have none of their "

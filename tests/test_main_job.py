@@ -162,6 +162,20 @@ def test_a_size_that_trains_its_classifier_scores_with_it(run, tmp_path):
     assert rows["test"]["generated_accuracy"] == pytest.approx(trained["test_accuracy"])
 
 
+def test_a_run_from_before_the_paired_test_gets_a_report_without_verdicts(run, tmp_path):
+    """A run directory whose classify stage predates the paired counts (no per-window predictions) still gets its
+    report, with no "which is ahead" verdict rather than a guess."""
+    old = tmp_path / "old"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns(".lock"))
+    state = json.loads((old / "stages.json").read_text())
+    del state["finished"]["report"]
+    del state["finished"]["genomics-classify"]["results"]["paired"]
+    (old / "stages.json").write_text(json.dumps(state))
+    assert main(["run", "--out", str(old), "--size", "quick"]) == 0
+    rows = markdown_table((old / "report" / "report.md").read_text(), "Accuracy by window length")
+    assert rows and all(r["which is ahead"] == "–" for r in rows)
+
+
 def test_verdicts_against_chance_and_baseline():
     assert against_chance(0.30, 0.2, 200) == "above chance"      # 2 standard errors at n=200: 5.7 points
     assert against_chance(0.24, 0.2, 200) == "at chance"
