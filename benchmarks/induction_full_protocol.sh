@@ -18,8 +18,10 @@ PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
 RUN="${RUN:-runs/induction_paper_full}"
 resume=(); [ -f "$RUN/config.json" ] && resume=(--resume)
-# one thread on a CPU: the model is tiny, and the other core measures the epochs
-[ "$DEVICE" = cpu ] && export OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 MKL_NUM_THREADS=1
+# on a CPU, THREADS (default 1: the model is tiny, and another core can measure the epochs meanwhile)
+if [ "$DEVICE" = cpu ]; then
+    export OMP_NUM_THREADS="${THREADS:-1}" NUMBA_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
+fi
 "$PY" -m ssm_core.synthetic induction --preset paper --steps 204800 --set train.early_stop.metric=null \
     --set train.checkpoint_every=8192 --set train.keep_last=30 --set train.log_every=1024 \
     --set train.time_limit_min="${MINUTES:-0}" --eval-lens 256 --out "$RUN" --device "$DEVICE" "${resume[@]}" \
