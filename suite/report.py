@@ -339,11 +339,11 @@ def write_report(ctx) -> tuple[Path, Path]:
               for w in ft["test_accuracy"]} | cl.get("read_test_windows", {})
     # a run from before the paired test kept no per-window predictions: its table says no verdict ("–")
     mamba, kmer, paired = ft["test_accuracy"] | read, cl["kmer_baseline_accuracy"], cl.get("paired", {})
-    first = f"{int(windows[0]):,}"
+    first = f"{int(cl.get('read_by', windows[0])):,}"  # the classifier that reads the longer windows
     if read:
-        doc.para(f"One classifier per window length up to {first} bases. The longer windows have none of their "
-                 f"own: the {first}-base classifier reads each {first} bases at a time on both strands, as "
-                 f"`classify` reads a long record; naive Bayes is trained at each length.")
+        doc.para(f"A classifier is fine-tuned at each of {_windows(list(ft['test_accuracy']))} bases. The longer "
+                 f"windows have none of their own: the {first}-base classifier reads each {first} bases at a time on "
+                 f"both strands, as `classify` reads a long record; naive Bayes is trained at each length.")
     doc.table(["window (bases)", "test windows (n)", "Mamba", "Mamba's classifier", "6-mer naive Bayes",
                "which is ahead", "Mamba against chance", f"Mamba: held-out FASTA records (n={cl['heldout_records']})"],
               [[f"{int(w):,}", str(n_test[w]), _pct(mamba[w]),
