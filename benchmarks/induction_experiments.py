@@ -199,6 +199,12 @@ def main() -> None:
     p.add_argument("--save", type=Path, help="write the final model and optimiser state here (for --resume-from)")
     p.add_argument("--resume-from", type=Path, help="continue from a --save file (same settings, later steps)")
     p.add_argument("--from-run", type=Path, help="measure the model the engine trained in this run directory")
+    p.add_argument("--init-from", type=Path, metavar="CKPT",
+                   help="train on from the weights of an engine checkpoint (step-N.ckpt) at its step N, with a "
+                        "fresh optimiser state (this script's plain Adam), to --steps")
+    p.add_argument("--adam-eps", type=float, default=1e-8,
+                   help="Adam's epsilon (default 1e-8, torch's and the engine's): once the gradients fall below "
+                        "it, Adam's steps shrink with them")
     p.add_argument("--precision-check", action="store_true",
                    help="with --resume-from and no more steps: record precision_check() of the saved model")
     p.add_argument("--plot-curves", metavar="PREFIX",
@@ -225,8 +231,13 @@ def main() -> None:
             for module in model.modules():
                 if hasattr(module, "A_log"):
                     module.A_log.zero_()
-    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8)
-    start = 0
+    if args.init_from:
+        from ssm_core.train.checkpoint import load_checkpoint
+
+        state = load_checkpoint(args.init_from)
+        model.load_state_dict(state["model"])
+    opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps)
+    start = int(state["step"]) if args.init_from else 0
     if args.resume_from:
         state = torch.load(args.resume_from)
         model.load_state_dict(state["model"])
