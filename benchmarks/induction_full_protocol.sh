@@ -8,6 +8,8 @@
 #                                                                        # back); the epochs are measured on a CPU
 # About 11 steps/s on one CPU thread (5 h in all), about 70 on an H100 (48 min, an estimate from the 24,784-step
 # run). The run directory is $RUN (default runs/induction_paper_full, ignored by git): keep it between sessions.
+# Each invocation ends with the runner's own accuracy by length of the latest model, 2^6 to 2^20 (RUN/results.json;
+# about 5 min on a CPU; the test lengths are part of the run, so a resume must keep them).
 # Each epoch's accuracy by length (measured on the CPU, n = 64 per length, 32 at 2^20) goes to
 # benchmarks/results/induction_paper_full_epoch_<k>.json, all of them to induction_paper_full_epochs.png; the run's
 # log (steps/s, validation) to $RUN.log.
@@ -24,7 +26,7 @@ if [ "$DEVICE" = cpu ]; then
 fi
 "$PY" -m ssm_core.synthetic induction --preset paper --steps 204800 --set train.early_stop.metric=null \
     --set train.checkpoint_every=8192 --set train.keep_last=30 --set train.log_every=1024 \
-    --set train.time_limit_min="${MINUTES:-0}" --eval-lens 256 --out "$RUN" --device "$DEVICE" "${resume[@]}" \
+    --set train.time_limit_min="${MINUTES:-0}" --out "$RUN" --device "$DEVICE" "${resume[@]}" \
     2>&1 | tr '\r' '\n' | grep -av '^ *$' >> "$RUN.log"
 [ "${EVAL:-1}" = 1 ] || exit 0  # EVAL=0 on a GPU machine: measure the epochs later on a CPU (one thread each)
 for ckpt in "$RUN"/checkpoints/step-*.ckpt; do
