@@ -56,9 +56,9 @@ def plot_losses(runs: list[tuple[Path, str]], out_png: Path) -> Path:
     return save_figure(fig, out_png, dpi=100)
 
 
-def plot_dna_accuracy(windows: list[str], mamba: dict, kmer: dict, read: list[str], chance: float,
+def plot_dna_accuracy(windows: list[str], mamba: dict, kmer: dict, read: list[str], read_by: str, chance: float,
                       out_png: Path) -> Path:
-    """Test accuracy against window length: Mamba (hollow where the first window's classifier read the window
+    """Test accuracy against window length: Mamba (hollow where the ``read_by``-base classifier read the window
     piece by piece) beside 6-mer naive Bayes and chance."""
     fig, ax = plt.subplots(figsize=(6, 3.8))
     x = [int(w) for w in windows]
@@ -67,7 +67,7 @@ def plot_dna_accuracy(windows: list[str], mamba: dict, kmer: dict, read: list[st
         ax.plot(int(w), 100 * mamba[w], "o", color="C0", mfc="white" if w in read else "C0")
     ax.plot([], [], "o-", color="C0", label="Mamba, fine-tuned at the window")
     if read:
-        ax.plot([], [], "o", color="C0", mfc="white", label=f"Mamba, the {int(windows[0]):,}-base classifier read "
+        ax.plot([], [], "o", color="C0", mfc="white", label=f"Mamba, the {read_by}-base classifier read "
                                                             "window by window")
     ax.plot([int(w) for w in windows if w in kmer], [100 * kmer[w] for w in windows if w in kmer], "s--",
             color="C1", label="6-mer naive Bayes")
@@ -359,7 +359,7 @@ def write_report(ctx) -> tuple[Path, Path]:
     doc.table(["true \\ predicted", *classes],
               [[c, *(str(n) for n in row)] for c, row in zip(classes, metrics["confusion_matrix"])],
               f"Confusion matrix, window {widest:,} (test windows)")
-    doc.image(plot_dna_accuracy(windows, mamba, kmer, list(read), chance, target("accuracy_vs_length.png")).name,
+    doc.image(plot_dna_accuracy(windows, mamba, kmer, list(read), first, chance, target("accuracy_vs_length.png")).name,
               "Test accuracy against window length, beside 6-mer naive Bayes")
     doc.image(copy(out / "genomics" / f"w{widest}" / "confusion_matrix.png", "confusion_matrix.png"),
               f"Confusion matrix, window {widest:,}")
