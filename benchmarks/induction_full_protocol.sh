@@ -19,6 +19,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TQDM_MINI
 PY="${PYTHON:-python3}"
 DEVICE="${DEVICE:-cuda}"
 RUN="${RUN:-runs/induction_paper_full}"
+NAME="${NAME:-paper_full}"
 resume=(); [ -f "$RUN/config.json" ] && resume=(--resume)
 # on a CPU, THREADS (default 1: the model is tiny, and another core can measure the epochs meanwhile)
 if [ "$DEVICE" = cpu ]; then
@@ -26,16 +27,17 @@ if [ "$DEVICE" = cpu ]; then
 fi
 "$PY" -m ssm_core.synthetic induction --preset paper --steps 204800 --set train.early_stop.metric=null \
     --set train.checkpoint_every=8192 --set train.keep_last=30 --set train.log_every=1024 \
-    --set train.time_limit_min="${MINUTES:-0}" --out "$RUN" --device "$DEVICE" "${resume[@]}" \
+    --set train.time_limit_min="${MINUTES:-0}" --set train.seed="${SEED:-0}" --out "$RUN" --device "$DEVICE" \
+    "${resume[@]}" \
     2>&1 | tr '\r' '\n' | grep -av '^ *$' >> "$RUN.log"
 [ "${EVAL:-1}" = 1 ] || exit 0  # EVAL=0 on a GPU machine: measure the epochs later on a CPU (one thread each)
 for ckpt in "$RUN"/checkpoints/step-*.ckpt; do
     [ -e "$ckpt" ] || continue
     step=$(basename "$ckpt" .ckpt); step=$((10#${step#step-}))
     [ $((step % 8192)) -eq 0 ] || continue
-    name="paper_full_epoch_$((step / 8192))"
+    name="${NAME}_epoch_$((step / 8192))"
     [ -f "benchmarks/results/induction_$name.json" ] && continue
     "$PY" benchmarks/induction_experiments.py "$name" --train-len 256 --from-run "$ckpt" --steps "$step" \
         --eval-lens 64,256,1024,4096,16384,65536,262144,1048576 --eval-samples 64
 done
-"$PY" benchmarks/induction_experiments.py paper_full_epochs --plot-curves paper_full_epoch_
+"$PY" benchmarks/induction_experiments.py "${NAME}_epochs" --plot-curves "${NAME}_epoch_"
