@@ -1,6 +1,6 @@
 # Two commands on a fresh machine (each creates .venv when missing):
 #   make demo   set up, then run the main job on the embedded default data
-#               (ARGS='--size h100-20min' on one GPU, about 13 min on an H100 (measured 2026-12-06);
+#               (ARGS='--size h100-20min' on one GPU, about 14 min on an H100 (measured 2026-12-06);
 #               a default run on a GPU machine prints that hint)
 #   make test   set up, then run the test suite (what CI runs)
 PYTHON ?= python3

@@ -16,7 +16,7 @@ from ssm_core.utils.cli import HelpFormatter, add_device_argument
 EPILOG = """\
 examples:
   python -m suite run --out runs/main               # the default size: about 7 minutes on 2 CPU cores
-  python -m suite run --out runs/h100 --size h100-20min   # one GPU, about 13 min on an H100 (measured 2026-12-06)
+  python -m suite run --out runs/h100 --size h100-20min   # one GPU, about 14 min on an H100 (measured 2026-12-06)
   python -m suite run --out runs/main               # again after Ctrl-C: continues at the stage it reached
   python -m suite run --out runs/full --full        # the papers' presets, on a GPU (hours)
   python -m suite run --out /tmp/q --size quick     # every stage in seconds (what the tests run)
@@ -42,7 +42,7 @@ def add_run_parser(subparsers) -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--size", choices=list(SIZES), default="default",
                       help="how big every stage is: quick (seconds), default (~7 min on 2 CPU cores), "
-                           "h100-20min (one GPU, about 13 min on an H100, measured 2026-12-06), "
+                           "h100-20min (one GPU, about 14 min on an H100, measured 2026-12-06), "
                            "full (the papers' presets, hours on a GPU)")
     size.add_argument("--full", "--gpu", dest="size", action="store_const", const="full",
                       help="the papers' presets (same as --size full); needs a GPU")
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     if args.size == "default" and torch.cuda.is_available() and args.device != "cpu":
         print("note: a GPU is present. `--size h100-20min` (make demo ARGS='--size h100-20min') trains bigger "
-              "models for longer, sized for one GPU: about 13 min on an H100 (measured 2026-12-06)", flush=True)
+              "models for longer, sized for one GPU: about 14 min on an H100 (measured 2026-12-06)", flush=True)
     try:
         run_suite(args.out, SIZES[args.size], args.device, overwrite=args.overwrite)
     except (StageError, OSError) as err:  # OSError: an --out that is not a main job run, or one in use, ...
