@@ -144,6 +144,16 @@ def lm_loss(model, ids: torch.Tensor, vocab: int) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
 
+def weights_moved(before: Path, after: Path) -> float:
+    """How far training moved the model between two engine checkpoints: ||w_after - w_before|| / ||w_before|| over
+    all weights together (the protocol script skips measuring epochs in which the model barely changed)."""
+    from ssm_core.train.checkpoint import load_checkpoint
+
+    a, b = (load_checkpoint(path)["model"] for path in (before, after))
+    change = sum(float(((b[k].double() - a[k].double()) ** 2).sum()) for k in a)
+    return (change / sum(float((a[k].double() ** 2).sum()) for k in a)) ** 0.5
+
+
 def plot_curves(prefix: str, out_png: Path) -> None:
     """Accuracy against test length of every ``induction_<prefix>*.json`` (its last milestone), one line per file
     in step order, chance dotted: how a run's extrapolation changes as it trains."""
@@ -208,7 +218,12 @@ def main() -> None:
                    help="with --resume-from and no more steps: record precision_check() of the saved model")
     p.add_argument("--plot-curves", metavar="PREFIX",
                    help="only plot: the last milestone of every induction_PREFIX*.json, to induction_NAME.png")
+    p.add_argument("--weights-moved", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
+                   help="only print how far the weights moved from one engine checkpoint to another (relative)")
     args = p.parse_args()
+    if args.weights_moved:
+        print(f"{weights_moved(*args.weights_moved):.3e}")
+        return
     if args.plot_curves:
         return plot_curves(args.plot_curves, RESULTS / f"induction_{args.name}.png")
     torch.set_num_threads(1)

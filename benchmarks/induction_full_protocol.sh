@@ -10,7 +10,8 @@
 # run). The run directory is $RUN (default runs/induction_paper_full, ignored by git): keep it between sessions.
 # Each invocation ends with the runner's own accuracy by length of the latest model, 2^6 to 2^20 (RUN/results.json;
 # about 5 min on a CPU; the test lengths are part of the run, so a resume must keep them).
-# Each epoch's accuracy by length (measured on the CPU, n = 64 per length, 32 at 2^20) goes to
+# Each epoch's accuracy by length (measured on the CPU, n = 64 per length, 32 at 2^20; an epoch in which the weights
+# moved less than MOVED_MIN since the last measured one is skipped, see below) goes to
 # benchmarks/results/induction_paper_full_epoch_<k>.json, all of them to induction_paper_full_epochs.png; the run's
 # log (steps/s, validation) to $RUN.log.
 set -euo pipefail
@@ -31,13 +32,35 @@ fi
     "${resume[@]}" \
     2>&1 | tr '\r' '\n' | grep -av '^ *$' >> "$RUN.log"
 [ "${EVAL:-1}" = 1 ] || exit 0  # EVAL=0 on a GPU machine: measure the epochs later on a CPU (one thread each)
+# An epoch is measured only when the weights moved more than MOVED_MIN (relative, default 1%) since the last measured
+# epoch: in a plateau they move 1e-4 to 1e-3 per epoch and the curve stays as it was. Each epoch's movement goes to
+# benchmarks/results/induction_${NAME}_moved.tsv.
+moved_log="benchmarks/results/induction_${NAME}_moved.tsv"
+[ -f "$moved_log" ] || printf 'step\tmoved_since_previous_epoch\tmoved_since_last_measured\tmeasured\n' > "$moved_log"
+moved() { "$PY" benchmarks/induction_experiments.py moved --weights-moved "$1" "$2"; }
+previous="" last_measured=""
 for ckpt in "$RUN"/checkpoints/step-*.ckpt; do
     [ -e "$ckpt" ] || continue
     step=$(basename "$ckpt" .ckpt); step=$((10#${step#step-}))
     [ $((step % 8192)) -eq 0 ] || continue
     name="${NAME}_epoch_$((step / 8192))"
-    [ -f "benchmarks/results/induction_$name.json" ] && continue
+    if [ -f "benchmarks/results/induction_$name.json" ]; then
+        previous=$ckpt last_measured=$ckpt
+        continue
+    fi
+    measure=$(awk -F'\t' -v s="$step" '$1 == s {print $4}' "$moved_log")  # decided by an earlier invocation
+    if [ -z "$measure" ]; then
+        since_previous=nan since_measured=nan
+        [ -z "$previous" ] || since_previous=$(moved "$previous" "$ckpt")
+        [ -z "$last_measured" ] || since_measured=$(moved "$last_measured" "$ckpt")
+        measure=$("$PY" -c "import sys; print(int(not float(sys.argv[1]) <= float(sys.argv[2])))" \
+            "$since_measured" "${MOVED_MIN:-0.01}")  # nan (nothing measured yet) measures
+        printf '%s\t%s\t%s\t%s\n' "$step" "$since_previous" "$since_measured" "$measure" >> "$moved_log"
+    fi
+    previous=$ckpt
+    [ "$measure" = 1 ] || continue
     "$PY" benchmarks/induction_experiments.py "$name" --train-len 256 --from-run "$ckpt" --steps "$step" \
         --eval-lens 64,256,1024,4096,16384,65536,262144,1048576 --eval-samples 64
+    last_measured=$ckpt
 done
 "$PY" benchmarks/induction_experiments.py "${NAME}_epochs" --plot-curves "${NAME}_epoch_"
