@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_core.synthetic.runner import SyntheticExperiment, SyntheticTask, accuracy_by_length
+from ssm_core.train.checkpoint import load_checkpoint
 from ssm_core.train.run_dir import load_trained_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -147,8 +148,6 @@ def lm_loss(model, ids: torch.Tensor, vocab: int) -> torch.Tensor:
 def weights_moved(before: Path, after: Path) -> float:
     """How far training moved the model between two engine checkpoints: ||w_after - w_before|| / ||w_before|| over
     all weights together (the protocol script skips measuring epochs in which the model barely changed)."""
-    from ssm_core.train.checkpoint import load_checkpoint
-
     a, b = (load_checkpoint(path)["model"] for path in (before, after))
     change = sum(float(((b[k].double() - a[k].double()) ** 2).sum()) for k in a)
     return (change / sum(float((a[k].double() ** 2).sum()) for k in a)) ** 0.5
@@ -246,8 +245,6 @@ def main() -> None:
                 if hasattr(module, "A_log"):
                     module.A_log.zero_()
     if args.init_from:
-        from ssm_core.train.checkpoint import load_checkpoint
-
         state = load_checkpoint(args.init_from)
         model.load_state_dict(state["model"])
     opt = torch.optim.Adam(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=args.adam_eps)
