@@ -8,6 +8,9 @@
 #                                                                        # back); the epochs are measured on a CPU
 # About 11 steps/s on one CPU thread (5 h in all), about 70 on an H100 (48 min, an estimate from the 24,784-step
 # run). The run directory is $RUN (default runs/induction_paper_full, ignored by git): keep it between sessions.
+# STEPS (default 204800) shortens the run; EXTRA_ARGS adds runner flags, e.g. the public reproduction's data (the
+# first trigger among the first 10 positions, mamba-recall, state-spaces/mamba#62):
+#   STEPS=65536 EXTRA_ARGS="--far-trigger-steps 65536 --far-trigger-span 10" RUN=runs/induction_far10 NAME=far10 ...
 # Each invocation ends with the runner's own accuracy by length of the latest model, 2^6 to 2^20 (RUN/results.json;
 # about 5 min on a CPU; the test lengths are part of the run, so a resume must keep them).
 # Each epoch's accuracy by length (measured on the CPU, n = 64 per length, 32 at 2^20; an epoch in which the weights
@@ -26,10 +29,10 @@ resume=(); [ -f "$RUN/config.json" ] && resume=(--resume)
 if [ "$DEVICE" = cpu ]; then
     export OMP_NUM_THREADS="${THREADS:-1}" NUMBA_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
 fi
-"$PY" -m ssm_core.synthetic induction --preset paper --steps 204800 --set train.early_stop.metric=null \
+"$PY" -m ssm_core.synthetic induction --preset paper --steps "${STEPS:-204800}" --set train.early_stop.metric=null \
     --set train.checkpoint_every=8192 --set train.keep_last=30 --set train.log_every=1024 \
     --set train.time_limit_min="${MINUTES:-0}" --set train.seed="${SEED:-0}" --out "$RUN" --device "$DEVICE" \
-    "${resume[@]}" \
+    "${resume[@]}" ${EXTRA_ARGS:-} \
     2>&1 | tr '\r' '\n' | grep -av '^ *$' >> "$RUN.log"
 [ "${EVAL:-1}" = 1 ] || exit 0  # EVAL=0 on a GPU machine: measure the epochs later on a CPU (one thread each)
 # An epoch is measured only when the weights moved more than MOVED_MIN (relative, default 1%) since the last measured

@@ -4,6 +4,11 @@
 #   bash benchmarks/synthetic_device.sh copying_curriculum ablation_curriculum induction_state_passing
 #                                     (a length curriculum for copying, with its ablation; state passing for induction)
 #   bash benchmarks/synthetic_device.sh induction_profile   (where an induction training step's time goes, cProfile)
+#   bash benchmarks/synthetic_device.sh induction_far_seeds
+#                                     (induction at 256 with the first trigger among the first FAR_SPAN positions for
+#                                     every step, as the public reproduction of Table 2 (mamba-recall, state-spaces/
+#                                     mamba#62) generates it; one run per seed in SEEDS, side by side on the one GPU,
+#                                     each with its own log; checkpoints every 8192 steps for measuring on a CPU)
 #   bash benchmarks/synthetic_device.sh induction_far
 #                                     (induction, the first trigger far from the query first, paper preset, curriculum
 #                                     64 -> 256: benchmarks/NOTES_induction.md; not yet run on a GPU, and 16,000 CPU
@@ -23,6 +28,8 @@
 #                                     not fit a call)
 #   FAR_STEPS / FAR_STEPS_TOTAL / FAR_MIN   default 34000 / 40000 steps / 9.5 min: induction_far's far-trigger steps
 #                                     and total steps (lengths 64 -> 128 -> 256 over the first 75%)
+#   SEEDS / FAR_SPAN                  default "1 2 3 4" / 10: induction_far_seeds' seeds and trigger span (its
+#                                     steps: FAR_STEPS_TOTAL, default 65536 here; its time limit: FAR_MIN)
 #   RESUME=1                          keep the run directory and continue it from its last checkpoint (a run that
 #                                     hit its time limit; checkpoints every 8192 steps and at the limit)
 #   LOG                               the log's path (default $RESULTS/synthetic_device.log), for parallel calls
@@ -71,6 +78,20 @@ for what in "${@:-induction copying ablation}"; do
                  run induction_far induction --preset paper --curriculum-start 64 \
                      --set data.curriculum_fraction=0.75 --far-trigger-steps "${FAR_STEPS:-34000}" \
                      --steps "${FAR_STEPS_TOTAL:-40000}" --set train.time_limit_min="${FAR_MIN:-9.5}" ${EXTRA_ARGS:-} ;;
+      induction_far_seeds)  # seeds side by side: a step is mostly launch overhead, so one run leaves the GPU idle
+                 pids=()
+                 for seed in ${SEEDS:-1 2 3 4}; do
+                     total="${FAR_STEPS_TOTAL:-65536}"
+                     ( LOG="$RESULTS/synthetic_device_induction_far${FAR_SPAN:-10}_seed$seed.log"
+                       run "induction_far${FAR_SPAN:-10}_seed$seed" induction --preset paper --steps "$total" \
+                           --far-trigger-steps "$total" --far-trigger-span "${FAR_SPAN:-10}" \
+                           --set train.seed="$seed" --set train.early_stop.metric=null \
+                           --set train.checkpoint_every=8192 --set train.keep_last=30 \
+                           --set train.time_limit_min="${FAR_MIN:-8.5}" ${EXTRA_ARGS:-} > /dev/null
+                       exit $status ) &
+                     pids+=($!)
+                 done
+                 for pid in "${pids[@]}"; do wait "$pid" || status=1; done ;;
       induction_profile)  # where a step's time goes: PROFILE_STEPS (default 3000) steps of the paper preset under
                           # cProfile, the functions by own time in synthetic_induction_profile.txt
                  prof="$RUNS/induction_profile.prof"; rm -rf "$RUNS/induction_profile"
@@ -87,7 +108,7 @@ s.sort_stats('tottime').print_stats(45); s.sort_stats('cumulative').print_stats(
       ablation)  run copying_no_selection copying --preset paper --no-selection --steps "${COPYING_STEPS:-400000}" \
                      --lr "${COPYING_LR:-1e-3}" --set train.time_limit_min="${ABLATION_MIN:-1}" ${EXTRA_ARGS:-} ;;
       *) echo "unknown run $w (expected induction, copying, ablation, copying_curriculum, ablation_curriculum," \
-              "induction_state_passing, induction_far, induction_profile)" >&2; exit 2 ;;
+              "induction_state_passing, induction_far, induction_far_seeds, induction_profile)" >&2; exit 2 ;;
     esac
   done
 done
