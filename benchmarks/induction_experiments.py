@@ -155,7 +155,8 @@ def weights_moved(before: Path, after: Path) -> float:
 
 def plot_curves(prefix: str, out_png: Path) -> None:
     """Accuracy against test length of every ``induction_<prefix>*.json`` (its last milestone), one line per file
-    in step order, chance dotted: how a run's extrapolation changes as it trains."""
+    in step order, chance dotted: how a run's extrapolation changes as it trains. A prefix starting with
+    ``synthetic_`` plots the runner's results files ``<prefix>*.json`` instead (say, one line per seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,18 +164,26 @@ def plot_curves(prefix: str, out_png: Path) -> None:
 
     from ssm_core.utils.plots import save_figure
 
-    records = [json.loads(f.read_text()) for f in RESULTS.glob(f"induction_{prefix}*.json")]
-    if not records:
-        raise SystemExit(f"--plot-curves: no {RESULTS}/induction_{prefix}*.json")
+    runner = prefix.startswith("synthetic_")
+    files = sorted(RESULTS.glob(f"{prefix}*.json" if runner else f"induction_{prefix}*.json"))
+    if not files:
+        raise SystemExit(f"--plot-curves: no {prefix}*.json nor induction_{prefix}*.json in {RESULTS}")
+    curves = []  # (steps, label, accuracy by length, train length)
+    for f in files:
+        r = json.loads(f.read_text())
+        if runner:
+            label = f"seed {r['config']['train']['seed']}, {r['steps']:,} steps"
+            curves.append((r["steps"], label, r["accuracy"], r["train_len"]))
+        else:
+            last = r["milestones"][-1]
+            curves.append((last["step"], f"{last['step']:,} steps", last["accuracy"], int(r["settings"]["train_len"])))
     fig, ax = plt.subplots(figsize=(6.4, 4))
-    for r in sorted(records, key=lambda r: r["milestones"][-1]["step"]):
-        last = r["milestones"][-1]
-        lengths = sorted(int(k) for k in last["accuracy"])
-        ax.plot(lengths, [100 * last["accuracy"][str(k)] for k in lengths], marker="o", ms=3,
-                label=f"{last['step']:,} steps")
+    for _, label, accuracy, _ in sorted(curves, key=lambda c: c[:2]):
+        lengths = sorted(int(k) for k in accuracy)
+        ax.plot(lengths, [100 * accuracy[str(k)] for k in lengths], marker="o", ms=3, label=label)
     ax.axhline(100 / 15, color="grey", ls=":", label="chance")  # the paper's vocabulary: 15 ordinary tokens
-    ax.axvline(int(records[0]["settings"]["train_len"]), color="grey", ls="--", lw=1, label="train length")
-    ax.set(xlabel="test length", ylabel="accuracy (%)", ylim=(0, 102), title=f"induction heads: {prefix.strip('_')}")
+    ax.axvline(curves[0][3], color="grey", ls="--", lw=1, label="train length")
+    ax.set(xlabel="test length", ylabel="accuracy (%)", ylim=(0, 102), title=f"induction heads: {prefix.removeprefix('synthetic_').strip('_')}")
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -190,6 +199,8 @@ def main() -> None:
     p.add_argument("--milestones", default="")
     p.add_argument("--eval-lens", default=",".join(str(2**k) for k in range(6, 17)))
     p.add_argument("--eval-samples", type=int, default=128)
+    p.add_argument("--eval-tokens", type=int, help="cap on the tokens measured per test length (default the "
+                   "preset's 2^25, so 32 sequences at 2^20)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -216,7 +227,8 @@ def main() -> None:
     p.add_argument("--precision-check", action="store_true",
                    help="with --resume-from and no more steps: record precision_check() of the saved model")
     p.add_argument("--plot-curves", metavar="PREFIX",
-                   help="only plot: the last milestone of every induction_PREFIX*.json, to induction_NAME.png")
+                   help="only plot: the last milestone of every induction_PREFIX*.json (or, for a PREFIX starting "
+                        "with synthetic_, every runner results file PREFIX*.json) to induction_NAME.png")
     p.add_argument("--weights-moved", nargs=2, type=Path, metavar=("BEFORE", "AFTER"),
                    help="only print how far the weights moved from one engine checkpoint to another (relative)")
     args = p.parse_args()
@@ -231,6 +243,8 @@ def main() -> None:
     exp.data.train_len = args.train_len
     exp.data.eval_lens = tuple(int(v) for v in args.eval_lens.split(","))
     exp.data.eval_samples = args.eval_samples
+    if args.eval_tokens:
+        exp.data.eval_tokens = args.eval_tokens
     exp.train.steps, exp.train.batch_size, exp.train.seed = args.steps, args.batch_size, args.seed
     exp.data.far_trigger_steps, exp.data.far_trigger_span = args.far_trigger_steps, args.far_trigger_span
     for item in args.model_overrides:
