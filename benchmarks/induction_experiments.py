@@ -183,7 +183,8 @@ def plot_curves(prefix: str, out_png: Path) -> None:
         ax.plot(lengths, [100 * accuracy[str(k)] for k in lengths], marker="o", ms=3, label=label)
     ax.axhline(100 / 15, color="grey", ls=":", label="chance")  # the paper's vocabulary: 15 ordinary tokens
     ax.axvline(curves[0][3], color="grey", ls="--", lw=1, label="train length")
-    ax.set(xlabel="test length", ylabel="accuracy (%)", ylim=(0, 102), title=f"induction heads: {prefix.removeprefix('synthetic_').strip('_')}")
+    title = f"induction heads: {prefix.removeprefix('synthetic_').strip('_')}"
+    ax.set(xlabel="test length", ylabel="accuracy (%)", ylim=(0, 102), title=title)
     ax.set_xscale("log", base=2)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

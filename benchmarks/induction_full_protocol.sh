@@ -56,8 +56,8 @@ for ckpt in "$RUN"/checkpoints/step-*.ckpt; do
         since_previous=nan since_measured=nan
         [ -z "$previous" ] || since_previous=$(moved "$previous" "$ckpt")
         [ -z "$last_measured" ] || since_measured=$(moved "$last_measured" "$ckpt")
-        measure=$("$PY" -c "import sys; print(int(not float(sys.argv[1]) <= float(sys.argv[2])))" \
-            "$since_measured" "${MOVED_MIN:-0.01}")  # nan (nothing measured yet) measures
+        measure=$(awk -v a="$since_measured" -v b="${MOVED_MIN:-0.01}" \
+            'BEGIN {print (a == "nan" || a + 0 > b + 0) ? 1 : 0}')  # nan (nothing measured yet) measures
         printf '%s\t%s\t%s\t%s\n' "$step" "$since_previous" "$since_measured" "$measure" >> "$moved_log"
     fi
     previous=$ckpt

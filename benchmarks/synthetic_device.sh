@@ -29,7 +29,8 @@
 #   FAR_STEPS / FAR_STEPS_TOTAL / FAR_MIN   default 34000 / 40000 steps / 9.5 min: induction_far's far-trigger steps
 #                                     and total steps (lengths 64 -> 128 -> 256 over the first 75%)
 #   SEEDS / FAR_SPAN                  default "1 2 3 4" / 10: induction_far_seeds' seeds and trigger span (its
-#                                     steps: FAR_STEPS_TOTAL, default 65536 here; its time limit: FAR_MIN)
+#                                     steps: FAR_STEPS_TOTAL, default 65536 here; its time limit: FAR_MIN, default
+#                                     8.5 min here)
 #   RESUME=1                          keep the run directory and continue it from its last checkpoint (a run that
 #                                     hit its time limit; checkpoints every 8192 steps and at the limit)
 #   LOG                               the log's path (default $RESULTS/synthetic_device.log), for parallel calls
@@ -79,9 +80,8 @@ for what in "${@:-induction copying ablation}"; do
                      --set data.curriculum_fraction=0.75 --far-trigger-steps "${FAR_STEPS:-34000}" \
                      --steps "${FAR_STEPS_TOTAL:-40000}" --set train.time_limit_min="${FAR_MIN:-9.5}" ${EXTRA_ARGS:-} ;;
       induction_far_seeds)  # seeds side by side: a step is mostly launch overhead, so one run leaves the GPU idle
-                 pids=()
+                 pids=() total="${FAR_STEPS_TOTAL:-65536}"
                  for seed in ${SEEDS:-1 2 3 4}; do
-                     total="${FAR_STEPS_TOTAL:-65536}"
                      ( LOG="$RESULTS/synthetic_device_induction_far${FAR_SPAN:-10}_seed$seed.log"
                        run "induction_far${FAR_SPAN:-10}_seed$seed" induction --preset paper --steps "$total" \
                            --far-trigger-steps "$total" --far-trigger-span "${FAR_SPAN:-10}" \
